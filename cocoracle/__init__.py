@@ -1,0 +1,1 @@
+"""cocoracle: Coconut latent reasoning read by activation oracles and probes."""

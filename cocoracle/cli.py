@@ -1,0 +1,106 @@
+"""`cocoracle <step>`: one subcommand per pipeline step; each parses arguments and calls one function."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cocoracle.config import ParamError, load_params
+
+
+def _setup_logging(log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=handlers, force=True)
+
+
+def cmd_check_params(args: argparse.Namespace) -> None:
+    load_params(args.params)
+    print(f"{args.params}: ok")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from cocoracle.data import generate
+    generate(load_params(args.params)["data"], args.out)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    from cocoracle.model import pick_device
+    from cocoracle.train import train_stage
+    train_stage(params, args.stage, args.data, args.init, args.out, args.live, pick_device(args.device))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    from cocoracle.evaluate import evaluate_stage
+    from cocoracle.model import pick_device
+    evaluate_stage(params, args.stage, args.checkpoint, args.data, args.metrics, args.predictions,
+                   pick_device(args.device))
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    from cocoracle.summarize import summarize_stages
+    summarize_stages(args.metrics, args.table, args.out)
+
+
+def cmd_dvc_yaml(args: argparse.Namespace) -> None:
+    from cocoracle.pipeline import write_dvc_yaml
+    write_dvc_yaml(load_params(args.params), args.params, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cocoracle", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def step(name: str, func, help: str, params: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if params:
+            p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+        p.add_argument("--log", help="also write the log to this file")
+        p.set_defaults(func=func)
+        return p
+
+    step("check-params", cmd_check_params, "validate a parameter file and exit")
+    p = step("generate", cmd_generate, "write the addition problems as <split>.parquet")
+    p.add_argument("--out", default="data", help="output directory")
+    for name, func, help in [("train", cmd_train, "train one Coconut curriculum stage"),
+                             ("evaluate", cmd_evaluate, "answer accuracy of one stage's checkpoint")]:
+        p = step(name, func, help)
+        p.add_argument("--stage", type=int, required=True, help="curriculum stage (0 = full text chain of thought)")
+        p.add_argument("--data", default="data", help="directory of <split>.parquet")
+        p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    train = sub.choices["train"]
+    train.add_argument("--init", help="checkpoint to start from (the previous stage's; not for stage 0)")
+    train.add_argument("--out", required=True, help="checkpoint directory to write")
+    train.add_argument("--live", required=True, help="dvclive directory for the training curves")
+    ev = sub.choices["evaluate"]
+    ev.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    ev.add_argument("--metrics", required=True, help="metrics JSON to write")
+    ev.add_argument("--predictions", required=True, help="per-problem predictions parquet to write")
+    p = step("summarize", cmd_summarize, "accuracy table over stages from the evaluation metrics", params=False)
+    p.add_argument("metrics", nargs="+", help="evaluation metrics JSON files, one per stage")
+    p.add_argument("--table", required=True, help="markdown table to write")
+    p.add_argument("--out", required=True, help="summary metrics JSON to write")
+    p = step("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml for the stages in the parameter file")
+    p.add_argument("--out", default="dvc.yaml", help="where to write (default: dvc.yaml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log)
+    try:
+        args.func(args)
+    except ParamError as exc:
+        print(f"cocoracle {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Load and validate params.yaml: one place for every setting that changes results."""
+from __future__ import annotations
+
+import math
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ParamError(ValueError):
+    """An invalid parameter or input file; its message is one line naming the key or file."""
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files("cocoracle").joinpath("schemas/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _key_of(error: jsonschema.ValidationError) -> str:
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "required":
+        path.append(str(error.message).split("'")[1])
+    if error.validator == "additionalProperties":
+        extra = re.findall(r"'([^']+)'", error.message)
+        path.append(extra[0] if extra else "?")
+    return ".".join(path) or "<root>"
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file, with a one-line error naming it when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
+    """Check params against the schema and the rules a schema cannot express."""
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        message = error.message.splitlines()[0]
+        raise ParamError(f"{source}: {_key_of(error)}: {message}")
+    for key, message in _semantic_errors(params):
+        raise ParamError(f"{source}: {key}: {message}")
+    return params
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """Read and validate a params file; raises ParamError with a one-line message."""
+    return validate_params(read_yaml(path), source=str(path))
+
+
+def _semantic_errors(p: dict[str, Any]):
+    data, model, coconut, train = p["data"], p["model"], p["coconut"], p["train"]
+    if len(data["digit_probs"]) != len(data["digits"]):
+        yield "data.digit_probs", f"needs one entry per data.digits ({len(data['digits'])}), got {len(data['digit_probs'])}"
+    elif not math.isclose(sum(data["digit_probs"]), 1.0, abs_tol=1e-6):
+        yield "data.digit_probs", f"must sum to 1, got {sum(data['digit_probs']):g}"
+    if data["n_ood"] > 0 and data["ood_digits"] in data["digits"]:
+        yield "data.ood_digits", f"{data['ood_digits']} is also in data.digits, so the OOD split would not be out of distribution"
+    for d, n in zip(data["digits"], split_counts(data)):
+        if n > unique_problems(d):
+            yield "data.digit_probs", (
+                f"asks for {n} distinct {d}-digit problems but only {unique_problems(d)} exist; "
+                "lower data.n_train/n_val/n_test or that digit count's probability")
+    if data["n_ood"] > unique_problems(data["ood_digits"]):
+        yield "data.n_ood", f"only {unique_problems(data['ood_digits'])} distinct {data['ood_digits']}-digit problems exist"
+    name = model["name"]
+    if name == "tiny":
+        tiny = model.get("tiny")
+        if tiny is None:
+            yield "model.tiny", "required when model.name is 'tiny'"
+        elif tiny["n_embd"] % tiny["n_head"]:
+            yield "model.tiny.n_head", f"must divide model.tiny.n_embd ({tiny['n_embd']})"
+    elif not Path(name).is_dir() and (name.startswith((".", "/", "~")) or not HUB_ID.match(name)):
+        yield "model.name", f"'{name}' is not 'tiny', an existing local directory, or a Hugging Face model id"
+    epochs = train["epochs"]
+    if isinstance(epochs, list) and len(epochs) != coconut["num_stages"] + 1:
+        yield "train.epochs", f"needs one entry per stage (coconut.num_stages + 1 = {coconut['num_stages'] + 1}), got {len(epochs)}"
+
+
+def unique_problems(digits: int) -> int:
+    """Number of distinct unordered operand pairs with `digits` digits each."""
+    m = 9 * 10 ** (digits - 1)
+    return m * (m + 1) // 2
+
+
+def split_counts(data: dict[str, Any]) -> list[int]:
+    """In-distribution problems per digit count (largest-remainder rounding, sums exactly)."""
+    total = data["n_train"] + data["n_val"] + data["n_test"]
+    raw = [p * total for p in data["digit_probs"]]
+    counts = [math.floor(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (counts[i] - raw[i], i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def stage_epochs(train: dict[str, Any], stage: int) -> float:
+    """Epochs for one curriculum stage."""
+    epochs = train["epochs"]
+    return float(epochs[stage] if isinstance(epochs, list) else epochs)

@@ -1,0 +1,125 @@
+"""Multi-digit addition problems with a carry chain-of-thought, in disjoint parquet splits."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cocoracle.atomic import atomic_path
+from cocoracle.config import split_counts, unique_problems
+
+SPLITS = ("train", "val", "test", "ood")
+
+SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("a", pa.int64()),
+    ("b", pa.int64()),
+    ("n_digits", pa.int8()),
+    ("question", pa.string()),
+    ("steps", pa.list_(pa.string())),
+    ("answer", pa.int64()),
+    ("n_steps", pa.int8()),
+])
+
+
+def question_text(a: int, b: int) -> str:
+    return f"{a} + {b} ="
+
+
+def cot_steps(a: int, b: int) -> list[str]:
+    """Column additions, least-significant digit first, e.g. '4+8+1=13 write 3 carry 1'."""
+    steps, carry = [], 0
+    width = max(len(str(a)), len(str(b)))
+    for i in range(width):
+        x, y = (a // 10**i) % 10, (b // 10**i) % 10
+        total = x + y + carry
+        step = f"{x}+{y}+{carry}={total} write {total % 10}" if carry else f"{x}+{y}={total} write {total % 10}"
+        carry = total // 10
+        steps.append(step + (f" carry {carry}" if carry else ""))
+    if carry:
+        steps.append("carry 1 write 1")
+    return steps
+
+
+def _sample_pairs(rng: np.random.Generator, digits: int, n: int) -> list[tuple[int, int]]:
+    """n distinct unordered pairs of `digits`-digit numbers, in random order and orientation."""
+    lo, m = 10 ** (digits - 1), 9 * 10 ** (digits - 1)
+    if n == 0:
+        return []
+    if unique_problems(digits) <= 4 * n:  # dense: draw from the full list of pairs
+        i, j = np.triu_indices(m)
+        pick = rng.choice(len(i), size=n, replace=False)
+        pairs = np.stack([i[pick], j[pick]], axis=1)
+    else:  # sparse: rejection sampling
+        seen: set[tuple[int, int]] = set()
+        rows = []
+        while len(rows) < n:
+            for x, y in rng.integers(0, m, size=(2 * (n - len(rows)), 2)):
+                key = (min(x, y), max(x, y))
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(key)
+                    if len(rows) == n:
+                        break
+        pairs = np.array(rows)
+    flip = rng.random(n) < 0.5
+    pairs[flip] = pairs[flip][:, ::-1]
+    return [(int(x) + lo, int(y) + lo) for x, y in pairs]
+
+
+def make_splits(data: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
+    """Disjoint train/val/test splits (shuffled mix of digit counts) and the OOD split."""
+    rng = np.random.default_rng(data["seed"])
+    pool: list[tuple[int, int]] = []
+    for d, n in zip(data["digits"], split_counts(data)):
+        pool += _sample_pairs(rng, d, n)
+    order = rng.permutation(len(pool))
+    pool = [pool[i] for i in order]
+    n_train, n_val = data["n_train"], data["n_val"]
+    return {
+        "train": pool[:n_train],
+        "val": pool[n_train:n_train + n_val],
+        "test": pool[n_train + n_val:],
+        "ood": _sample_pairs(rng, data["ood_digits"], data["n_ood"]),
+    }
+
+
+def problems_table(pairs: list[tuple[int, int]], first_id: int) -> pa.Table:
+    steps = [cot_steps(a, b) for a, b in pairs]
+    return pa.table({
+        "id": pa.array(range(first_id, first_id + len(pairs)), pa.int64()),
+        "a": pa.array([a for a, _ in pairs], pa.int64()),
+        "b": pa.array([b for _, b in pairs], pa.int64()),
+        "n_digits": pa.array([max(len(str(a)), len(str(b))) for a, b in pairs], pa.int8()),
+        "question": pa.array([question_text(a, b) for a, b in pairs], pa.string()),
+        "steps": pa.array(steps, pa.list_(pa.string())),
+        "answer": pa.array([a + b for a, b in pairs], pa.int64()),
+        "n_steps": pa.array([len(s) for s in steps], pa.int8()),
+    }, schema=SCHEMA)
+
+
+def generate(data: dict[str, Any], out_dir: str | Path) -> None:
+    """Write <split>.parquet for every split; ids are unique across splits."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first_id = 0
+    for split, pairs in make_splits(data).items():
+        with atomic_path(out_dir / f"{split}.parquet") as tmp:
+            pq.write_table(problems_table(pairs, first_id), tmp, compression="zstd")
+        first_id += len(pairs)
+
+
+def load_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """Rows of one split as dicts; a one-line error names a missing or unreadable file."""
+    from cocoracle.config import ParamError
+
+    path = Path(data_dir) / f"{split}.parquet"
+    if not path.is_file():
+        raise ParamError(f"{path}: file not found (run `cocoracle generate` first)")
+    try:
+        return pq.read_table(path, schema=SCHEMA).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise ParamError(f"{path}: unreadable parquet ({str(exc).splitlines()[0]})") from None

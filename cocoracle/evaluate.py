@@ -1,0 +1,82 @@
+"""Answer accuracy of a Coconut checkpoint: free generation (greedy) and teacher-forced, by step count."""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from cocoracle.atomic import atomic_path, write_text
+from cocoracle.coconut import Codec, generate, teacher_forced_correct
+from cocoracle.data import load_split
+from cocoracle.model import load_checkpoint, pick_dtype
+
+ANSWER = re.compile(r"###(.*)$", re.S)
+
+
+def parse_answer(text: str) -> int | None:
+    """The number after the last '###', or None when the output has none."""
+    match = ANSWER.search(text)
+    digits = re.sub(r"\s", "", match.group(1)) if match else ""
+    return int(digits) if digits.isdigit() else None
+
+
+def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], stage: int, coconut: dict[str, Any],
+            batch_size: int, max_new_tokens: int, desc: str = "eval") -> list[dict[str, Any]]:
+    """Per problem: generated text, parsed answer, free-generation and teacher-forced correctness."""
+    device = next(model.parameters()).device
+    layout = (stage, coconut["num_stages"], coconut["thoughts_per_step"])
+    results = []
+    model.eval()
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+        chunk = rows[start:start + batch_size]
+        prompt = codec.batch(chunk, *layout, with_targets=False).to(device)
+        generated = generate(model, prompt, codec.eos, max_new_tokens)
+        forced = teacher_forced_correct(model, codec.batch(chunk, *layout).to(device)).tolist()
+        for row, ids, tf in zip(chunk, generated, forced):
+            text = codec.tokenizer.decode(ids)
+            answer = parse_answer(text)
+            results.append({"id": row["id"], "n_steps": row["n_steps"], "generated": text, "predicted": answer,
+                            "answer": row["answer"], "correct": answer == row["answer"], "teacher_forced": tf})
+    return results
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy overall and by number of reasoning steps."""
+    def block(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        n = len(rs)
+        return {"accuracy": sum(r["correct"] for r in rs) / max(n, 1),
+                "teacher_forced": sum(r["teacher_forced"] for r in rs) / max(n, 1), "n": n}
+    by_steps: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_steps[r["n_steps"]].append(r)
+    return {**block(results), "by_steps": {str(k): block(v) for k, v in sorted(by_steps.items())}}
+
+
+def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, data_dir: str | Path,
+                   metrics_path: str | Path, predictions_path: str | Path, device: torch.device) -> dict[str, Any]:
+    """Evaluate one stage's checkpoint on the configured splits; writes metrics JSON and predictions."""
+    ev = params["evaluate"]
+    model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(params["model"]["dtype"], device))
+    codec = Codec(tokenizer)
+    metrics: dict[str, Any] = {"stage": stage}
+    tables = []
+    for split in ev["splits"]:
+        rows = load_split(data_dir, split)
+        if not rows:
+            continue
+        results = predict(model, codec, rows, stage, params["coconut"], ev["batch_size"], ev["max_new_tokens"],
+                          desc=f"stage {stage} {split}")
+        metrics[split] = summarize(results)
+        tables.append(pa.Table.from_pylist([{"split": split, **r} for r in results]))
+    with atomic_path(predictions_path) as tmp:
+        pq.write_table(pa.concat_tables(tables), tmp)
+    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,110 @@
+"""Tokenizer and model loading: the tiny from-scratch GPT-2, or any Hugging Face causal LM."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
+                          PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+
+from cocoracle.atomic import atomic_dir
+from cocoracle.config import ParamError
+
+BOT, EOT, THOUGHT = "<bot>", "<eot>", "<thought>"
+MARKERS = [BOT, EOT, THOUGHT]
+TINY_SPECIALS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """cuda when present (or asked for), else cpu."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamError(f"--device {requested}: CUDA is not available on this machine")
+    return torch.device(requested)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The params' dtype; bfloat16 falls back to float32 where the GPU lacks it."""
+    dtype = DTYPES[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float32
+    return dtype
+
+
+def build_tiny_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the corpus, one token per digit, plus the special tokens."""
+    tok = Tokenizer(models.WordLevel(unk_token=TINY_SPECIALS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    specials = list(TINY_SPECIALS.values()) + MARKERS
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=MARKERS, **TINY_SPECIALS)
+
+
+def corpus_texts(rows: list[dict[str, Any]]) -> Iterable[str]:
+    """Every text the model sees, for building the tiny tokenizer's vocabulary."""
+    yield "| ###"
+    for row in rows:
+        yield row["question"]
+        yield from row["steps"]
+        yield str(row["answer"])
+
+
+def _tiny_model(tiny: dict[str, int], tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=tiny["n_positions"], n_embd=tiny["n_embd"],
+                        n_layer=tiny["n_layer"], n_head=tiny["n_head"], bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config)
+
+
+def _pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ParamError(f"model.name: cannot load '{name}' ({str(exc).splitlines()[0]})") from None
+    tokenizer.add_special_tokens({"additional_special_tokens": MARKERS})
+    if tokenizer.eos_token is None:
+        raise ParamError(f"model.name: '{name}' has no end-of-sequence token")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def initial_model(model_params: dict[str, Any], train_rows: list[dict[str, Any]]
+                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The stage-0 starting point: tiny GPT-2 from scratch, or a pretrained model with our tokens."""
+    torch.manual_seed(model_params["seed"])
+    if model_params["name"] == "tiny":
+        tokenizer = build_tiny_tokenizer(corpus_texts(train_rows))
+        return _tiny_model(model_params["tiny"], tokenizer), tokenizer
+    return _pretrained(model_params["name"])
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
+                    params: dict[str, Any]) -> None:
+    """safetensors weights, config, tokenizer and the params used, written atomically."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
+
+
+def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A checkpoint written by save_checkpoint; one-line error naming a missing or corrupt one."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise ParamError(f"{path}: not a checkpoint (config.json or model.safetensors missing)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
+        raise ParamError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
+    return model.to(device), tokenizer

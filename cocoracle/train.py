@@ -1,0 +1,110 @@
+"""Curriculum training of one Coconut stage: AdamW, warmup + decay, clipping, accumulation, dvclive."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dvclive import Live
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from cocoracle.coconut import Codec, coconut_forward, loss_fn
+from cocoracle.config import ParamError, stage_epochs
+from cocoracle.data import load_split
+from cocoracle.evaluate import predict
+from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def batch_stages(stage: int, n_batches: int, mix_prob: float, rng: np.random.Generator) -> list[int]:
+    """The stage each micro-batch is laid out for: `stage`, or with mix_prob a uniformly drawn earlier one."""
+    mixed = rng.random(n_batches) < mix_prob
+    earlier = rng.integers(0, max(stage, 1), n_batches)
+    return [int(e) if m and stage > 0 else stage for m, e in zip(mixed, earlier)]
+
+
+def micro_batches(n_rows: int, batch_size: int, n_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices of n_batches micro-batches, walking through fresh permutations (epochs)."""
+    order = np.concatenate([rng.permutation(n_rows) for _ in range(math.ceil(n_batches * batch_size / n_rows) + 1)])
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
+def optimizer_steps(train: dict[str, Any], stage: int, n_rows: int) -> int:
+    if train.get("max_steps"):
+        return int(train["max_steps"])
+    per_epoch = math.ceil(n_rows / (train["batch_size"] * train["grad_accum"]))
+    return max(1, math.ceil(stage_epochs(train, stage) * per_epoch))
+
+
+def _check_fits(model, codec: Codec, rows: list[dict[str, Any]], coconut: dict[str, Any]) -> None:
+    longest = max(rows, key=lambda r: len(r["question"]) + sum(map(len, r["steps"])))
+    batch = codec.batch([longest], 0, coconut["num_stages"], coconut["thoughts_per_step"])
+    length = batch.prefix_ids.shape[1] + coconut["num_stages"] * coconut["thoughts_per_step"] + batch.suffix_ids.shape[1]
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and length > limit:
+        raise ParamError(f"model.tiny.n_positions: {limit} is shorter than the longest sequence ({length} tokens)")
+
+
+def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: str | Path | None,
+                out_dir: str | Path, live_dir: str | Path, device: torch.device) -> None:
+    """Train stage `stage` from `init` (stage 0: a fresh model) and save the checkpoint to out_dir."""
+    train, coconut = params["train"], params["coconut"]
+    if not 0 <= stage <= coconut["num_stages"]:
+        raise ParamError(f"--stage {stage}: must be within 0..coconut.num_stages ({coconut['num_stages']})")
+    if stage > 0 and init is None:
+        raise ParamError(f"--init: stage {stage} starts from the previous stage's checkpoint")
+    rows = load_split(data_dir, "train")
+    val_rows = load_split(data_dir, "val")[: train["val_examples"]]
+    dtype = pick_dtype(params["model"]["dtype"], device)
+    if stage == 0:
+        model, tokenizer = initial_model(params["model"], rows)
+        model = model.to(device=device, dtype=dtype)
+    else:
+        model, tokenizer = load_checkpoint(init, device, dtype)
+    codec = Codec(tokenizer)
+    _check_fits(model, codec, rows, coconut)
+
+    torch.manual_seed(train["seed"] * 1000 + stage)
+    rng = np.random.default_rng([train["seed"], stage])
+    steps = optimizer_steps(train, stage, len(rows))
+    n_micro = steps * train["grad_accum"]
+    batches = micro_batches(len(rows), train["batch_size"], n_micro, rng)
+    layouts = batch_stages(stage, n_micro, train["mix_prob"], rng)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+    scheduler = get_scheduler(train["schedule"] if train["schedule"] != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=train["warmup_steps"], num_training_steps=steps)
+    eval_every = max(1, steps // 4)
+
+    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        model.train()
+        progress = tqdm(range(steps), desc=f"stage {stage}", mininterval=2)
+        for step in progress:
+            total = 0.0
+            for k in range(train["grad_accum"]):
+                i = step * train["grad_accum"] + k
+                batch = codec.batch([rows[j] for j in batches[i]], layouts[i], coconut["num_stages"],
+                                    coconut["thoughts_per_step"]).to(device)
+                loss = loss_fn(coconut_forward(model, batch), batch) / train["grad_accum"]
+                loss.backward()
+                total += loss.item()
+            if train["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.set_postfix(loss=f"{total:.4f}")
+            live.log_metric("train/loss", total)
+            live.log_metric("train/lr", scheduler.get_last_lr()[0])
+            if val_rows and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                results = predict(model, codec, val_rows, stage, coconut, 256, 64, desc="val")
+                accuracy = sum(r["correct"] for r in results) / len(results)
+                live.log_metric("val/accuracy", accuracy)
+                log.info("stage %d step %d/%d loss %.4f val accuracy %.3f", stage, step + 1, steps, total, accuracy)
+                model.train()
+            live.next_step()
+    save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage})
