@@ -45,12 +45,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_summarize(args: argparse.Namespace) -> None:
     from cocoracle.summarize import summarize_stages
-    summarize_stages(args.metrics, args.table, args.out)
+    summarize_stages(args.metrics, args.table)
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
     from cocoracle.pipeline import write_dvc_yaml
-    write_dvc_yaml(load_params(args.params), args.params, args.out)
+    write_dvc_yaml(load_params(args.params), args.config, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = step("summarize", cmd_summarize, "accuracy table over stages from the evaluation metrics", params=False)
     p.add_argument("metrics", nargs="+", help="evaluation metrics JSON files, one per stage")
     p.add_argument("--table", required=True, help="markdown table to write")
-    p.add_argument("--out", required=True, help="summary metrics JSON to write")
     p = step("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml for the stages in the parameter file")
+    p.add_argument("--config", default="config.yaml", help="wiring file with the paths (default: config.yaml)")
     p.add_argument("--out", default="dvc.yaml", help="where to write (default: dvc.yaml)")
     return parser
 
@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except ParamError as exc:
         print(f"cocoracle {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        if args.log:  # keep the traceback in the declared log file too
+            logging.getLogger("cocoracle").exception("cocoracle %s failed", args.command)
+        raise
     return 0
 
 

@@ -190,6 +190,9 @@ def generate(model: PreTrainedModel, batch: CoconutBatch, eos_id: int, max_new_t
     inputs = eot if last is None else torch.cat([last, eot], dim=1)
     finished = torch.zeros(B, dtype=torch.bool, device=mask.device)
     out: list[list[int]] = [[] for _ in range(B)]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None:  # never run past the position table
+        max_new_tokens = min(max_new_tokens, limit - int(next_pos.max()) - inputs.shape[1] + 1)
     for _ in range(max_new_tokens):
         n = inputs.shape[1]
         mask = torch.cat([mask, mask.new_ones(B, n)], dim=1)

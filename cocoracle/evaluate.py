@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.coconut import Codec, generate, teacher_forced_correct
 from cocoracle.data import load_split
-from cocoracle.model import load_checkpoint, pick_dtype
+from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 
 ANSWER = re.compile(r"###(.*)$", re.S)
 
@@ -62,9 +62,14 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, data_dir: str | Path,
                    metrics_path: str | Path, predictions_path: str | Path, device: torch.device) -> dict[str, Any]:
-    """Evaluate one stage's checkpoint on the configured splits; writes metrics JSON and predictions."""
+    """Evaluate a checkpoint with stage `stage`'s layout on the configured splits.
+
+    The thought layout and dtype come from the params the checkpoint was trained with, so this step
+    depends on the `evaluate` section alone.
+    """
     ev = params["evaluate"]
-    model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(params["model"]["dtype"], device))
+    trained = checkpoint_params(checkpoint)
+    model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(trained["model"]["dtype"], device))
     codec = Codec(tokenizer)
     metrics: dict[str, Any] = {"stage": stage}
     tables = []
@@ -72,7 +77,7 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
         rows = load_split(data_dir, split)
         if not rows:
             continue
-        results = predict(model, codec, rows, stage, params["coconut"], ev["batch_size"], ev["max_new_tokens"],
+        results = predict(model, codec, rows, stage, trained["coconut"], ev["batch_size"], ev["max_new_tokens"],
                           desc=f"stage {stage} {split}")
         metrics[split] = summarize(results)
         tables.append(pa.Table.from_pylist([{"split": split, **r} for r in results]))

@@ -57,7 +57,8 @@ def corpus_texts(rows: list[dict[str, Any]]) -> Iterable[str]:
 
 def _tiny_model(tiny: dict[str, int], tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=tiny["n_positions"], n_embd=tiny["n_embd"],
-                        n_layer=tiny["n_layer"], n_head=tiny["n_head"], bos_token_id=tokenizer.eos_token_id,
+                        n_layer=tiny["n_layer"], n_head=tiny["n_head"], resid_pdrop=tiny["dropout"],
+                        embd_pdrop=tiny["dropout"], attn_pdrop=tiny["dropout"], bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return GPT2LMHeadModel(config)
 
@@ -94,6 +95,15 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
+
+
+def checkpoint_params(path: str | Path) -> dict[str, Any]:
+    """The params a checkpoint was trained with (its params.json)."""
+    file = Path(path) / "params.json"
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ParamError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
 
 
 def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype

@@ -14,11 +14,12 @@ from transformers import get_scheduler
 
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
 from cocoracle.config import ParamError, stage_epochs
-from cocoracle.data import load_split
+from cocoracle.data import SPLITS, load_split
 from cocoracle.evaluate import predict
 from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_checkpoint
 
 log = logging.getLogger(__name__)
+VAL_MAX_NEW_TOKENS = 10_000  # generation stops at the end token or the position table's end
 
 
 def batch_stages(stage: int, n_batches: int, mix_prob: float, rng: np.random.Generator) -> list[int]:
@@ -42,12 +43,13 @@ def optimizer_steps(train: dict[str, Any], stage: int, n_rows: int) -> int:
 
 
 def _check_fits(model, codec: Codec, rows: list[dict[str, Any]], coconut: dict[str, Any]) -> None:
-    longest = max(rows, key=lambda r: len(r["question"]) + sum(map(len, r["steps"])))
+    """Fail early when the longest problem (of any split) would not fit the position table."""
+    longest = max(rows, key=lambda r: len(codec.encode(r["question"] + " " + " | ".join(r["steps"]))))
     batch = codec.batch([longest], 0, coconut["num_stages"], coconut["thoughts_per_step"])
     length = batch.prefix_ids.shape[1] + coconut["num_stages"] * coconut["thoughts_per_step"] + batch.suffix_ids.shape[1]
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and length > limit:
-        raise ParamError(f"model.tiny.n_positions: {limit} is shorter than the longest sequence ({length} tokens)")
+        raise ParamError(f"model.tiny.n_positions: {limit} positions, but the longest problem needs {length}")
 
 
 def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: str | Path | None,
@@ -67,7 +69,7 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
     else:
         model, tokenizer = load_checkpoint(init, device, dtype)
     codec = Codec(tokenizer)
-    _check_fits(model, codec, rows, coconut)
+    _check_fits(model, codec, [r for split in SPLITS for r in load_split(data_dir, split)], coconut)
 
     torch.manual_seed(train["seed"] * 1000 + stage)
     rng = np.random.default_rng([train["seed"], stage])
@@ -101,7 +103,7 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
             live.log_metric("train/loss", total)
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
             if val_rows and ((step + 1) % eval_every == 0 or step + 1 == steps):
-                results = predict(model, codec, val_rows, stage, coconut, 256, 64, desc="val")
+                results = predict(model, codec, val_rows, stage, coconut, 256, VAL_MAX_NEW_TOKENS, desc="val")
                 accuracy = sum(r["correct"] for r in results) / len(results)
                 live.log_metric("val/accuracy", accuracy)
                 log.info("stage %d step %d/%d loss %.4f val accuracy %.3f", stage, step + 1, steps, total, accuracy)

@@ -1,0 +1,39 @@
+"""The accuracy table over curriculum stages, from the evaluation metrics files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cocoracle.atomic import write_text
+from cocoracle.config import ParamError
+
+
+def _load(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ParamError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ParamError(f"{path}: not valid JSON ({exc})") from None
+
+
+def accuracy_table(metrics: list[dict]) -> str:
+    """Markdown: one row per stage, free-generation and teacher-forced accuracy per split."""
+    splits = [s for s in ("val", "test", "ood") if any(s in m for m in metrics)]
+    head = ["stage"] + [f"{s} {kind}" for s in splits for kind in ("free-gen", "teacher-forced")] + ["n test"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in sorted(metrics, key=lambda m: m["stage"]):
+        cells = [str(m["stage"])]
+        for s in splits:
+            cells += [f"{m[s]['accuracy']:.1%}", f"{m[s]['teacher_forced']:.1%}"] if s in m else ["–", "–"]
+        cells.append(str(m.get("test", {}).get("n", "–")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summarize_stages(metric_paths: list[str], table_path: str | Path) -> None:
+    metrics = [_load(p) for p in metric_paths]
+    write_text(table_path, "# Coconut answer accuracy by curriculum stage\n\n"
+               "Free-generation: greedy decoding from the question alone (the last stage reasons only in "
+               "latent thoughts). Teacher-forced: the answer tokens are the argmax given the gold text.\n\n"
+               + accuracy_table(metrics))

@@ -1,0 +1,102 @@
+"""Shared fixtures for the unit tests: tiny parameters, a tiny data set and tiny models.
+
+Everything here is sized so that the whole unit suite runs in well under a minute on two CPU cores.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cocoracle.config import read_yaml, validate_params
+
+# Tiny models are much faster on one thread, and a busy machine makes several threads slower still.
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_YAML = REPO / "params.yaml"
+
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 96}
+
+
+def tiny_params_dict() -> dict:
+    """params.yaml with every size shrunk: 1-, 2- and 3-digit problems, a 2-layer GPT-2, a few steps."""
+    params = copy.deepcopy(read_yaml(PARAMS_YAML))
+    params["data"].update({"seed": 0, "digits": [1, 2, 3], "digit_probs": [0.2, 0.4, 0.4], "ood_digits": 4,
+                           "n_train": 100, "n_val": 10, "n_test": 10, "n_ood": 10})
+    params["model"].update({"name": "tiny", "dtype": "float32", "seed": 0})
+    params["model"]["tiny"] = {**(params["model"].get("tiny") or {}), **TINY}
+    params["coconut"].update({"num_stages": 3, "thoughts_per_step": 1})
+    params["train"].update({"seed": 0, "batch_size": 8, "grad_accum": 1, "lr": 0.003, "weight_decay": 0.0,
+                            "warmup_steps": 1, "schedule": "cosine", "grad_clip": 1.0, "epochs": 1,
+                            "max_steps": 3, "mix_prob": 0.0, "val_examples": 3})
+    params["evaluate"].update({"batch_size": 16, "max_new_tokens": 48, "splits": ["val", "test", "ood"]})
+    return validate_params(params, source="tiny params")
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    """A fresh (mutable) copy of the tiny parameters."""
+    return tiny_params_dict()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """The tiny parameters' problems, generated once: <split>.parquet."""
+    from cocoracle.data import generate
+
+    out = tmp_path_factory.mktemp("data")
+    generate(tiny_params_dict()["data"], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_rows(data_dir) -> list[dict]:
+    from cocoracle.data import load_split
+
+    return load_split(data_dir, "train")
+
+
+@pytest.fixture(scope="session")
+def mixed_rows() -> list[dict]:
+    """Hand-picked problems of 1, 2 and 3 digits (with and without a final carry), so that batches
+    need padding on both the question (left) and the remaining-steps (right) side."""
+    from cocoracle.data import problems_table
+
+    pairs = [(7, 5), (38, 64), (905, 187), (4, 3), (12, 80), (999, 1), (56, 7)]
+    return problems_table(pairs, 0).to_pylist()
+
+
+def make_tiny_model(rows: list[dict], seed: int = 0, dtype: torch.dtype = torch.float64):
+    """A freshly initialised tiny GPT-2 and its word-level tokenizer, in eval mode."""
+    from cocoracle.model import initial_model
+
+    model_params = {**tiny_params_dict()["model"], "seed": seed}
+    model, tokenizer = initial_model(model_params, rows)
+    return model.to(dtype).eval(), tokenizer
+
+
+@pytest.fixture
+def tiny_model(mixed_rows):
+    """(model in float64, tokenizer) over the mixed problems' vocabulary."""
+    return make_tiny_model(mixed_rows)
+
+
+def cocoracle_command() -> list[str]:
+    """The installed `cocoracle` console script, else `python -m cocoracle.cli`."""
+    script = Path(sys.executable).parent / "cocoracle"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    found = shutil.which("cocoracle")
+    return [found] if found else [sys.executable, "-m", "cocoracle.cli"]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*cocoracle_command(), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)

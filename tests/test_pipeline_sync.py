@@ -1,0 +1,51 @@
+"""The Snakemake and DVC DAGs must not drift: same commands, same inputs, same outputs."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from cocoracle.config import load_params, read_yaml
+from cocoracle.pipeline import render_dvc_yaml
+from helpers_workflow import REPO, repo_copy, run
+
+
+def snakemake_jobs(repo) -> dict[str, tuple[set[str], set[str]]]:
+    """Shell command -> (inputs, outputs) of every job in a forced dry run."""
+    out = run(["snakemake", "--forceall", "--dry-run", "--printshellcmds", "--cores", "1"], cwd=repo).stdout
+    jobs = {}
+    for block in out.split("\nrule ")[1:]:
+        fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
+        command = re.search(r"^Shell command: (.*)$", block, re.M)
+        if command and command.group(1).strip() != "None":
+            jobs[command.group(1).strip()] = (set(fields.get("input", "").split(", ")) - {""},
+                                              set(fields["output"].split(", ")))
+    return jobs
+
+
+def _paths(entries) -> set[str]:
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
+
+
+def dvc_jobs(repo) -> dict[str, tuple[set[str], set[str]]]:
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {s["cmd"]: (set(s.get("deps", [])), _paths(s.get("outs", []) + s.get("metrics", []) + s.get("plots", [])))
+            for s in stages.values()}
+
+
+def test_dvc_yaml_is_current():
+    """dvc.yaml is generated from params.yaml; regenerate with `cocoracle dvc-yaml` after a change."""
+    expected = render_dvc_yaml(load_params(REPO / "params.yaml"), read_yaml(REPO / "config.yaml"))
+    assert (REPO / "dvc.yaml").read_text() == expected
+
+
+@pytest.mark.parametrize("params", ["params.yaml", "tests/smoke-params.yaml"])
+def test_engines_declare_the_same_steps(tmp_path, params):
+    repo = repo_copy(tmp_path, REPO / params)
+    smk, dvc = snakemake_jobs(repo), dvc_jobs(repo)
+    assert set(smk) == set(dvc), "commands differ between workflow/rules and dvc.yaml"
+    for cmd, (inputs, outputs) in dvc.items():
+        assert smk[cmd] == (inputs, outputs), cmd
+    stages = load_params(repo / "params.yaml")["coconut"]["num_stages"] + 1
+    assert sum(" train " in c for c in dvc) == stages

@@ -1,0 +1,36 @@
+def previous_checkpoint(wildcards):
+    stage = int(wildcards.stage)
+    return [f"{MODELS}/stage-{stage - 1}"] if stage > 0 else []
+
+
+def init_flag(wildcards):
+    stage = int(wildcards.stage)
+    return f" --init {MODELS}/stage-{stage - 1}" if stage > 0 else ""
+
+
+rule train_stage:
+    input:
+        f"{DATA}/train.parquet",
+        f"{DATA}/val.parquet",
+        previous_checkpoint,
+        CODE["train"],
+    output:
+        checkpoint=directory(f"{MODELS}/stage-{{stage}}"),
+        live=directory(f"{RESULTS}/train/stage-{{stage}}"),
+    params:
+        model=PARAMS["model"],
+        coconut=PARAMS["coconut"],
+        train=PARAMS["train"],
+        init=init_flag,
+    log:
+        f"{LOGS}/train/stage-{{stage}}.log",
+    benchmark:
+        f"{BENCH}/train/stage-{{stage}}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/cocoracle.yaml"
+    shell:
+        "cocoracle train --params {PF} --stage {wildcards.stage} --data {DATA}{params.init}"
+        " --out {output.checkpoint} --live {output.live} --log {log}"

@@ -1,0 +1,24 @@
+import sys
+
+from snakemake.utils import validate
+
+from cocoracle.config import ParamError, load_params
+from cocoracle.data import SPLITS
+from cocoracle.pipeline import CODE
+
+configfile: "config.yaml"
+
+
+validate(config, "../schemas/config.schema.yaml")
+try:
+    PARAMS = load_params(config["params_file"])
+except ParamError as exc:
+    sys.exit(f"cocoracle: error: {exc}")
+
+PF = config["params_file"]
+DATA, MODELS, RESULTS = config["data_dir"], config["models_dir"], config["results_dir"]
+LOGS, BENCH = config["logs_dir"], config["benchmarks_dir"]
+STAGES = list(range(PARAMS["coconut"]["num_stages"] + 1))
+
+wildcard_constraints:
+    stage=r"\d+",

@@ -1,0 +1,15 @@
+rule generate:
+    input:
+        CODE["generate"],
+    output:
+        expand(f"{DATA}/{{split}}.parquet", split=SPLITS),
+    params:
+        data=PARAMS["data"],
+    log:
+        f"{LOGS}/generate.log",
+    benchmark:
+        f"{BENCH}/generate.tsv"
+    conda:
+        "../../envs/cocoracle.yaml"
+    shell:
+        "cocoracle generate --params {PF} --out {DATA} --log {log}"

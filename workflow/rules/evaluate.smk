@@ -1,0 +1,36 @@
+rule evaluate_stage:
+    input:
+        f"{MODELS}/stage-{{stage}}",
+        expand(f"{DATA}/{{split}}.parquet", split=PARAMS["evaluate"]["splits"]),
+        CODE["evaluate"],
+    output:
+        metrics=f"{RESULTS}/eval/stage-{{stage}}.json",
+        predictions=f"{RESULTS}/eval/stage-{{stage}}-predictions.parquet",
+    params:
+        evaluate=PARAMS["evaluate"],
+    log:
+        f"{LOGS}/evaluate/stage-{{stage}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/stage-{{stage}}.tsv"
+    threads: workflow.cores
+    conda:
+        "../../envs/cocoracle.yaml"
+    shell:
+        "cocoracle evaluate --params {PF} --stage {wildcards.stage} --data {DATA} --checkpoint {input[0]}"
+        " --metrics {output.metrics} --predictions {output.predictions} --log {log}"
+
+
+rule summarize:
+    input:
+        metrics=expand(f"{RESULTS}/eval/stage-{{stage}}.json", stage=STAGES),
+        code=CODE["summarize"],
+    output:
+        f"{RESULTS}/accuracy.md",
+    log:
+        f"{LOGS}/summarize.log",
+    benchmark:
+        f"{BENCH}/summarize.tsv"
+    conda:
+        "../../envs/cocoracle.yaml"
+    shell:
+        "cocoracle summarize {input.metrics} --table {output} --log {log}"
