@@ -22,6 +22,16 @@ def _schema() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def _is_strict_integer(checker, instance) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# JSON Schema counts 100.0 as an integer; sizes and counts must be written as integers.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer))
+
+
 def _key_of(error: jsonschema.ValidationError) -> str:
     path = [str(p) for p in error.absolute_path]
     if error.validator == "required":
@@ -38,14 +48,16 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ParamError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ParamError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
         raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
     """Check params against the schema and the rules a schema cannot express."""
-    validator = jsonschema.Draft202012Validator(_schema())
+    validator = _Validator(_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         error = jsonschema.exceptions.best_match(errors)

@@ -15,17 +15,23 @@ from transformers import PreTrainedModel
 
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.coconut import Codec, generate, teacher_forced_correct
+from cocoracle.config import ParamError
 from cocoracle.data import load_split
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 
-ANSWER = re.compile(r"###(.*)$", re.S)
+ANSWER_MARK = "###"
+PREDICTIONS_SCHEMA = pa.schema([
+    ("split", pa.string()), ("id", pa.int64()), ("n_steps", pa.int8()), ("generated", pa.string()),
+    ("predicted", pa.int64()), ("answer", pa.int64()), ("correct", pa.bool_()), ("teacher_forced", pa.bool_()),
+])
 
 
 def parse_answer(text: str) -> int | None:
     """The number after the last '###', or None when the output has none."""
-    match = ANSWER.search(text)
-    digits = re.sub(r"\s", "", match.group(1)) if match else ""
-    return int(digits) if digits.isdigit() else None
+    if ANSWER_MARK not in text:
+        return None
+    digits = re.sub(r"\s", "", text.rsplit(ANSWER_MARK, 1)[1])
+    return int(digits) if re.fullmatch(r"[0-9]+", digits) else None
 
 
 def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], stage: int, coconut: dict[str, Any],
@@ -71,8 +77,10 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
     trained = checkpoint_params(checkpoint)
     model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(trained["model"]["dtype"], device))
     codec = Codec(tokenizer)
+    if not 0 <= stage <= trained["coconut"]["num_stages"]:
+        raise ParamError(f"--stage {stage}: {checkpoint} was trained with stages 0..{trained['coconut']['num_stages']}")
     metrics: dict[str, Any] = {"stage": stage}
-    tables = []
+    predictions: list[dict[str, Any]] = []
     for split in ev["splits"]:
         rows = load_split(data_dir, split)
         if not rows:
@@ -80,8 +88,8 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
         results = predict(model, codec, rows, stage, trained["coconut"], ev["batch_size"], ev["max_new_tokens"],
                           desc=f"stage {stage} {split}")
         metrics[split] = summarize(results)
-        tables.append(pa.Table.from_pylist([{"split": split, **r} for r in results]))
+        predictions += [{"split": split, **r} for r in results]
     with atomic_path(predictions_path) as tmp:
-        pq.write_table(pa.concat_tables(tables), tmp)
+        pq.write_table(pa.Table.from_pylist(predictions, schema=PREDICTIONS_SCHEMA), tmp)
     write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     return metrics

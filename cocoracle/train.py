@@ -80,7 +80,7 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
     scheduler = get_scheduler(train["schedule"] if train["schedule"] != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=train["warmup_steps"], num_training_steps=steps)
-    eval_every = max(1, steps // 4)
+    eval_at = {max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)}  # validate at each quarter
 
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         model.train()
@@ -102,8 +102,8 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
             progress.set_postfix(loss=f"{total:.4f}")
             live.log_metric("train/loss", total)
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
-            if val_rows and ((step + 1) % eval_every == 0 or step + 1 == steps):
-                results = predict(model, codec, val_rows, stage, coconut, 256, VAL_MAX_NEW_TOKENS, desc="val")
+            if val_rows and step + 1 in eval_at:
+                results = predict(model, codec, val_rows, stage, coconut, train["batch_size"], VAL_MAX_NEW_TOKENS, desc="val")
                 accuracy = sum(r["correct"] for r in results) / len(results)
                 live.log_metric("val/accuracy", accuracy)
                 log.info("stage %d step %d/%d loss %.4f val accuracy %.3f", stage, step + 1, steps, total, accuracy)

@@ -206,8 +206,6 @@ def test_params_file_that_is_not_a_mapping(tmp_path, text):
     assert str(file) in lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_yaml does not catch UnicodeDecodeError; a non-UTF-8 params "
-                                       "file gives a traceback instead of a one-line error")
 def test_binary_params_file_gives_one_line(tmp_path):
     file = tmp_path / "binary.yaml"
     file.write_bytes(b"\xff\xfe\x00\x80 not text")
@@ -218,8 +216,6 @@ def test_binary_params_file_gives_one_line(tmp_path):
     assert str(file) in lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the schema's 'integer' accepts 100.0, then split_counts slices with a "
-                                       "float and check-params dies with a TypeError traceback")
 def test_float_valued_count_is_accepted_or_rejected_cleanly(tmp_path):
     params = tiny_params_dict()
     params["data"]["n_train"] = 100.0

@@ -1,0 +1,123 @@
+"""Curriculum helpers and train_stage end to end on the tiny parameters."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_params_dict
+from cocoracle.config import ParamError
+from cocoracle.model import MARKERS, initial_model, load_checkpoint
+from cocoracle.train import batch_stages, micro_batches, optimizer_steps, train_stage
+
+CPU = torch.device("cpu")
+
+
+def test_batch_stages():
+    rng = np.random.default_rng(0)
+    assert batch_stages(0, 50, 1.0, rng) == [0] * 50  # nothing earlier than stage 0
+    assert batch_stages(2, 50, 0.0, rng) == [2] * 50
+    mixed = batch_stages(3, 400, 1.0, rng)
+    assert set(mixed) == {0, 1, 2}  # always an earlier stage, each of them drawn
+    some = batch_stages(3, 2000, 0.25, rng)
+    assert set(some) <= {0, 1, 2, 3}
+    assert 0.18 < sum(s != 3 for s in some) / len(some) < 0.32
+
+
+def test_micro_batches_walk_through_epochs():
+    rng = np.random.default_rng(0)
+    n_rows, size = 20, 5
+    batches = micro_batches(n_rows, size, 12, rng)
+    assert len(batches) == 12 and all(len(b) == size for b in batches)
+    for epoch in range(3):  # every 4 batches are one permutation of the rows
+        seen = np.concatenate(batches[4 * epoch: 4 * epoch + 4])
+        assert sorted(seen.tolist()) == list(range(n_rows))
+    assert not all(np.array_equal(batches[i], batches[i + 4]) for i in range(4))  # reshuffled per epoch
+    # batches larger than the data set still have the full size
+    big = micro_batches(3, 8, 2, np.random.default_rng(1))
+    assert all(len(b) == 8 and set(b.tolist()) <= {0, 1, 2} for b in big)
+
+
+def test_optimizer_steps():
+    train = {"batch_size": 8, "grad_accum": 2, "epochs": [2, 0.5], "max_steps": None}
+    assert optimizer_steps(train, 0, 100) == 2 * math.ceil(100 / 16)
+    assert optimizer_steps(train, 1, 100) == math.ceil(0.5 * math.ceil(100 / 16))
+    assert optimizer_steps({**train, "max_steps": 7}, 1, 100) == 7
+
+
+# ----------------------------------------------------------------------------------------------
+# train_stage
+
+
+@pytest.fixture(scope="module")
+def stage0(tmp_path_factory, data_dir):
+    """The tiny params' stage 0, trained twice into two directories."""
+    params = tiny_params_dict()
+    root = tmp_path_factory.mktemp("train")
+    for name in ("a", "b"):
+        train_stage(params, 0, data_dir, None, root / f"stage-0{name}", root / f"live-0{name}", CPU)
+    return params, root
+
+
+def test_train_stage_writes_a_safe_checkpoint(stage0, train_rows):
+    params, root = stage0
+    out = root / "stage-0a"
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "params.json", "tokenizer.json"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".tmp"))]
+    assert json.loads((out / "params.json").read_text()) == {**params, "stage": 0}
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary directories left
+
+    model, tokenizer = load_checkpoint(out, CPU, torch.float32)
+    assert model.config.n_layer == params["model"]["tiny"]["n_layer"]
+    assert model.config.n_embd == params["model"]["tiny"]["n_embd"]
+    assert None not in tokenizer.convert_tokens_to_ids(MARKERS)
+    # training changed the weights of the seeded initial model
+    initial, _ = initial_model(params["model"], train_rows)
+    trained = load_file(out / "model.safetensors")
+    start = initial.state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in trained if k in start)
+    # the training curve was logged
+    assert any((root / "live-0a").rglob("*loss*"))
+
+
+def test_train_stage_is_deterministic(stage0):
+    _, root = stage0
+    a = (root / "stage-0a" / "model.safetensors").read_bytes()
+    b = (root / "stage-0b" / "model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_stage_1_starts_from_stage_0(stage0, data_dir):
+    params, root = stage0
+    out = root / "stage-1"
+    train_stage(params, 1, data_dir, root / "stage-0a", out, root / "live-1", CPU)
+    assert json.loads((out / "params.json").read_text())["stage"] == 1
+    model, tokenizer = load_checkpoint(out, CPU, torch.float32)
+    before = load_file(root / "stage-0a" / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert tokenizer.get_vocab() == load_checkpoint(root / "stage-0a", CPU, torch.float32)[1].get_vocab()
+
+
+def test_train_stage_argument_errors(tiny_params, data_dir, tmp_path):
+    with pytest.raises(ParamError, match="--init"):
+        train_stage(tiny_params, 1, data_dir, None, tmp_path / "out", tmp_path / "live", CPU)
+    with pytest.raises(ParamError, match="--stage"):
+        train_stage(tiny_params, tiny_params["coconut"]["num_stages"] + 1, data_dir, tmp_path / "x",
+                    tmp_path / "out", tmp_path / "live", CPU)
+    with pytest.raises(ParamError, match="train.parquet"):
+        train_stage(tiny_params, 0, tmp_path / "no-data", None, tmp_path / "out", tmp_path / "live", CPU)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_stage_rejects_too_short_context(tiny_params, data_dir, tmp_path):
+    tiny_params["model"]["tiny"]["n_positions"] = 16
+    with pytest.raises(ParamError, match="n_positions"):
+        train_stage(tiny_params, 0, data_dir, None, tmp_path / "out", tmp_path / "live", CPU)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,94 @@
+"""End to end: the smoke DAG through the real engines, and the incremental case in each."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from helpers_workflow import repo_copy, run, set_param
+
+pytestmark = pytest.mark.e2e
+STAGES = (0, 1, 2)  # smoke params: coconut.num_stages = 2
+
+
+def _mtimes(repo, paths):
+    return {p: (repo / p).stat().st_mtime_ns for p in paths}
+
+
+def _check_outputs(repo):
+    for split in ("train", "val", "test", "ood"):
+        assert (repo / "data" / f"{split}.parquet").is_file()
+    for k in STAGES:
+        ckpt = repo / "models" / f"stage-{k}"
+        assert (ckpt / "model.safetensors").is_file() and (ckpt / "tokenizer.json").is_file()
+        assert not list(ckpt.glob("*.bin")) and not list(ckpt.glob("*.pt"))
+        metrics = json.loads((repo / "results" / "eval" / f"stage-{k}.json").read_text())
+        assert {"val", "test", "ood"} <= set(metrics)
+        assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["n"] == 40
+        assert (repo / "results" / "train" / f"stage-{k}" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    table = (repo / "results" / "accuracy.md").read_text()
+    assert all(f"\n| {k} |" in table for k in STAGES)
+
+
+UPSTREAM = ["data/train.parquet"] + [f"models/stage-{k}/model.safetensors" for k in STAGES]
+EVAL = [f"results/eval/stage-{k}.json" for k in STAGES]
+
+
+@pytest.fixture(scope="module")
+def snakemake_repo(tmp_path_factory):
+    repo = repo_copy(tmp_path_factory.mktemp("smk"))
+    run(["snakemake", "--cores", "2"], cwd=repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory):
+    repo = repo_copy(tmp_path_factory.mktemp("dvc"))
+    run(["dvc", "repro"], cwd=repo)
+    return repo
+
+
+def test_snakemake_runs_the_whole_dag(snakemake_repo):
+    _check_outputs(snakemake_repo)
+    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
+    assert "Nothing to be done" in dry
+
+
+def test_dvc_runs_the_whole_dag(dvc_repo):
+    _check_outputs(dvc_repo)
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}")
+    assert status == {}
+
+
+def test_both_engines_compute_the_same_results(snakemake_repo, dvc_repo):
+    for path in ["data/train.parquet", "data/ood.parquet", *EVAL]:
+        assert (snakemake_repo / path).read_bytes() == (dvc_repo / path).read_bytes(), path
+
+
+def _planned_jobs(dry_run: str) -> set[str]:
+    """Rule names in the job-stats table of a snakemake dry run."""
+    return set(re.findall(r"^(\w+)\s+\d+$", dry_run, re.M)) - {"total"}
+
+
+def test_snakemake_reruns_only_evaluation_after_an_evaluate_param_change(snakemake_repo):
+    set_param(snakemake_repo, "evaluate", "max_new_tokens", 39)
+    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
+    assert _planned_jobs(dry) == {"evaluate_stage", "summarize", "all"}, dry
+    before = _mtimes(snakemake_repo, UPSTREAM + EVAL)
+    run(["snakemake", "--cores", "2"], cwd=snakemake_repo)
+    after = _mtimes(snakemake_repo, UPSTREAM + EVAL)
+    assert all(before[p] == after[p] for p in UPSTREAM), "an upstream step reran"
+    assert all(before[p] < after[p] for p in EVAL), "evaluation did not rerun"
+
+
+def test_dvc_reruns_only_evaluation_after_an_evaluate_param_change(dvc_repo):
+    set_param(dvc_repo, "evaluate", "max_new_tokens", 39)
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
+    assert set(status) == {f"evaluate_stage_{k}" for k in STAGES}
+    before = _mtimes(dvc_repo, UPSTREAM + EVAL)
+    out = run(["dvc", "repro"], cwd=dvc_repo).stdout
+    after = _mtimes(dvc_repo, UPSTREAM + EVAL)
+    assert "Running stage 'train_stage" not in out and "Running stage 'generate'" not in out
+    assert all(before[p] == after[p] for p in UPSTREAM), "an upstream step reran"
+    assert all(before[p] < after[p] for p in EVAL), "evaluation did not rerun"
