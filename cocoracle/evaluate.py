@@ -27,11 +27,11 @@ PREDICTIONS_SCHEMA = pa.schema([
 
 
 def parse_answer(text: str) -> int | None:
-    """The number after the last '###', or None when the output has none."""
+    """The number after the last '###'; None when there is none or it does not fit an int64 column."""
     if ANSWER_MARK not in text:
         return None
     digits = re.sub(r"\s", "", text.rsplit(ANSWER_MARK, 1)[1])
-    return int(digits) if re.fullmatch(r"[0-9]+", digits) else None
+    return int(digits) if re.fullmatch(r"[0-9]{1,18}", digits) else None
 
 
 def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], stage: int, coconut: dict[str, Any],

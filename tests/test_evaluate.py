@@ -48,6 +48,11 @@ def test_parse_answer_never_raises_on_odd_digits():
     assert parse_answer("### 1²") is None
 
 
+def test_parse_answer_rejects_numbers_too_long_for_the_predictions_table():
+    assert parse_answer("### " + "9 " * 30) is None
+    assert parse_answer("### " + "9" * 18) == int("9" * 18)
+
+
 def test_summarize_hand_made():
     results = [
         {"n_steps": 2, "correct": True, "teacher_forced": True},
