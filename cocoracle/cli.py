@@ -43,6 +43,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                    pick_device(args.device))
 
 
+def cmd_collect(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    from cocoracle.activations import collect_activations
+    from cocoracle.model import pick_device
+    collect_activations(params, args.stage, args.checkpoint, args.data, args.split, args.out, pick_device(args.device))
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    from cocoracle.probes import run_probes
+    run_probes(params, args.stage, {"train": args.train, "val": args.val, "test": args.test}, args.table,
+               args.heatmap, args.metrics)
+
+
 def cmd_summarize(args: argparse.Namespace) -> None:
     from cocoracle.summarize import summarize_stages
     summarize_stages(args.metrics, args.table)
@@ -82,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="checkpoint directory")
     ev.add_argument("--metrics", required=True, help="metrics JSON to write")
     ev.add_argument("--predictions", required=True, help="per-problem predictions parquet to write")
+    p = step("collect", cmd_collect, "cache the activations at every latent thought of one split")
+    p.add_argument("--stage", type=int, required=True, help="curriculum stage (1..num_stages)")
+    p.add_argument("--split", required=True, choices=["train", "val", "test", "ood"])
+    p.add_argument("--data", default="data", help="directory of <split>.parquet")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--out", required=True, help="cache directory to write")
+    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    p = step("probe", cmd_probe, "linear probes over one stage's activation caches")
+    p.add_argument("--stage", type=int, required=True)
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--{split}", required=True, help=f"{split} activation cache directory")
+    p.add_argument("--table", required=True, help="CSV of probe results to write")
+    p.add_argument("--heatmap", required=True, help="PNG heatmap to write")
+    p.add_argument("--metrics", required=True, help="JSON summary (best probe per label) to write")
     p = step("summarize", cmd_summarize, "accuracy table over stages from the evaluation metrics", params=False)
     p.add_argument("metrics", nargs="+", help="evaluation metrics JSON files, one per stage")
     p.add_argument("--table", required=True, help="markdown table to write")

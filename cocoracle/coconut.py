@@ -183,8 +183,16 @@ def teacher_forced_correct(model: PreTrainedModel, batch: CoconutBatch) -> torch
 @torch.no_grad()
 def generate(model: PreTrainedModel, batch: CoconutBatch, eos_id: int, max_new_tokens: int) -> list[list[int]]:
     """Greedy decoding after the thoughts and <eot>, batched and cached; ids up to (excluding) eos."""
+    return generate_with_thoughts(model, batch, eos_id, max_new_tokens, return_states=False)[0]
+
+
+@torch.no_grad()
+def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: int, max_new_tokens: int,
+                           return_states: bool = True) -> tuple[list[list[int]], CoconutOutput]:
+    """Greedy decoding as `generate`, also returning the thoughts and (return_states) per-layer states
+    at every thought position, exactly as the model computed them while answering."""
     embed = model.get_input_embeddings()
-    last, mask, next_pos, cache, *_ = latent_prefix(model, batch)
+    last, mask, next_pos, cache, thoughts, states, _ = latent_prefix(model, batch, return_states)
     B = batch.prefix_ids.shape[0]
     eot = embed(batch.suffix_ids[:, :1])
     inputs = eot if last is None else torch.cat([last, eot], dim=1)
@@ -193,18 +201,22 @@ def generate(model: PreTrainedModel, batch: CoconutBatch, eos_id: int, max_new_t
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None:  # never run past the position table
         max_new_tokens = min(max_new_tokens, limit - int(next_pos.max()) - inputs.shape[1] + 1)
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens):
         n = inputs.shape[1]
         mask = torch.cat([mask, mask.new_ones(B, n)], dim=1)
         positions = next_pos + torch.arange(n, device=mask.device)
-        logits, _, cache = _step(model, inputs, mask, positions, cache)
+        logits, hidden, cache = _step(model, inputs, mask, positions, cache)
+        if i == 0 and return_states and last is not None:  # the last thought sits first in this pass
+            states.append(tuple(h[:, :1] for h in hidden))
         next_pos = positions[:, -1:] + 1
         token = logits[:, -1].argmax(-1)
-        for i in (~finished).nonzero().flatten().tolist():
-            if token[i].item() != eos_id:
-                out[i].append(int(token[i]))
+        for row in (~finished).nonzero().flatten().tolist():
+            if token[row].item() != eos_id:
+                out[row].append(int(token[row]))
         finished |= token == eos_id
         if finished.all():
             break
         inputs = embed(token[:, None])
-    return out
+    per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states)) if states else None
+    stacked = torch.cat(thoughts, dim=1) if thoughts else inputs.new_zeros(B, 0, inputs.shape[-1])
+    return out, CoconutOutput(logits=logits, thoughts=stacked, thought_states=per_layer)

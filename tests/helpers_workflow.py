@@ -14,9 +14,10 @@ BIN = Path(sys.executable).parent
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command with the project's environment on PATH; on failure show its output."""
-    # the smoke model is tiny: one thread per process is faster than two fighting over two cores
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1"}
+    # no OMP_NUM_THREADS here: snakemake sets it to a job's threads, and float results depend on it,
+    # so both engines must see the machine's default for their results to match bit for bit
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -48,4 +48,5 @@ def test_engines_declare_the_same_steps(tmp_path, params):
     for cmd, (inputs, outputs) in dvc.items():
         assert smk[cmd] == (inputs, outputs), cmd
     stages = load_params(repo / "params.yaml")["coconut"]["num_stages"] + 1
-    assert sum(" train " in c for c in dvc) == stages
+    assert sum(c.startswith("cocoracle train ") for c in dvc) == stages
+    assert sum(c.startswith("cocoracle probe ") for c in dvc) == stages - 1

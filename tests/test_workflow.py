@@ -27,12 +27,20 @@ def _check_outputs(repo):
         assert {"val", "test", "ood"} <= set(metrics)
         assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["n"] == 40
         assert (repo / "results" / "train" / f"stage-{k}" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    for k in STAGES[1:]:
+        for split in ("train", "val", "test"):
+            assert (repo / "results" / "activations" / f"stage-{k}" / split / "manifest.json").is_file()
+        probes = (repo / "results" / "probes" / f"stage-{k}.csv").read_text().splitlines()
+        assert probes[0] == "stage,tensor,thought,label,accuracy,baseline,n,C" and len(probes) > 1
+        assert (repo / "results" / "probes" / f"stage-{k}.png").stat().st_size > 0
     table = (repo / "results" / "accuracy.md").read_text()
     assert all(f"\n| {k} |" in table for k in STAGES)
 
 
 UPSTREAM = ["data/train.parquet"] + [f"models/stage-{k}/model.safetensors" for k in STAGES]
 EVAL = [f"results/eval/stage-{k}.json" for k in STAGES]
+CACHES = [f"results/activations/stage-{k}/{s}/manifest.json" for k in STAGES[1:] for s in ("train", "val", "test")]
+PROBES = [f"results/probes/stage-{k}.json" for k in STAGES[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +70,7 @@ def test_dvc_runs_the_whole_dag(dvc_repo):
 
 
 def test_both_engines_compute_the_same_results(snakemake_repo, dvc_repo):
-    for path in ["data/train.parquet", "data/ood.parquet", *EVAL]:
+    for path in ["data/train.parquet", "data/ood.parquet", *EVAL, "results/probes/stage-2.csv"]:
         assert (snakemake_repo / path).read_bytes() == (dvc_repo / path).read_bytes(), path
 
 
@@ -75,20 +83,42 @@ def test_snakemake_reruns_only_evaluation_after_an_evaluate_param_change(snakema
     set_param(snakemake_repo, "evaluate", "max_new_tokens", 39)
     dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
     assert _planned_jobs(dry) == {"evaluate_stage", "summarize", "all"}, dry
-    before = _mtimes(snakemake_repo, UPSTREAM + EVAL)
+    before = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES + EVAL)
     run(["snakemake", "--cores", "2"], cwd=snakemake_repo)
-    after = _mtimes(snakemake_repo, UPSTREAM + EVAL)
-    assert all(before[p] == after[p] for p in UPSTREAM), "an upstream step reran"
+    after = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES + EVAL)
+    assert all(before[p] == after[p] for p in UPSTREAM + CACHES + PROBES), "another step reran"
     assert all(before[p] < after[p] for p in EVAL), "evaluation did not rerun"
+
+
+def test_snakemake_reruns_only_probes_after_a_probe_param_change(snakemake_repo):
+    set_param(snakemake_repo, "probes", "C_grid", [0.5])
+    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
+    assert _planned_jobs(dry) == {"probe_stage", "all"}, dry
+    before = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES)
+    run(["snakemake", "--cores", "2"], cwd=snakemake_repo)
+    after = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES)
+    assert all(before[p] == after[p] for p in UPSTREAM + CACHES), "an upstream step reran"
+    assert all(before[p] < after[p] for p in PROBES), "probes did not rerun"
 
 
 def test_dvc_reruns_only_evaluation_after_an_evaluate_param_change(dvc_repo):
     set_param(dvc_repo, "evaluate", "max_new_tokens", 39)
     status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
     assert set(status) == {f"evaluate_stage_{k}" for k in STAGES}
-    before = _mtimes(dvc_repo, UPSTREAM + EVAL)
+    before = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES + EVAL)
     out = run(["dvc", "repro"], cwd=dvc_repo).stdout
-    after = _mtimes(dvc_repo, UPSTREAM + EVAL)
+    after = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES + EVAL)
     assert "Running stage 'train_stage" not in out and "Running stage 'generate'" not in out
-    assert all(before[p] == after[p] for p in UPSTREAM), "an upstream step reran"
+    assert all(before[p] == after[p] for p in UPSTREAM + CACHES + PROBES), "another step reran"
     assert all(before[p] < after[p] for p in EVAL), "evaluation did not rerun"
+
+
+def test_dvc_reruns_only_probes_after_a_probe_param_change(dvc_repo):
+    set_param(dvc_repo, "probes", "C_grid", [0.5])
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
+    assert set(status) == {f"probe_stage_{k}" for k in STAGES[1:]}
+    before = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES)
+    run(["dvc", "repro"], cwd=dvc_repo)
+    after = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES)
+    assert all(before[p] == after[p] for p in UPSTREAM + CACHES), "an upstream step reran"
+    assert all(before[p] < after[p] for p in PROBES), "probes did not rerun"

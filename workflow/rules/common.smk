@@ -19,6 +19,8 @@ PF = config["params_file"]
 DATA, MODELS, RESULTS = config["data_dir"], config["models_dir"], config["results_dir"]
 LOGS, BENCH = config["logs_dir"], config["benchmarks_dir"]
 STAGES = list(range(PARAMS["coconut"]["num_stages"] + 1))
+LATENT_STAGES = STAGES[1:]  # stages with latent thoughts to collect and probe
 
 wildcard_constraints:
     stage=r"\d+",
+    split=r"train|val|test|ood",

@@ -1,0 +1,153 @@
+"""Capture activations at latent-thought positions into a sharded safetensors cache.
+
+A cache directory holds shard-NNNNN.safetensors (one 2-D tensor per layer plus the fed-back thought,
+at most `shard_rows` rows each), index.parquet (one row per activation, with its labels) and
+manifest.json (checkpoint hash, layers, d_model, dtype, rows, per-shard sha256, params). It is built in
+a temporary directory and renamed into place, so a killed run never leaves a cache that looks complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from cocoracle.atomic import atomic_dir
+from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
+from cocoracle.config import ParamError
+from cocoracle.data import load_split
+from cocoracle.evaluate import parse_answer
+from cocoracle.model import DTYPES, checkpoint_params, load_checkpoint, pick_dtype
+
+THOUGHT = "thought"  # name of the fed-back thought vectors in the shards
+INDEX_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("problem_id", pa.int64()), ("stage", pa.int8()), ("thought", pa.int16()),
+    ("step", pa.int16()), ("step_text", pa.string()), ("carry_in", pa.int8()), ("carry_out", pa.int8()),
+    ("digit_written", pa.int8()), ("digit_sum", pa.int8()), ("a_digit", pa.int8()), ("b_digit", pa.int8()),
+    ("n_steps", pa.int8()), ("answer", pa.int64()), ("correct", pa.bool_()),
+])
+LABELS = ("carry_in", "carry_out", "digit_written", "digit_sum", "a_digit", "b_digit")
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_layers(spec: str | list[int | float], n_layer: int) -> list[int]:
+    """Hidden-state indices 0..n_layer (0 = embeddings): 'all', indices, or fractions of depth in (0, 1)."""
+    if spec == "all":
+        return list(range(n_layer + 1))
+    layers = []
+    for item in spec:
+        index = round(item * n_layer) if isinstance(item, float) else item
+        if not 0 <= index <= n_layer:
+            raise ParamError(f"activations.layers: {item} is outside 0..{n_layer} for this model")
+        layers.append(index)
+    return sorted(set(layers))
+
+
+def step_labels(a: int, b: int, step: int) -> dict[str, int]:
+    """What reasoning step `step` (least-significant digit first) computes for a + b."""
+    carry = 0
+    for j in range(step + 1):
+        x, y = (a // 10**j) % 10, (b // 10**j) % 10
+        carry_in, total = carry, x + y + carry
+        carry = total // 10
+    return {"carry_in": carry_in, "carry_out": carry, "digit_written": total % 10, "digit_sum": total,
+            "a_digit": x, "b_digit": y}
+
+
+def index_rows(row: dict[str, Any], stage: int, coconut: dict[str, Any], correct: bool) -> list[dict[str, Any]]:
+    """One index row per thought: the step it replaced (thought t stands for step t // c) and its labels."""
+    c = coconut["thoughts_per_step"]
+    n_thoughts, replaced = stage_layout(stage, coconut["num_stages"], c, len(row["steps"]))
+    out = []
+    for t in range(n_thoughts):
+        step = t // c if t // c < replaced else None
+        labels = step_labels(row["a"], row["b"], step) if step is not None else dict.fromkeys(LABELS)
+        out.append({"problem_id": row["id"], "stage": stage, "thought": t, "step": step,
+                    "step_text": row["steps"][step] if step is not None else None, **labels,
+                    "n_steps": len(row["steps"]), "answer": row["answer"], "correct": correct})
+    return out
+
+
+class ShardWriter:
+    """Buffers rows of named 2-D tensors and writes them as fixed-size safetensors shards."""
+
+    def __init__(self, directory: Path, shard_rows: int, dtype: torch.dtype):
+        self.directory, self.shard_rows, self.dtype = directory, shard_rows, dtype
+        self.buffer: dict[str, list[torch.Tensor]] = {}
+        self.buffered = 0
+        self.shards: list[dict[str, Any]] = []
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, value in tensors.items():
+            self.buffer.setdefault(name, []).append(value.detach().to("cpu", self.dtype))
+        self.buffered += next(iter(tensors.values())).shape[0]
+        while self.buffered >= self.shard_rows:
+            self._write(self.shard_rows)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._write(self.buffered)
+
+    def _write(self, rows: int) -> None:
+        merged = {name: torch.cat(parts) for name, parts in self.buffer.items()}
+        path = self.directory / f"shard-{len(self.shards):05d}.safetensors"
+        save_file({name: t[:rows].contiguous() for name, t in merged.items()}, str(path))
+        os.chmod(path, 0o644)
+        self.shards.append({"file": path.name, "rows": rows, "sha256": sha256(path)})
+        self.buffer = {name: [t[rows:]] for name, t in merged.items()}
+        self.buffered -= rows
+
+
+def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Path, data_dir: str | Path,
+                        split: str, out_dir: str | Path, device: torch.device) -> None:
+    """Run `checkpoint` on `split` as at evaluation and cache every thought position's activations."""
+    act = params["activations"]
+    trained = checkpoint_params(checkpoint)
+    coconut = trained["coconut"]
+    if not 1 <= stage <= coconut["num_stages"]:
+        raise ParamError(f"--stage {stage}: activations exist at stages 1..{coconut['num_stages']} only")
+    model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(trained["model"]["dtype"], device))
+    model.eval()
+    codec = Codec(tokenizer)
+    layers = resolve_layers(act["layers"], model.config.num_hidden_layers)
+    rows = load_split(data_dir, split)[: act["max_problems"] or None]
+    layout = (stage, coconut["num_stages"], coconut["thoughts_per_step"])
+    with atomic_dir(out_dir) as tmp:
+        writer = ShardWriter(tmp, act["shard_rows"], DTYPES[act["dtype"]])
+        index = pq.ParquetWriter(tmp / "index.parquet", INDEX_SCHEMA)
+        n_rows = 0
+        for start in tqdm(range(0, len(rows), act["batch_size"]), desc=f"collect stage {stage} {split}"):
+            chunk = rows[start:start + act["batch_size"]]
+            batch = codec.batch(chunk, *layout, with_targets=False).to(device)
+            ids, out = generate_with_thoughts(model, batch, codec.eos, 10_000)
+            B, T, d = out.thoughts.shape
+            writer.add({THOUGHT: out.thoughts.reshape(B * T, d),
+                        **{f"layer_{l}": out.thought_states[l].reshape(B * T, d) for l in layers}})
+            entries = [e for row, gen in zip(chunk, ids)
+                       for e in index_rows(row, stage, coconut, parse_answer(tokenizer.decode(gen)) == row["answer"])]
+            for i, e in enumerate(entries):
+                e["row"] = n_rows + i
+            index.write_table(pa.Table.from_pylist(entries, schema=INDEX_SCHEMA))
+            n_rows += len(entries)
+        writer.close()
+        index.close()
+        manifest = {"checkpoint_sha256": sha256(Path(checkpoint) / "model.safetensors"), "stage": stage,
+                    "split": split, "layers": layers, "tensors": [THOUGHT] + [f"layer_{l}" for l in layers],
+                    "d_model": model.config.hidden_size, "dtype": act["dtype"], "rows": n_rows,
+                    "shards": writer.shards, "index_sha256": sha256(tmp / "index.parquet"),
+                    "params": {"activations": act, "coconut": coconut}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,75 @@
+"""Streaming, verified reads from an activation cache written by cocoracle.activations."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from safetensors import safe_open
+
+from cocoracle.activations import sha256
+from cocoracle.config import ParamError
+
+
+class ActivationCache:
+    """One (stage, split) cache directory. Opening checks the manifest and every checksum."""
+
+    def __init__(self, path: str | Path, verify: bool = True):
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        except FileNotFoundError:
+            raise ParamError(f"{manifest}: missing (the cache is incomplete; rerun its collection)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ParamError(f"{manifest}: truncated or not JSON (rerun the collection)") from None
+        for key in ("shards", "rows", "tensors", "index_sha256"):
+            if key not in self.manifest:
+                raise ParamError(f"{manifest}: no '{key}' entry (truncated or from another tool)")
+        if verify:
+            self._verify()
+        self.index: pd.DataFrame = pq.read_table(self.path / "index.parquet").to_pandas()
+        if len(self.index) != self.manifest["rows"]:
+            raise ParamError(f"{self.path / 'index.parquet'}: {len(self.index)} rows, manifest says {self.manifest['rows']}")
+        self._starts = np.cumsum([0] + [s["rows"] for s in self.manifest["shards"]])
+
+    def _verify(self) -> None:
+        files = [(s["file"], s["sha256"]) for s in self.manifest["shards"]]
+        for name, expected in files + [("index.parquet", self.manifest["index_sha256"])]:
+            path = self.path / name
+            if not path.is_file():
+                raise ParamError(f"{path}: missing shard listed in the manifest")
+            if sha256(path) != expected:
+                raise ParamError(f"{path}: checksum mismatch (corrupt or modified)")
+
+    @property
+    def tensors(self) -> list[str]:
+        return list(self.manifest["tensors"])
+
+    def iter_batches(self, tensor: str, rows: np.ndarray | None = None, batch_rows: int = 8192
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (row numbers, float32 array) for `tensor`, shard by shard, memory-mapped.
+
+        `rows` selects sorted row numbers (e.g. from a filter on `index`); None means all rows.
+        """
+        if tensor not in self.tensors:
+            raise ParamError(f"{self.path}: no tensor '{tensor}' (has {', '.join(self.tensors)})")
+        wanted = np.arange(self.manifest["rows"]) if rows is None else np.sort(np.asarray(rows))
+        for shard, start, stop in zip(self.manifest["shards"], self._starts[:-1], self._starts[1:]):
+            chosen = wanted[(wanted >= start) & (wanted < stop)]
+            if not len(chosen):
+                continue
+            with safe_open(str(self.path / shard["file"]), framework="pt") as f:
+                view = f.get_slice(tensor)
+                for i in range(0, len(chosen), batch_rows):
+                    part = chosen[i:i + batch_rows]
+                    block = view[int(part[0] - start):int(part[-1] - start) + 1]
+                    yield part, block[part - part[0]].float().numpy()
+
+    def load(self, tensor: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """All selected rows of one tensor as a float32 array (row order as in `rows`, sorted)."""
+        parts = [block for _, block in self.iter_batches(tensor, rows)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.manifest["d_model"]), np.float32)

@@ -1,0 +1,100 @@
+"""Linear probes over the activation cache: every tensor (layer or fed-back thought) x thought x label.
+
+Fit on train, regularisation chosen on val, reported on test, each next to the majority-class baseline
+on the same test items.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+
+from cocoracle.atomic import atomic_path, write_text
+from cocoracle.cache_reader import ActivationCache
+
+COLUMNS = ["stage", "tensor", "thought", "label", "accuracy", "baseline", "n", "C"]
+
+
+def fit_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+              test: tuple[np.ndarray, np.ndarray], c_grid: list[float], max_iter: int, seed: int
+              ) -> dict[str, float] | None:
+    """Logistic-regression probe with C picked on val; None when train has a single class."""
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, val, test
+    if len(np.unique(y_tr)) < 2 or not len(y_va) or not len(y_te):
+        return None
+    best, best_score = None, -1.0
+    for c in c_grid:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
+        model.fit(x_tr, y_tr)
+        score = model.score(x_va, y_va)
+        if score > best_score:
+            best, best_score, best_c = model, score, c
+    values, counts = np.unique(y_tr, return_counts=True)
+    majority = values[np.argmax(counts)]
+    return {"accuracy": float(best.score(x_te, y_te)), "baseline": float(np.mean(y_te == majority)),
+            "n": int(len(y_te)), "C": float(best_c)}
+
+
+def _split(cache: ActivationCache, tensor: str, thought: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = cache.index[(cache.index["thought"] == thought) & cache.index[label].notna()]
+    return cache.load(tensor, rows["row"].to_numpy()), rows.sort_values("row")[label].to_numpy().astype(int)
+
+
+def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[str, Any]) -> pd.DataFrame:
+    """The tidy table of probe results for one stage's train/val/test caches."""
+    train = caches["train"]
+    thoughts = sorted(train.index["thought"].unique())
+    jobs = [(t, th, lb) for t in train.tensors for th in thoughts for lb in probes["labels"]]
+    results = []
+    for tensor, thought, label in tqdm(jobs, desc=f"probes stage {stage}"):
+        fitted = fit_probe(*(_split(caches[s], tensor, thought, label) for s in ("train", "val", "test")),
+                           probes["C_grid"], probes["max_iter"], probes["seed"])
+        if fitted is not None:
+            results.append({"stage": stage, "tensor": tensor, "thought": int(thought), "label": label, **fitted})
+    return pd.DataFrame(results, columns=COLUMNS)
+
+
+def heatmap(table: pd.DataFrame, stage: int, path: str | Path) -> None:
+    """PNG: tensor x label, mean over thoughts of accuracy above the majority baseline."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gain = (table.assign(gain=table["accuracy"] - table["baseline"])
+            .pivot_table(index="tensor", columns="label", values="gain", aggfunc="mean"))
+    order = sorted(gain.index, key=lambda t: (t != "thought", int(t.split("_")[1]) if "_" in t else -1))
+    gain = gain.loc[order]
+    fig, ax = plt.subplots(figsize=(1.2 * len(gain.columns) + 2, 0.5 * len(gain.index) + 1.5))
+    image = ax.imshow(gain.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(gain.columns)), gain.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(gain.index)), gain.index)
+    for (i, j), value in np.ndenumerate(gain.to_numpy()):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 else "black")
+    ax.set_title(f"Stage {stage}: probe accuracy above majority baseline (test, mean over thoughts)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | Path], table_path: str | Path,
+               heatmap_path: str | Path, metrics_path: str | Path) -> pd.DataFrame:
+    """Probe one stage; writes the CSV table, the heatmap and a JSON summary (best probe per label)."""
+    caches = {split: ActivationCache(path) for split, path in cache_dirs.items()}
+    table = probe_caches(caches, stage, params["probes"])
+    with atomic_path(table_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    heatmap(table, stage, heatmap_path)
+    best = table.loc[table.groupby("label")["accuracy"].idxmax()] if len(table) else table
+    summary = {row.label: {"accuracy": row.accuracy, "baseline": row.baseline, "tensor": row.tensor,
+                           "thought": row.thought} for row in best.itertuples()}
+    write_text(metrics_path, json.dumps({"stage": stage, "best": summary}, indent=2) + "\n")
+    return table
