@@ -1,0 +1,92 @@
+"""Peak RSS of collecting and reading the activation cache for N and 10xN problems.
+
+Each measurement runs in a fresh subprocess that reports its own peak RSS (getrusage). Prints rows, seconds, rows/s,
+peak RSS for both sizes, and the RSS ratio (target <= 1.2).
+Usage: python scripts/bench_activation_memory.py [--params params.yaml] [--problems 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def collect(params_path: str, n: int, work: Path) -> None:
+    """Generate n test problems, save an untrained checkpoint, collect its all-latent activations."""
+    from cocoracle.activations import collect_activations
+    from cocoracle.config import load_params
+    from cocoracle.data import generate, load_split
+    from cocoracle.model import initial_model, save_checkpoint
+
+    params = copy.deepcopy(load_params(params_path))
+    params["data"].update(n_train=200, n_val=10, n_test=n, n_ood=0)
+    params["activations"]["max_problems"] = None
+    generate(params["data"], work / "data")
+    model, tokenizer = initial_model(params["model"], load_split(work / "data", "train"))
+    stage = params["coconut"]["num_stages"]
+    save_checkpoint(model, tokenizer, work / "ckpt", {**params, "stage": stage})
+    start = time.perf_counter()
+    collect_activations(params, stage, work / "ckpt", work / "data", "test", work / "cache", torch.device("cpu"))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_mb()}))
+
+
+def read(work: Path) -> None:
+    """Stream every tensor of the cache once (what probes do), verifying checksums on open."""
+    from cocoracle.cache_reader import ActivationCache
+
+    cache = ActivationCache(work / "cache")
+    start, total = time.perf_counter(), 0.0
+    for tensor in cache.tensors:
+        for _, block in cache.iter_batches(tensor):
+            total += float(block.sum())
+    print(json.dumps({"seconds": time.perf_counter() - start, "rows": cache.manifest["rows"], "peak_rss_mb": _peak_mb()}))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(mode: str, params: str, n: int, work: Path) -> dict:
+    """Run one measurement in a fresh process; it reports its own time and peak RSS."""
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--params", params, "--problems", str(n),
+                          "--work", str(work)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--problems", type=int, default=1000)
+    parser.add_argument("--child", choices=["collect", "read"])
+    parser.add_argument("--work")
+    args = parser.parse_args()
+    if args.child == "collect":
+        return collect(args.params, args.problems, Path(args.work))
+    if args.child == "read":
+        return read(Path(args.work))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (args.problems, 10 * args.problems):
+            work = Path(tmp) / str(n)
+            work.mkdir()
+            results[n] = {"collect": measure("collect", args.params, n, work), "read": measure("read", args.params, n, work)}
+    small, large = results[args.problems], results[10 * args.problems]
+    for n, r in results.items():
+        rows = r["read"]["rows"]
+        print(f"{n} problems, {rows} rows: collect {r['collect']['seconds']:.1f} s ({rows / r['collect']['seconds']:.0f} rows/s), "
+              f"peak RSS {r['collect']['peak_rss_mb']:.0f} MB; read {r['read']['seconds']:.1f} s "
+              f"({rows / r['read']['seconds']:.0f} rows/s), peak RSS {r['read']['peak_rss_mb']:.0f} MB")
+    for mode in ("collect", "read"):
+        print(f"{mode} RSS ratio 10xN / N: {large[mode]['peak_rss_mb'] / small[mode]['peak_rss_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
