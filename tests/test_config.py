@@ -175,11 +175,16 @@ def test_check_params_accepts_the_tiny_params(tmp_path):
 
 def test_missing_params_file_names_the_file(tmp_path):
     file = tmp_path / "nowhere" / "params.yaml"
+    assert_one_line_naming_file(file)
+
+
+def assert_one_line_naming_file(file):
+    """check-params on `file` fails with exactly one stderr line naming it, and no traceback."""
     result = run_cli("check-params", "--params", file)
     assert result.returncode != 0
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert str(file) in lines[0]
+    assert str(file) in lines[0] and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("text", ["data: [1, 2\nmodel: {name: tiny\n", "data:\n  seed: 0\n   digits: [1]\n",
@@ -187,33 +192,20 @@ def test_missing_params_file_names_the_file(tmp_path):
 def test_malformed_yaml_names_the_file(tmp_path, text):
     file = tmp_path / "broken.yaml"
     file.write_text(text)
-    result = run_cli("check-params", "--params", file)
-    assert result.returncode != 0
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert str(file) in lines[0]
-    assert "Traceback" not in result.stderr
+    assert_one_line_naming_file(file)
 
 
 @pytest.mark.parametrize("text", ["", "- 1\n- 2\n", "just a string\n"], ids=["empty", "list", "scalar"])
 def test_params_file_that_is_not_a_mapping(tmp_path, text):
     file = tmp_path / "odd.yaml"
     file.write_text(text)
-    result = run_cli("check-params", "--params", file)
-    assert result.returncode != 0
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert str(file) in lines[0]
+    assert_one_line_naming_file(file)
 
 
 def test_binary_params_file_gives_one_line(tmp_path):
     file = tmp_path / "binary.yaml"
     file.write_bytes(b"\xff\xfe\x00\x80 not text")
-    result = run_cli("check-params", "--params", file)
-    assert result.returncode != 0
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert str(file) in lines[0]
+    assert_one_line_naming_file(file)
 
 
 def test_float_valued_count_is_accepted_or_rejected_cleanly(tmp_path):
