@@ -42,22 +42,29 @@ def fit_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
             "n": int(len(y_te)), "C": float(best_c)}
 
 
-def _split(cache: ActivationCache, tensor: str, thought: int, label: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = cache.index[(cache.index["thought"] == thought) & cache.index[label].notna()]
-    return cache.load(tensor, rows["row"].to_numpy()), rows.sort_values("row")[label].to_numpy().astype(int)
+def _thought_rows(cache: ActivationCache, tensor: str, thought: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """Activations and index rows (in row order) of one thought position."""
+    rows = cache.index[cache.index["thought"] == thought].sort_values("row")
+    return cache.load(tensor, rows["row"].to_numpy()), rows
 
 
 def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[str, Any]) -> pd.DataFrame:
     """The tidy table of probe results for one stage's train/val/test caches."""
     train = caches["train"]
     thoughts = sorted(train.index["thought"].unique())
-    jobs = [(t, th, lb) for t in train.tensors for th in thoughts for lb in probes["labels"]]
     results = []
-    for tensor, thought, label in tqdm(jobs, desc=f"probes stage {stage}"):
-        fitted = fit_probe(*(_split(caches[s], tensor, thought, label) for s in ("train", "val", "test")),
-                           probes["C_grid"], probes["max_iter"], probes["seed"])
-        if fitted is not None:
-            results.append({"stage": stage, "tensor": tensor, "thought": int(thought), "label": label, **fitted})
+    for tensor, thought in tqdm([(t, th) for t in train.tensors for th in thoughts], desc=f"probes stage {stage}"):
+        loaded = {split: _thought_rows(cache, tensor, thought) for split, cache in caches.items()}
+        for label in probes["labels"]:
+            data = []
+            for split in ("train", "val", "test"):
+                x, rows = loaded[split]
+                known = rows[label].notna().to_numpy()
+                data.append((x[known], rows[label].to_numpy()[known].astype(int)))
+            fitted = fit_probe(*data, probes["C_grid"], probes["max_iter"], probes["seed"])
+            if fitted is not None:
+                results.append({"stage": stage, "tensor": tensor, "thought": int(thought), "label": label,
+                                **fitted})
     return pd.DataFrame(results, columns=COLUMNS)
 
 

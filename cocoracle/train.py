@@ -60,8 +60,8 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
         raise ParamError(f"--stage {stage}: must be within 0..coconut.num_stages ({coconut['num_stages']})")
     if stage > 0 and init is None:
         raise ParamError(f"--init: stage {stage} starts from the previous stage's checkpoint")
-    rows = load_split(data_dir, "train")
-    val_rows = load_split(data_dir, "val")[: train["val_examples"]]
+    splits = {split: load_split(data_dir, split) for split in SPLITS}
+    rows, val_rows = splits["train"], splits["val"][: train["val_examples"]]
     dtype = pick_dtype(params["model"]["dtype"], device)
     if stage == 0:
         model, tokenizer = initial_model(params["model"], rows)
@@ -69,7 +69,7 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
     else:
         model, tokenizer = load_checkpoint(init, device, dtype)
     codec = Codec(tokenizer)
-    _check_fits(model, codec, [r for split in SPLITS for r in load_split(data_dir, split)], coconut)
+    _check_fits(model, codec, [r for split_rows in splits.values() for r in split_rows], coconut)
 
     torch.manual_seed(train["seed"] * 1000 + stage)
     rng = np.random.default_rng([train["seed"], stage])
