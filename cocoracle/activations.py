@@ -31,7 +31,7 @@ INDEX_SCHEMA = pa.schema([
     ("row", pa.int64()), ("problem_id", pa.int64()), ("stage", pa.int8()), ("thought", pa.int16()),
     ("step", pa.int16()), ("step_text", pa.string()), ("carry_in", pa.int8()), ("carry_out", pa.int8()),
     ("digit_written", pa.int8()), ("digit_sum", pa.int8()), ("a_digit", pa.int8()), ("b_digit", pa.int8()),
-    ("n_steps", pa.int8()), ("answer", pa.int64()), ("correct", pa.bool_()),
+    ("n_steps", pa.int8()), ("question", pa.string()), ("answer", pa.int64()), ("correct", pa.bool_()),
 ])
 LABELS = ("carry_in", "carry_out", "digit_written", "digit_sum", "a_digit", "b_digit")
 
@@ -78,7 +78,7 @@ def index_rows(row: dict[str, Any], stage: int, coconut: dict[str, Any], correct
         labels = step_labels(row["a"], row["b"], step) if step is not None else dict.fromkeys(LABELS)
         out.append({"problem_id": row["id"], "stage": stage, "thought": t, "step": step,
                     "step_text": row["steps"][step] if step is not None else None, **labels,
-                    "n_steps": len(row["steps"]), "answer": row["answer"], "correct": correct})
+                    "n_steps": len(row["steps"]), "question": row["question"], "answer": row["answer"], "correct": correct})
     return out
 
 

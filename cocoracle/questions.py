@@ -1,0 +1,46 @@
+"""The activation oracles' language: the placeholder token, the prompt, and one template family per task.
+
+Training and evaluation draw questions from the same templates. The tiny tokenizer is built over these
+texts too, so every word of a question is a token of its own.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+ACT = "<act>"  # placeholder whose residual stream receives the injected activation
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "step": ("What step was computed here ?", "Which reasoning step does this thought replace ?",
+             "Write out the step of the sum this thought stands for ."),
+    "digit": ("Which digit is written at this step ?", "What digit does this step write ?"),
+    "carry": ("What is the carry out of this step ?", "Which carry does this step pass on ?"),
+    "answer": ("What is the final answer ?", "What will the sum be ?"),
+    "problem": ("What problem is being solved ?", "Which two numbers are being added ?"),
+}
+TASKS = tuple(TEMPLATES)
+
+
+def prompt(layer: int, question: str) -> str:
+    """`Layer {L}: <act> {question}`: the oracle is told which layer the activation was read from."""
+    return f"Layer {layer} : {ACT} {question}"
+
+
+def target(task: str, item: dict[str, Any]) -> str:
+    """The answer to `task` for an activation-cache index row (without the end token)."""
+    if task == "step":
+        return str(item["step_text"])
+    if task == "digit":
+        return str(item["digit_written"])
+    if task == "carry":
+        return str(item["carry_out"])
+    if task == "answer":
+        return str(item["answer"])
+    if task == "problem":
+        return str(item["question"]).removesuffix(" =")
+    raise ValueError(f"unknown oracle task '{task}'")
+
+
+def vocabulary_texts() -> Iterator[str]:
+    """Every word a prompt can contain, for building a tokenizer."""
+    yield prompt(0, "")
+    for templates in TEMPLATES.values():
+        yield from templates
