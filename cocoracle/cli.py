@@ -57,9 +57,33 @@ def cmd_probe(args: argparse.Namespace) -> None:
                args.heatmap, args.metrics)
 
 
-def cmd_summarize(args: argparse.Namespace) -> None:
-    from cocoracle.summarize import summarize_stages
-    summarize_stages(args.metrics, args.table)
+def cmd_train_oracle(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    from cocoracle.model import pick_device
+    from cocoracle.oracle import train_oracle
+    train_oracle(args.kind, params, args.stage, {"train": args.train, "val": args.val}, args.checkpoint, args.base,
+                 args.data, args.out, args.live, pick_device(args.device))
+
+
+def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    from cocoracle.model import pick_device
+    from cocoracle.oracle_eval import evaluate_oracles
+    evaluate_oracles(params, args.stage, args.checkpoint, {"separate": args.separate, "self": args.self_oracle},
+                     {"train": args.train, "test": args.test}, args.data, args.table, args.metrics, args.predictions,
+                     pick_device(args.device))
+
+
+def cmd_ask(args: argparse.Namespace) -> None:
+    from cocoracle.ask import ask_problem
+    from cocoracle.model import pick_device
+    print(ask_problem(args.problem, args.checkpoint, args.oracle, args.task, pick_device(args.device)))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from cocoracle.report import write_report
+    write_report(args.eval, args.probes, args.heatmaps, args.oracle_tables, args.oracle_metrics, args.train,
+                 args.out, args.plots)
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
@@ -110,9 +134,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True, help="CSV of probe results to write")
     p.add_argument("--heatmap", required=True, help="PNG heatmap to write")
     p.add_argument("--metrics", required=True, help="JSON summary (best probe per label) to write")
-    p = step("summarize", cmd_summarize, "accuracy table over stages from the evaluation metrics", params=False)
-    p.add_argument("metrics", nargs="+", help="evaluation metrics JSON files, one per stage")
-    p.add_argument("--table", required=True, help="markdown table to write")
+    p = step("train-oracle", cmd_train_oracle, "train the separate oracle or the self-oracle of one stage")
+    p.add_argument("--kind", required=True, choices=["separate", "self"])
+    p.add_argument("--stage", type=int, required=True, help="latent stage whose activations are read")
+    p.add_argument("--checkpoint", required=True, help="that stage's Coconut checkpoint")
+    p.add_argument("--base", help="separate oracle's base model: a checkpoint directory or Hugging Face id")
+    p.add_argument("--train", required=True, help="train activation cache")
+    p.add_argument("--val", required=True, help="val activation cache")
+    p.add_argument("--data", default="data", help="directory of <split>.parquet (the self-oracle rehearses train)")
+    p.add_argument("--out", required=True, help="oracle directory to write")
+    p.add_argument("--live", required=True, help="dvclive directory for the training curves")
+    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    p = step("evaluate-oracle", cmd_evaluate_oracle, "score both oracles of one stage next to trivial baselines")
+    p.add_argument("--stage", type=int, required=True)
+    p.add_argument("--checkpoint", required=True, help="the stage's Coconut checkpoint (answer accuracy before)")
+    p.add_argument("--separate", required=True, help="separate oracle directory")
+    p.add_argument("--self", dest="self_oracle", required=True, help="self-oracle directory")
+    p.add_argument("--train", required=True, help="train activation cache (majority baselines)")
+    p.add_argument("--test", required=True, help="test activation cache (scored items)")
+    p.add_argument("--data", default="data", help="directory of <split>.parquet")
+    p.add_argument("--table", required=True, help="CSV: metrics per oracle, condition, task and thought")
+    p.add_argument("--metrics", required=True, help="JSON summary to write")
+    p.add_argument("--predictions", required=True, help="per-item answers parquet to write")
+    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    p = step("ask", cmd_ask, "solve a new problem and ask the oracle what each latent thought computed",
+             params=False)
+    p.add_argument("problem", help='a sum such as "347 + 285"')
+    p.add_argument("--checkpoint", default="models/stage-3", help="Coconut checkpoint (default: models/stage-3)")
+    p.add_argument("--oracle", default="models/oracle/self/stage-3", help="oracle directory (default: the self-oracle)")
+    p.add_argument("--task", default="step", choices=["step", "digit", "carry"], help="question asked per thought")
+    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    p = step("report", cmd_report, "results/report.md and its plots from the pipeline's outputs", params=False)
+    for name, help in [("eval", "evaluation metrics JSON per stage"), ("probes", "probe summary JSON per stage"),
+                       ("heatmaps", "probe heatmap PNG per stage"), ("oracle-tables", "oracle CSV per stage"),
+                       ("oracle-metrics", "oracle JSON per stage"), ("train", "dvclive directories")]:
+        p.add_argument(f"--{name}", nargs="*", default=[], help=help)
+    p.add_argument("--out", required=True, help="markdown report to write")
+    p.add_argument("--plots", required=True, help="directory for the report's PNG plots")
     p = step("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml for the stages in the parameter file")
     p.add_argument("--config", default="config.yaml", help="wiring file with the paths (default: config.yaml)")
     p.add_argument("--out", default="dvc.yaml", help="where to write (default: dvc.yaml)")

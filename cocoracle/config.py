@@ -97,6 +97,9 @@ def _semantic_errors(p: dict[str, Any]):
             yield "model.tiny.n_head", f"must divide model.tiny.n_embd ({tiny['n_embd']})"
     elif not Path(name).is_dir() and (name.startswith((".", "/", "~")) or not HUB_ID.match(name)):
         yield "model.name", f"'{name}' is not 'tiny', an existing local directory, or a Hugging Face model id"
+    stages = p["oracle"]["stages"]
+    if stages != "all" and max(stages) > coconut["num_stages"]:
+        yield "oracle.stages", f"latent stages are 1..coconut.num_stages ({coconut['num_stages']}), got {max(stages)}"
     epochs = train["epochs"]
     if isinstance(epochs, list) and len(epochs) != coconut["num_stages"] + 1:
         yield "train.epochs", f"needs one entry per stage (coconut.num_stages + 1 = {coconut['num_stages'] + 1}), got {len(epochs)}"
@@ -117,6 +120,12 @@ def split_counts(data: dict[str, Any]) -> list[int]:
     for i in order[: total - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def oracle_stages(params: dict[str, Any]) -> list[int]:
+    """The latent stages that get oracles."""
+    stages = params["oracle"]["stages"]
+    return list(range(1, params["coconut"]["num_stages"] + 1)) if stages == "all" else sorted(stages)
 
 
 def stage_epochs(train: dict[str, Any], stage: int) -> float:

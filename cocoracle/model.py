@@ -65,7 +65,7 @@ def _tiny_model(tiny: dict[str, int], tokenizer: PreTrainedTokenizerBase) -> Pre
     return GPT2LMHeadModel(config)
 
 
-def _pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name)
@@ -87,7 +87,7 @@ def initial_model(model_params: dict[str, Any], train_rows: list[dict[str, Any]]
     if model_params["name"] == "tiny":
         tokenizer = build_tiny_tokenizer(corpus_texts(train_rows))
         return _tiny_model(model_params["tiny"], tokenizer), tokenizer
-    return _pretrained(model_params["name"])
+    return pretrained(model_params["name"])
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
@@ -120,3 +120,12 @@ def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
         raise ParamError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
     return model.to(device), tokenizer
+
+
+def load_base(name: str | Path, device: torch.device, dtype: torch.dtype
+              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A checkpoint of ours (a directory with params.json) or any Hugging Face id / directory, with our tokens."""
+    if (Path(name) / "params.json").is_file():
+        return load_checkpoint(name, device, dtype)
+    model, tokenizer = pretrained(str(name))
+    return model.to(device=device, dtype=dtype), tokenizer

@@ -5,7 +5,8 @@ texts too, so every word of a question is a token of its own.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 ACT = "<act>"  # placeholder whose residual stream receives the injected activation
 TEMPLATES: dict[str, tuple[str, ...]] = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cocoracle.atomic import write_text
 from cocoracle.config import ParamError
 
 
@@ -29,11 +28,3 @@ def accuracy_table(metrics: list[dict]) -> str:
         cells.append(str(m.get("test", {}).get("n", "–")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def summarize_stages(metric_paths: list[str], table_path: str | Path) -> None:
-    metrics = [_load(p) for p in metric_paths]
-    write_text(table_path, "# Coconut answer accuracy by curriculum stage\n\n"
-               "Free-generation: greedy decoding from the question alone (the last stage reasons only in "
-               "latent thoughts). Teacher-forced: the answer tokens are the argmax given the gold text.\n\n"
-               + accuracy_table(metrics))

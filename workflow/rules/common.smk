@@ -2,9 +2,10 @@ import sys
 
 from snakemake.utils import validate
 
-from cocoracle.config import ParamError, load_params
+from cocoracle.config import ParamError, load_params, oracle_stages
 from cocoracle.data import SPLITS
-from cocoracle.pipeline import CODE
+from cocoracle.pipeline import (CODE, ORACLE_KINDS, ORACLE_SHARED_KEYS, REPORT_PLOTS, oracle_train_keys, param_values,
+                                separate_base)
 
 configfile: "config.yaml"
 
@@ -20,7 +21,10 @@ DATA, MODELS, RESULTS = config["data_dir"], config["models_dir"], config["result
 LOGS, BENCH = config["logs_dir"], config["benchmarks_dir"]
 STAGES = list(range(PARAMS["coconut"]["num_stages"] + 1))
 LATENT_STAGES = STAGES[1:]  # stages with latent thoughts to collect and probe
+ORACLE_STAGES = oracle_stages(PARAMS)
+SEPARATE_BASE = separate_base(PARAMS, MODELS)
 
 wildcard_constraints:
     stage=r"\d+",
     split=r"train|val|test|ood",
+    kind=r"separate|self",

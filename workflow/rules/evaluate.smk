@@ -19,18 +19,3 @@ rule evaluate_stage:
         "cocoracle evaluate --params {PF} --stage {wildcards.stage} --data {DATA} --checkpoint {input[0]}"
         " --metrics {output.metrics} --predictions {output.predictions} --log {log}"
 
-
-rule summarize:
-    input:
-        metrics=expand(f"{RESULTS}/eval/stage-{{stage}}.json", stage=STAGES),
-        code=CODE["summarize"],
-    output:
-        f"{RESULTS}/accuracy.md",
-    log:
-        f"{LOGS}/summarize.log",
-    benchmark:
-        f"{BENCH}/summarize.tsv"
-    conda:
-        "../../envs/cocoracle.yaml"
-    shell:
-        "cocoracle summarize {input.metrics} --table {output} --log {log}"

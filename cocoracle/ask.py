@@ -1,0 +1,67 @@
+"""`cocoracle ask "347 + 285"`: solve a new problem in latent thoughts and read each thought with an oracle."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from cocoracle.activations import step_labels
+from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
+from cocoracle.config import ParamError
+from cocoracle.data import cot_steps, question_text
+from cocoracle.evaluate import parse_answer
+from cocoracle.injection import Injector
+from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
+from cocoracle.oracle import ask, load_oracle
+from cocoracle.oracle_data import OracleCodec
+from cocoracle.oracle_metrics import score
+from cocoracle.questions import TEMPLATES, prompt, target
+
+SUM = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*=?\s*")
+
+
+def parse_problem(problem: str, max_digits: int) -> tuple[int, int]:
+    """(a, b) from 'a + b'; one-line error for anything else or operands longer than the model was trained on."""
+    match = SUM.fullmatch(problem)
+    if not match:
+        raise ParamError(f"'{problem}': not a sum of two non-negative integers such as '347 + 285'")
+    a, b = (int(x) for x in match.groups())
+    if max(len(str(a)), len(str(b))) > max_digits:
+        raise ParamError(f"'{problem}': the model was trained on operands of at most {max_digits} digits")
+    return a, b
+
+
+def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, task: str, device: torch.device) -> str:
+    """The model's answer and, per latent thought, the oracle's reading next to the true value."""
+    trained = checkpoint_params(checkpoint)
+    a, b = parse_problem(problem, max(trained["data"]["digits"]))
+    stage, coconut = trained["stage"], trained["coconut"]
+    model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(trained["model"]["dtype"], device))
+    model.eval()
+    steps = cot_steps(a, b)
+    row = {"id": 0, "a": a, "b": b, "question": question_text(a, b), "steps": steps, "answer": a + b}
+    batch = Codec(tokenizer).batch([row], stage, coconut["num_stages"], coconut["thoughts_per_step"],
+                                   with_targets=False).to(device)
+    ids, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, 10_000)
+    predicted = parse_answer(tokenizer.decode(ids[0]))
+    verdict = "correct" if predicted == a + b else f"wrong, true {a + b}"
+    lines = [f"{a} + {b}: model answers {predicted} ({verdict}) after {batch.n_thoughts} latent thoughts (stage {stage})"]
+    oracle, oracle_tokenizer, spec = load_oracle(oracle_dir, device)
+    n_thoughts, replaced = stage_layout(stage, coconut["num_stages"], coconut["thoughts_per_step"], len(steps))
+    thoughts = [t for t in range(n_thoughts) if t // coconut["thoughts_per_step"] < replaced]
+    if not thoughts:
+        return "\n".join(lines + ["(no latent thoughts at this stage: nothing to read)"])
+    vectors = out.thought_states[spec.source_layer][0, thoughts].float()
+    injector = Injector(oracle, spec.inject_layers, spec.alpha)
+    question = TEMPLATES[task][0]
+    readings = ask(oracle, injector, OracleCodec(oracle_tokenizer), [prompt(spec.source_layer, question)] * len(thoughts),
+                   vectors, 32, len(thoughts))
+    lines += [f"oracle {oracle_dir} (layer {spec.source_layer}) asked: {question}",
+              f"{'thought':>7}  {'oracle reads':<28} {'true':<28} match"]
+    for t, reading in zip(thoughts, readings):
+        step = t // coconut["thoughts_per_step"]
+        truth = target(task, {"step_text": steps[step], **step_labels(a, b, step)})
+        match = "yes" if score(reading, truth)["exact_match"] else "no"
+        lines.append(f"{t:>7}  {reading:<28} {truth:<28} {match}")
+    return "\n".join(lines)

@@ -1,0 +1,253 @@
+"""Activation oracles: a separate oracle (peft LoRA on a base model) and a self-oracle (the Coconut checkpoint
+fine-tuned, full or LoRA, rehearsing its own task); building, training, saving, loading and asking them."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dvclive import Live
+from peft import LoraConfig, PeftModel, get_peft_model
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from cocoracle.activations import resolve_layers
+from cocoracle.atomic import atomic_dir
+from cocoracle.cache_reader import ActivationCache
+from cocoracle.coconut import Codec, coconut_forward, loss_fn
+from cocoracle.config import ParamError
+from cocoracle.data import load_split
+from cocoracle.injection import Injector
+from cocoracle.model import checkpoint_params, load_base, load_checkpoint, pick_dtype
+from cocoracle.oracle_data import (
+    IGNORE,
+    OracleBatch,
+    OracleCodec,
+    build_items,
+    item_vectors,
+)
+from cocoracle.oracle_metrics import score
+
+log = logging.getLogger(__name__)
+KINDS = ("separate", "self")
+SPEC_FILE = "oracle.json"
+VAL_ITEMS = 500  # validation items scored (exact match) at each quarter of training
+
+
+@dataclass
+class OracleSpec:
+    """What an oracle directory is: which activations it reads and how they are injected."""
+    kind: str
+    stage: int
+    source_layer: int         # hidden-state index the activations were read from (0 = embeddings)
+    inject_layers: list[int]  # hidden-state indices they are added at
+    alpha: float
+    finetune: str             # "lora" (adapter over `base`) or "full"
+    base: str                 # base model (LoRA) or the checkpoint fine-tuned (full)
+
+
+def oracle_layers(oracle: dict[str, Any], n_layer: int) -> tuple[int, list[int]]:
+    """The source layer and the injection layers (default: the one before the source)."""
+    source = resolve_layers([oracle["source_layer"]], n_layer)[0]
+    inject = oracle["inject_layers"] if oracle["inject_layers"] is not None else [max(source - 1, 0)]
+    return source, list(inject)
+
+
+def oracle_loss(model: PreTrainedModel, injector: Injector, batch: OracleBatch, vectors: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on target tokens with the activations injected at the placeholders."""
+    injector.arm(vectors, batch.act_mask)
+    try:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits
+    finally:
+        injector.disarm()
+    logits = logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def decode(model: PreTrainedModel, injector: Injector, batch: OracleBatch, vectors: torch.Tensor | None,
+           eos: int, max_new_tokens: int) -> list[list[int]]:
+    """Greedy, cached decoding; `vectors` are injected on the prompt pass only (None: no injection)."""
+    if vectors is not None:
+        injector.arm(vectors, batch.act_mask)
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids, use_cache=True)
+    finally:
+        injector.disarm()
+    mask, positions, cache = batch.attention_mask, batch.position_ids[:, -1:], out.cache
+    B = mask.shape[0]
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    max_new_tokens = min(max_new_tokens, limit - int(positions.max()) - 1)
+    finished = torch.zeros(B, dtype=torch.bool, device=mask.device)
+    generated: list[list[int]] = [[] for _ in range(B)]
+    token = out.logits[:, -1].argmax(-1)
+    for _ in range(max_new_tokens):
+        for row in (~finished).nonzero().flatten().tolist():
+            if token[row].item() != eos:
+                generated[row].append(int(token[row]))
+        finished |= token == eos
+        if finished.all():
+            break
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+        positions = positions + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        cache, token = out.cache, out.logits[:, -1].argmax(-1)
+    return generated
+
+
+def ask(model: PreTrainedModel, injector: Injector, codec: OracleCodec, prompts: list[str],
+        vectors: torch.Tensor | None, max_new_tokens: int, batch_size: int) -> list[str]:
+    """The oracle's answers to `prompts` about `vectors` (one per prompt), in batches."""
+    device = next(model.parameters()).device
+    model.eval()
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        batch = codec.batch(prompts[start:start + batch_size]).to(device)
+        part = None if vectors is None else vectors[start:start + batch_size].to(device)
+        answers += [codec.tokenizer.decode(ids) for ids in decode(model, injector, batch, part, codec.eos, max_new_tokens)]
+    return answers
+
+
+def with_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str | Path, base: str | Path | None,
+                 d_model: int, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, OracleSpec]:
+    """The model to train: LoRA over `base` (separate), or the checkpoint itself, full or LoRA (self)."""
+    oracle, trained = params["oracle"], checkpoint_params(checkpoint)
+    dtype = pick_dtype(trained["model"]["dtype"], device)
+    settings = oracle[kind]
+    if kind == "separate":
+        if base is None:
+            raise ParamError("--base: the separate oracle needs a base model (oracle.separate.base)")
+        model, tokenizer = load_base(base, device, dtype)
+        finetune, base_name = "lora", str(base)
+    else:
+        model, tokenizer = load_checkpoint(checkpoint, device, dtype)
+        finetune, base_name = settings["finetune"], str(checkpoint)
+    if model.config.hidden_size != d_model:
+        raise ParamError(f"oracle.{kind}: {base_name} has width {model.config.hidden_size}, activations have {d_model}")
+    source, inject = oracle_layers(oracle, model.config.num_hidden_layers)
+    if finetune == "lora":
+        model = with_lora(model, settings["lora"])
+    spec = OracleSpec(kind, stage, source, inject, settings["alpha"], finetune, base_name)
+    return model, tokenizer, spec
+
+
+def save_oracle(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: OracleSpec,
+                checkpoint: str | Path, out_dir: str | Path) -> None:
+    """Adapter (LoRA) or full safetensors weights, tokenizer, the spec and the checkpoint's params; atomic."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2))
+        (tmp / "params.json").write_text(json.dumps(checkpoint_params(checkpoint), indent=2, sort_keys=True))
+
+
+def load_oracle(path: str | Path, device: torch.device
+                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, OracleSpec]:
+    """An oracle written by save_oracle, in eval mode."""
+    file = Path(path) / SPEC_FILE
+    try:
+        spec = OracleSpec(**json.loads(file.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise ParamError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
+    dtype = pick_dtype(checkpoint_params(path)["model"]["dtype"], device)
+    if spec.finetune == "full":
+        model, tokenizer = load_checkpoint(path, device, dtype)
+    else:
+        model, tokenizer = load_base(spec.base, device, dtype)
+        model = PeftModel.from_pretrained(model, str(path)).to(device)
+    return model.eval(), tokenizer, spec
+
+
+def optimizer_steps(hp: dict[str, Any], n_items: int, mix: float) -> int:
+    """Enough steps for `epochs` passes over the oracle items when a fraction `mix` of steps rehearses."""
+    if hp.get("max_steps"):
+        return int(hp["max_steps"])
+    return max(1, math.ceil(hp["epochs"] * n_items / hp["batch_size"] / (1 - mix)))
+
+
+def rehearsal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data_dir: str | Path, checkpoint: str | Path,
+              batch_size: int, rng: np.random.Generator) -> Callable[[], torch.Tensor]:
+    """A Coconut-objective loss on fresh train problems at the checkpoint's own stage (text CoT at stage 0)."""
+    trained = checkpoint_params(checkpoint)
+    coconut, stage = trained["coconut"], trained["stage"]
+    rows, codec = load_split(data_dir, "train"), Codec(tokenizer)
+    device = next(model.parameters()).device
+
+    def loss() -> torch.Tensor:
+        chunk = [rows[i] for i in rng.integers(0, len(rows), batch_size)]
+        batch = codec.batch(chunk, stage, coconut["num_stages"], coconut["thoughts_per_step"]).to(device)
+        return loss_fn(coconut_forward(model, batch), batch)
+    return loss
+
+
+def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str, str | Path], checkpoint: str | Path,
+                 base: str | Path | None, data_dir: str | Path, out_dir: str | Path, live_dir: str | Path,
+                 device: torch.device) -> None:
+    """Train one oracle on a stage's train cache, validating exact match on its val cache; save to out_dir."""
+    if kind not in KINDS:
+        raise ParamError(f"--kind {kind}: one of {', '.join(KINDS)}")
+    oracle = params["oracle"]
+    settings, hp = oracle[kind], oracle[kind]["train"]
+    train_cache, val_cache = ActivationCache(caches["train"]), ActivationCache(caches["val"])
+    model, tokenizer, spec = build_oracle(kind, params, stage, checkpoint, base, train_cache.manifest["d_model"], device)
+    codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
+    rng = np.random.default_rng([oracle["seed"], stage, KINDS.index(kind)])
+    torch.manual_seed(oracle["seed"] * 1000 + stage)
+    items = build_items(train_cache, oracle["tasks"], spec.source_layer, rng)
+    vectors = item_vectors(train_cache, items, spec.source_layer)
+    val = build_items(val_cache, oracle["tasks"], spec.source_layer, rng)
+    val = val.iloc[rng.permutation(len(val))[:VAL_ITEMS]]
+    val_vectors = item_vectors(val_cache, val, spec.source_layer)
+    mix = settings.get("mix", 0.0)
+    rehearse = rehearsal(model, tokenizer, data_dir, checkpoint, hp["batch_size"], rng) if mix else None
+
+    steps = optimizer_steps(hp, len(items), mix)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=hp["lr"], weight_decay=hp["weight_decay"])
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=hp["warmup_steps"], num_training_steps=steps)
+    order = np.concatenate([rng.permutation(len(items)) for _ in range(math.ceil(steps * hp["batch_size"] / len(items)) + 1)])
+    eval_at = {max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)}
+    cursor = 0
+    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        model.train()
+        for step in tqdm(range(steps), desc=f"{kind} oracle stage {stage}", mininterval=2):
+            if rehearse is not None and rng.random() < mix:
+                loss, name = rehearse(), "train/rehearsal_loss"
+            else:
+                pick = order[cursor:cursor + hp["batch_size"]]
+                cursor += len(pick)
+                batch = codec.batch(items["prompt"].iloc[pick].tolist(), items["target"].iloc[pick].tolist())
+                loss, name = oracle_loss(model, injector, batch.to(device), vectors[pick].to(device)), "train/loss"
+            loss.backward()
+            if hp["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, hp["grad_clip"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            live.log_metric(name, loss.item())
+            if step + 1 in eval_at:
+                answers = ask(model, injector, codec, val["prompt"].tolist(), val_vectors, oracle["max_new_tokens"],
+                              oracle["batch_size"])
+                exact = float(np.mean([score(a, t)["exact_match"] for a, t in zip(answers, val["target"])]))
+                live.log_metric("val/exact_match", exact)
+                log.info("%s oracle stage %d step %d/%d loss %.4f val exact match %.3f", kind, stage, step + 1,
+                         steps, loss.item(), exact)
+                model.train()
+            live.next_step()
+    injector.remove()
+    save_oracle(model, tokenizer, spec, checkpoint, out_dir)

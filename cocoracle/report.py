@@ -1,0 +1,258 @@
+"""The results report: a markdown page and its plots, built only from the pipeline's output files."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from cocoracle.atomic import atomic_path, write_text
+from cocoracle.config import ParamError
+from cocoracle.summarize import accuracy_table
+
+T = TypeVar("T")
+SPLITS = ("val", "test", "ood")
+TASKS = ("step", "digit", "carry", "answer", "problem")
+PROBE_LABELS = ("digit_written", "carry_out", "carry_in", "digit_sum", "a_digit", "b_digit")
+ORACLE_COLUMNS = ["stage", "oracle", "condition", "task", "thought", "n", "exact_match", "token_f1", "number_f1"]
+
+
+def _read(path: str | Path, parse: Callable[[Path], T]) -> T:
+    """Parse one input file; a missing or unreadable file is a one-line ParamError naming it."""
+    try:
+        return parse(Path(path))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: file not found") from None
+    except ValueError as exc:
+        raise ParamError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+
+
+def _json(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object that must hold `keys`."""
+    data = _read(path, lambda p: json.loads(p.read_text()))
+    missing = [key for key in keys if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise ParamError(f"{path}: missing key {missing[0]!r}")
+    return data
+
+
+def _oracle_csv(paths: list[str | Path]) -> pd.DataFrame:
+    """All oracle tables in one frame; thought stays a string ("0", "1", ..., "all")."""
+    frames = [_read(p, lambda f: pd.read_csv(f, usecols=ORACLE_COLUMNS, dtype={"thought": str})) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ORACLE_COLUMNS)
+
+
+def _loss_curve(train_dir: str | Path) -> pd.DataFrame:
+    """The dvclive training loss of one run: columns step and loss."""
+    return _read(Path(train_dir) / "plots/metrics/train/loss.tsv",
+                 lambda p: pd.read_csv(p, sep="\t", usecols=["step", "loss"]))
+
+
+def _run_labels(train_dirs: list[str | Path]) -> list[str]:
+    """Short run names, e.g. train/stage-0 and oracle-train/self/stage-3: paths below their common root."""
+    resolved = [Path(d).resolve() for d in train_dirs]
+    root = Path(os.path.commonpath([d.parent.parent for d in resolved]))
+    return [d.relative_to(root).as_posix() for d in resolved]
+
+
+def _ordered(values: Any, known: tuple[str, ...]) -> list[str]:
+    """Known names in their canonical order, then any others sorted."""
+    present = set(values)
+    return [v for v in known if v in present] + sorted(present - set(known))
+
+
+def _row(cells: list[Any]) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table."""
+    return "\n".join([_row(head), "|" + "---|" * len(head)] + [_row(r) for r in rows]) + "\n"
+
+
+def oracle_table(table: pd.DataFrame) -> str:
+    """Markdown: per (stage, oracle, task), the oracle's scores over all thoughts against the best baseline."""
+    overall = table[table["thought"] == "all"]
+    rank = {task: i for i, task in enumerate(_ordered(overall["task"], TASKS))}
+    groups = sorted(overall.groupby(["stage", "oracle", "task"]), key=lambda g: (g[0][0], g[0][1], rank[g[0][2]]))
+    rows = []
+    for (stage, oracle, task), group in groups:
+        own = group[group["condition"] == "oracle"].iloc[0]
+        baselines = group[group["condition"] != "oracle"]
+        best = baselines.loc[baselines["exact_match"].idxmax()]
+        ratio = f"{own['exact_match'] / best['exact_match']:.2f}×" if best["exact_match"] > 0 else "–"
+        rows.append([stage, oracle, task, own["n"], f"{own['exact_match']:.1%}", f"{own['token_f1']:.1%}",
+                     f"{own['number_f1']:.1%}", best["condition"], f"{best['exact_match']:.1%}", ratio])
+    head = ["stage", "oracle", "task", "n", "EM", "token F1", "number F1", "best baseline", "baseline EM",
+            "EM ratio"]
+    return _table(head, rows)
+
+
+def forgetting_table(metrics: list[dict[str, Any]]) -> str:
+    """Markdown: the self-oracle model's answer accuracy before and after oracle fine-tuning, per stage."""
+    rows = []
+    for m in sorted(metrics, key=lambda m: m["stage"]):
+        before, after = m["self_answer_accuracy"]["before"], m["self_answer_accuracy"]["after"]
+        rows.append([m["stage"], f"{before:.1%}", f"{after:.1%}", f"{(after - before) * 100:+.1f} pts"])
+    return _table(["stage", "answer accuracy before", "after", "change"], rows)
+
+
+def probe_table(metrics: list[dict[str, Any]]) -> str:
+    """Markdown: stage x label, the best probe's accuracy / majority baseline and where it reads."""
+    labels = _ordered([label for m in metrics for label in m["best"]], PROBE_LABELS)
+    rows = []
+    for m in sorted(metrics, key=lambda m: m["stage"]):
+        cells = [m["stage"]]
+        for label in labels:
+            best = m["best"].get(label)
+            cells.append(f"{best['accuracy']:.1%} / {best['baseline']:.1%} · {best['tensor']}@{best['thought']}"
+                         if best else "–")
+        rows.append(cells)
+    return _table(["stage"] + labels, rows)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig: Any, path: str | Path, top: float = 1.0) -> None:
+    """Lay out the figure below `top` (a fraction of its height), write it as a PNG atomically and free it."""
+    fig.tight_layout(rect=(0, 0, 1, top))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+
+
+def _placeholder(note: str, path: str | Path) -> None:
+    """A PNG that only says there was nothing to plot."""
+    fig, ax = _pyplot().subplots(figsize=(5, 1.5))
+    ax.text(0.5, 0.5, note, ha="center", va="center")
+    ax.axis("off")
+    _save(fig, path)
+
+
+def plot_accuracy(metrics: list[dict[str, Any]], path: str | Path) -> None:
+    """PNG: answer accuracy per stage, free-generation (solid) and teacher-forced (dashed) per split."""
+    if not metrics:
+        return _placeholder("No evaluation metrics.", path)
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    ordered = sorted(metrics, key=lambda m: m["stage"])
+    for i, split in enumerate(s for s in SPLITS if any(s in m for m in metrics)):
+        runs = [m for m in ordered if split in m]
+        stages = [m["stage"] for m in runs]
+        ax.plot(stages, [m[split]["accuracy"] for m in runs], marker="o", color=f"C{i}", label=f"{split} free-gen")
+        ax.plot(stages, [m[split]["teacher_forced"] for m in runs], marker="x", linestyle="--", color=f"C{i}",
+                label=f"{split} teacher-forced")
+    ax.set_xticks(sorted({m["stage"] for m in metrics}))
+    ax.set(xlabel="curriculum stage", ylabel="answer accuracy", ylim=(0, 1.02), title="Coconut answer accuracy")
+    ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def plot_oracle(table: pd.DataFrame, path: str | Path) -> None:
+    """PNG: one panel per (stage, task); per oracle, exact match by thought (solid) and best baseline (dashed)."""
+    positions = table[table["thought"] != "all"].assign(position=lambda t: t["thought"].astype(int))
+    if positions.empty:
+        return _placeholder("No per-thought oracle results.", path)
+    stages, tasks = sorted(positions["stage"].unique()), _ordered(positions["task"], TASKS)
+    fig, axes = _pyplot().subplots(len(stages), len(tasks), figsize=(3.2 * len(tasks), 2.6 * len(stages) + 0.6),
+                             squeeze=False, sharey=True)
+    for (stage, task), ax in zip([(s, t) for s in stages for t in tasks], axes.flat):
+        panel = positions[(positions["stage"] == stage) & (positions["task"] == task)]
+        ax.set_title(f"stage {stage} · {task}", fontsize="medium")
+        for i, oracle in enumerate(sorted(panel["oracle"].unique())):
+            rows = panel[panel["oracle"] == oracle]
+            own = rows[rows["condition"] == "oracle"].sort_values("position")
+            base = rows[rows["condition"] != "oracle"].groupby("position")["exact_match"].max()
+            ax.plot(own["position"], own["exact_match"], marker="o", color=f"C{i}", label=f"{oracle} oracle")
+            ax.plot(base.index, base.to_numpy(), marker="x", linestyle="--", color=f"C{i}",
+                    label=f"{oracle}: best baseline")
+        ax.set_xticks(sorted(panel["position"].unique()))
+        ax.set_ylim(0, 1.02)
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles), fontsize="small")
+    fig.supxlabel("thought position")
+    fig.supylabel("exact match")
+    _save(fig, path, top=1 - 0.5 / fig.get_figheight())
+
+
+def plot_training(curves: dict[str, pd.DataFrame], path: str | Path) -> None:
+    """PNG: training loss by step, one line per run, one panel per kind of run (label minus its last part)."""
+    if not curves:
+        return _placeholder("No training runs.", path)
+    groups: dict[str, list[str]] = {}
+    for label in curves:
+        groups.setdefault(label.rpartition("/")[0] or label, []).append(label)
+    fig, axes = _pyplot().subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    for (group, labels), ax in zip(groups.items(), axes.flat):
+        for label in labels:
+            ax.plot(curves[label]["step"], curves[label]["loss"], label=label)
+        ax.set(yscale="log", xlabel="step", ylabel="training loss", title=group)
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _link(path: str | Path, base: Path) -> str:
+    """`path` relative to the report's directory, with forward slashes."""
+    return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
+
+
+def _accuracy_section(evals: list[dict[str, Any]], plot: str) -> list[str]:
+    """Markdown blocks: the accuracy table and its plot."""
+    if not evals:
+        return ["No evaluation metrics.\n"]
+    return [("Free-generation: greedy decoding from the question alone. Teacher-forced: the answer tokens are the "
+             "argmax given the gold text.\n"), accuracy_table(evals), f"![Coconut answer accuracy by stage]({plot})\n"]
+
+
+def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot: str) -> list[str]:
+    """Markdown blocks: the oracle-vs-baseline table, its plot and the before/after answer accuracy."""
+    if oracle.empty and not forgetting:
+        return ["No oracle outputs.\n"]
+    parts = []
+    if not oracle.empty:
+        parts += [("Scores over all thought positions. The baselines (shuffled, random or no injected activation; "
+                   "majority answers) are scored on the same items; the best is the one with the highest exact "
+                   "match (EM). EM ratio = oracle EM / best baseline EM.\n"),
+                  oracle_table(oracle), f"![Oracle exact match by thought position]({plot})\n"]
+    return parts + ["### Did the self oracle forget? Answer accuracy before and after oracle fine-tuning\n",
+                    forgetting_table(forgetting) if forgetting else "No oracle metrics.\n"]
+
+
+def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str]) -> list[str]:
+    """Markdown blocks: the best-probe table and the heatmap links."""
+    parts = ["Each cell: the best linear probe's test accuracy / majority baseline · tensor@thought.\n",
+             probe_table(probes)] if probes else ["No probe outputs.\n"]
+    return parts + [f"![{Path(link).stem} probe heatmap]({link})\n" for link in heatmaps]
+
+
+def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path], probe_heatmaps: list[str | Path],
+                 oracle_tables: list[str | Path], oracle_metrics: list[str | Path], train_dirs: list[str | Path],
+                 out_md: str | Path, plots_dir: str | Path) -> None:
+    """Write the markdown report and accuracy.png, oracle.png and training.png, from the pipeline outputs."""
+    out_md, plots_dir = Path(out_md), Path(plots_dir)
+    evals = [_json(p, ("stage",)) for p in eval_metrics]
+    probes = [_json(p, ("stage", "best")) for p in probe_metrics]
+    oracle = _oracle_csv(oracle_tables)
+    forgetting = [_json(p, ("stage", "self_answer_accuracy")) for p in oracle_metrics]
+    curves = dict(zip(_run_labels(train_dirs), [_loss_curve(d) for d in train_dirs])) if train_dirs else {}
+    plots = {name: plots_dir / f"{name}.png" for name in ("accuracy", "oracle", "training")}
+    plot_accuracy(evals, plots["accuracy"])
+    plot_oracle(oracle, plots["oracle"])
+    plot_training(curves, plots["training"])
+    links = {name: _link(path, out_md.parent) for name, path in plots.items()}
+    training = [f"![Training loss]({links['training']})\n" if curves else "No training runs.\n"]
+    parts = (["# cocoracle results\n",
+              "Made by `cocoracle report` from the pipeline's output files; every number here is read from them.\n",
+              "## Coconut answer accuracy\n"] + _accuracy_section(evals, links["accuracy"])
+             + ["## Oracles\n"] + _oracle_section(oracle, forgetting, links["oracle"])
+             + ["## Probes\n"] + _probe_section(probes, [_link(p, out_md.parent) for p in probe_heatmaps])
+             + ["## Training curves\n"] + training)
+    write_text(out_md, "\n".join(parts))

@@ -1,0 +1,128 @@
+"""Oracle training and evaluation: items, baselines on the same items, learning a linearly encoded label,
+LoRA adapters round trip, and `cocoracle ask`."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_tiny_model, run_cli
+from synthetic import synthetic_cache
+
+from cocoracle.model import save_checkpoint
+from cocoracle.oracle import load_oracle, train_oracle
+from cocoracle.oracle_data import build_items
+from cocoracle.oracle_eval import majority_answers, score_oracle, shuffled_rows
+
+CPU = torch.device("cpu")
+D = 32  # the tiny model's width (conftest.TINY)
+
+
+@pytest.fixture
+def checkpoint(tmp_path, mixed_rows, tiny_params):
+    """A randomly initialised tiny stage-1 checkpoint (float32) to build oracles on."""
+    model, tokenizer = make_tiny_model(mixed_rows, dtype=torch.float32)
+    path = tmp_path / "stage-1"
+    save_checkpoint(model, tokenizer, path, {**tiny_params, "stage": 1})
+    return path
+
+
+def _caches(tmp_path, encoded: bool) -> dict:
+    return {split: synthetic_cache(tmp_path / f"{split}-{encoded}", n, encoded, seed, d=D, layer="layer_1", noise=0.3)
+            for split, n, seed in [("train", 400, 0), ("val", 50, 1), ("test", 100, 2)]}
+
+
+def _oracle_params(params: dict, steps: int) -> dict:
+    params["oracle"].update({"tasks": ["digit"], "source_layer": 1, "inject_layers": None})
+    params["oracle"]["self"].update({"finetune": "full", "mix": 0.0, "alpha": 2.0})
+    params["oracle"]["self"]["train"].update({"batch_size": 32, "lr": 0.003, "max_steps": steps, "warmup_steps": 5})
+    return params
+
+
+def _exact_match_by_condition(tmp_path, checkpoint, tiny_params, data_dir, encoded: bool) -> pd.Series:
+    caches = _caches(tmp_path, encoded)
+    params = _oracle_params(tiny_params, steps=250)
+    out = tmp_path / f"oracle-{encoded}"
+    train_oracle("self", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, None, data_dir,
+                 out, tmp_path / f"live-{encoded}", CPU)
+    scored = score_oracle("self", out, caches, params, 1, CPU)
+    return scored.groupby("condition")["exact_match"].mean()
+
+
+def test_oracle_reads_a_linearly_encoded_label(tmp_path, checkpoint, tiny_params, data_dir):
+    em = _exact_match_by_condition(tmp_path, checkpoint, tiny_params, data_dir, encoded=True)
+    assert em["oracle"] > 0.8, em
+    assert em["oracle"] > em["shuffled"] + 0.5, em
+
+
+def test_oracle_trained_on_noise_does_not_beat_shuffled(tmp_path, checkpoint, tiny_params, data_dir):
+    em = _exact_match_by_condition(tmp_path, checkpoint, tiny_params, data_dir, encoded=False)
+    assert em["oracle"] < em["shuffled"] + 0.1, em
+
+
+def test_baselines_are_scored_on_exactly_the_oracle_items(tmp_path, checkpoint, tiny_params, data_dir):
+    caches = _caches(tmp_path, encoded=True)
+    params = _oracle_params(tiny_params, steps=2)
+    params["oracle"]["tasks"] = ["digit", "carry"]
+    out = tmp_path / "oracle"
+    train_oracle("self", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, None, data_dir,
+                 out, tmp_path / "live", CPU)
+    scored = score_oracle("self", out, caches, params, 1, CPU)
+    keys = ["row", "task", "thought", "prompt", "target"]
+    items = {c: g[keys].reset_index(drop=True) for c, g in scored.groupby("condition")}
+    assert set(items) == {"oracle", "shuffled", "random", "no_injection", "majority", "majority_per_position"}
+    for condition, frame in items.items():
+        pd.testing.assert_frame_equal(frame, items["oracle"], obj=condition)
+
+
+def test_shuffled_activation_comes_from_another_problem_at_the_same_position(tmp_path):
+    cache = synthetic_cache(tmp_path / "c", 30, True, 0)
+    items = build_items(cache, ["digit", "carry"], 0, np.random.default_rng(0))
+    source = shuffled_rows(items, np.random.default_rng(1))
+    picked = items.iloc[source].reset_index(drop=True)
+    assert (picked["problem_id"] != items["problem_id"]).all()
+    assert (picked["thought"] == items["thought"]).all() and (picked["task"] == items["task"]).all()
+
+
+def test_majority_baselines_hand_made():
+    train = pd.DataFrame({"task": ["digit"] * 5, "thought": [0, 0, 0, 1, 1], "target": ["3", "3", "5", "5", "5"]})
+    test = pd.DataFrame({"task": ["digit", "digit"], "thought": [0, 1]})
+    answers = majority_answers(train, test)
+    assert answers["majority"] == ["5", "5"]
+    assert answers["majority_per_position"] == ["3", "5"]
+
+
+def test_separate_oracle_saves_a_lora_adapter_and_reloads_it(tmp_path, checkpoint, tiny_params, data_dir):
+    caches = _caches(tmp_path, encoded=True)
+    params = _oracle_params(tiny_params, steps=3)
+    out = tmp_path / "separate"
+    train_oracle("separate", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, checkpoint,
+                 data_dir, out, tmp_path / "live", CPU)
+    files = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "oracle.json"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    model, _, spec = load_oracle(out, CPU)
+    assert spec.kind == "separate" and spec.finetune == "lora" and spec.inject_layers == [0]
+    lora = [n for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_ask_rejects_bad_problems_in_one_line(checkpoint, tmp_path):
+    for problem, message in [("hello", "not a sum"), ("12345 + 1", "at most 3 digits")]:
+        result = run_cli("ask", problem, "--checkpoint", checkpoint, "--oracle", tmp_path / "none")
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_ask_reads_every_thought(tmp_path, checkpoint, tiny_params, data_dir):
+    caches = _caches(tmp_path, encoded=True)
+    params = _oracle_params(tiny_params, steps=2)
+    train_oracle("self", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, None, data_dir,
+                 tmp_path / "oracle", tmp_path / "live", CPU)
+    result = run_cli("ask", "47 + 85", "--checkpoint", checkpoint, "--oracle", tmp_path / "oracle", "--task", "digit")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("47 + 85: model answers")
+    rows = [line.split() for line in lines[3:]]
+    assert [r[0] for r in rows] == ["0"]  # stage 1 of 3: one thought, standing for step 0
+    assert rows[0][-2] == "2"  # true digit written at step 0 of 47 + 85 (7 + 5 = 12)

@@ -1,0 +1,146 @@
+"""The results report: numbers, best baselines and links come from the pipeline's output files."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cocoracle.config import ParamError
+from cocoracle.report import _run_labels, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BASELINES = ("shuffled", "random", "no_injection", "majority", "majority_per_position")
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _split(accuracy: float, teacher_forced: float, n: int) -> dict:
+    return {"accuracy": accuracy, "teacher_forced": teacher_forced, "n": n,
+            "by_steps": {"2": {"accuracy": accuracy, "teacher_forced": teacher_forced, "n": n}}}
+
+
+def _oracle_rows(stage: int, oracle: str, task: str, thought: str, ems: dict[str, float]) -> list[str]:
+    """CSV rows for one (oracle, task, thought): the oracle first, then the baselines in BASELINES order."""
+    return [f"{stage},{oracle},{condition},{task},{thought},200,{em},{min(em + 0.1, 1):.2f},{em}"
+            for condition, em in ems.items()]
+
+
+def _oracle_csv(path: Path, stage: int) -> Path:
+    """The best "all" baseline is majority_per_position (0.31), neither the first baseline row nor per-position."""
+    lines = ["stage,oracle,condition,task,thought,n,exact_match,token_f1,number_f1"]
+    for oracle, own in (("separate", round(0.5 + 0.04 * stage, 2)), ("self", round(0.3 + 0.05 * stage, 2))):
+        for task in ("step", "answer"):
+            for thought in ("0", "1", "all"):
+                best = 0.31 if thought == "all" else 0.5  # per-position baselines beat the "all" best: not used
+                ems = dict(zip(("oracle",) + BASELINES, (own, 0.10, 0.05, 0.08, 0.20, best)))
+                lines += _oracle_rows(stage, oracle, task, thought, ems)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _train_dir(path: Path, losses: list[float]) -> Path:
+    tsv = path / "plots/metrics/train/loss.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("timestamp\tstep\tloss\n" + "".join(f"{1700000000 + i}\t{i}\t{x}\n" for i, x in enumerate(losses)))
+    return path
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> dict:
+    """Pipeline outputs for stages 0 and 3, both oracles, two tasks, two thoughts and two training runs."""
+    results = tmp_path / "results"
+    heatmaps = [results / "probes" / f"stage-{k}.png" for k in (0, 3)]
+    for heatmap in heatmaps:
+        heatmap.parent.mkdir(parents=True, exist_ok=True)
+        heatmap.write_bytes(PNG_MAGIC)
+    probe = {"accuracy": 0.914, "baseline": 0.552, "tensor": "layer_2", "thought": 1}
+    return {
+        "eval_metrics": [_write_json(results / "eval/stage-0.json",
+                                     {"stage": 0, "val": _split(0.437, 0.512, 50), "test": _split(0.4, 0.5, 100)}),
+                         _write_json(results / "eval/stage-3.json",
+                                     {"stage": 3, "val": _split(0.9, 0.95, 50), "test": _split(0.978, 0.99, 100)})],
+        "probe_metrics": [_write_json(results / f"probes/stage-{k}.json",
+                                      {"stage": k, "best": {"carry_out": probe, "digit_written": probe}})
+                          for k in (0, 3)],
+        "probe_heatmaps": heatmaps,
+        "oracle_tables": [_oracle_csv(results / f"oracle/stage-{k}.csv", k) for k in (1, 3)],
+        "oracle_metrics": [_write_json(results / f"oracle/stage-{k}.json",
+                                       {"stage": k, "self_answer_accuracy": {"before": 0.978, "after": after}})
+                           for k, after in ((1, 0.97), (3, 0.853))],
+        "train_dirs": [_train_dir(results / "train/stage-0", [5.9, 2.1, 0.4]),
+                       _train_dir(results / "oracle-train/self/stage-3", [3.2, 1.0, 0.2])],
+        "out_md": results / "report.md",
+        "plots_dir": results / "plots",
+    }
+
+
+def test_report_numbers_come_from_the_files(inputs: dict) -> None:
+    write_report(**inputs)
+    text = inputs["out_md"].read_text()
+    assert "43.7%" in text and "51.2%" in text  # stage-0 val free-gen and teacher-forced
+    assert "| 3 | separate | step | 200 | 62.0% | 72.0% | 62.0% | majority_per_position | 31.0% | 2.00× |" in text
+    assert "| 1 | self | answer | 200 | 35.0% | 45.0% | 35.0% | majority_per_position | 31.0% | 1.13× |" in text
+    assert "| 3 | 97.8% | 85.3% | -12.5 pts |" in text
+    assert "91.4% / 55.2% · layer_2@1" in text
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections == ["## Coconut answer accuracy", "## Oracles", "## Probes", "## Training curves"]
+
+
+def test_report_plots_are_pngs_linked_relatively(inputs: dict) -> None:
+    write_report(**inputs)
+    for name in ("accuracy", "oracle", "training"):
+        assert (inputs["plots_dir"] / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", inputs["out_md"].read_text())
+    assert sorted(links) == sorted(["plots/accuracy.png", "plots/oracle.png", "plots/training.png",
+                                    "probes/stage-0.png", "probes/stage-3.png"])
+    assert all((inputs["out_md"].parent / link).is_file() for link in links)
+
+
+def test_no_oracle_outputs_is_one_line(inputs: dict) -> None:
+    write_report(**{**inputs, "oracle_tables": [], "oracle_metrics": []})
+    text = inputs["out_md"].read_text()
+    oracles = text.split("## Oracles\n")[1].split("## Probes")[0]
+    assert oracles.strip() == "No oracle outputs."
+    assert (inputs["plots_dir"] / "oracle.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("key", ["eval_metrics", "probe_metrics", "oracle_tables", "oracle_metrics"])
+def test_missing_input_file_names_it(inputs: dict, key: str) -> None:
+    missing = inputs[key][0]
+    missing.unlink()
+    with pytest.raises(ParamError, match=re.escape(f"{missing}: file not found")):
+        write_report(**inputs)
+
+
+def test_missing_loss_curve_names_the_file(inputs: dict) -> None:
+    tsv = inputs["train_dirs"][1] / "plots/metrics/train/loss.tsv"
+    tsv.unlink()
+    with pytest.raises(ParamError, match=re.escape(f"{tsv}: file not found")):
+        write_report(**inputs)
+
+
+def test_corrupt_inputs_name_the_file(inputs: dict) -> None:
+    inputs["eval_metrics"][1].write_text("{not json")
+    with pytest.raises(ParamError, match=re.escape(f"{inputs['eval_metrics'][1]}: unreadable")):
+        write_report(**inputs)
+    inputs["eval_metrics"][1].write_text('{"val": {}}')
+    with pytest.raises(ParamError, match="missing key 'stage'"):
+        write_report(**inputs)
+
+
+def test_oracle_table_missing_column_names_the_file(inputs: dict) -> None:
+    table = inputs["oracle_tables"][0]
+    table.write_text("stage,oracle,condition\n1,self,oracle\n")
+    with pytest.raises(ParamError, match=re.escape(f"{table}: unreadable")):
+        write_report(**inputs)
+
+
+def test_run_labels_are_paths_below_the_results_dir(inputs: dict) -> None:
+    assert _run_labels(inputs["train_dirs"]) == ["train/stage-0", "oracle-train/self/stage-3"]
