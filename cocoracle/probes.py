@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
 
-COLUMNS = ["stage", "tensor", "thought", "label", "accuracy", "baseline", "n", "C"]
+COLUMNS = ["stage", "tensor", "thought", "label", "accuracy", "baseline", "val_accuracy", "n", "C"]
 
 
 def fit_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
@@ -39,7 +39,7 @@ def fit_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
     values, counts = np.unique(y_tr, return_counts=True)
     majority = values[np.argmax(counts)]
     return {"accuracy": float(best.score(x_te, y_te)), "baseline": float(np.mean(y_te == majority)),
-            "n": int(len(y_te)), "C": float(best_c)}
+            "val_accuracy": float(best_score), "n": len(y_te), "C": float(best_c)}
 
 
 def _thought_rows(cache: ActivationCache, tensor: str, thought: int) -> tuple[np.ndarray, pd.DataFrame]:
@@ -92,16 +92,21 @@ def heatmap(table: pd.DataFrame, stage: int, path: str | Path) -> None:
     plt.close(fig)
 
 
+def best_probes(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per label, the probe (tensor, thought) with the best val accuracy, and its test accuracy."""
+    best = table.loc[table.groupby("label")["val_accuracy"].idxmax()] if len(table) else table
+    return {row.label: {"accuracy": row.accuracy, "baseline": row.baseline, "tensor": row.tensor,
+                        "thought": row.thought} for row in best.itertuples()}
+
+
 def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | Path], table_path: str | Path,
                heatmap_path: str | Path, metrics_path: str | Path) -> pd.DataFrame:
-    """Probe one stage; writes the CSV table, the heatmap and a JSON summary (best probe per label)."""
+    """Probe one stage; writes the CSV table, the heatmap and a JSON summary (per label, the probe with the
+    best val accuracy, reported on test)."""
     caches = {split: ActivationCache(path) for split, path in cache_dirs.items()}
     table = probe_caches(caches, stage, params["probes"])
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     heatmap(table, stage, heatmap_path)
-    best = table.loc[table.groupby("label")["accuracy"].idxmax()] if len(table) else table
-    summary = {row.label: {"accuracy": row.accuracy, "baseline": row.baseline, "tensor": row.tensor,
-                           "thought": row.thought} for row in best.itertuples()}
-    write_text(metrics_path, json.dumps({"stage": stage, "best": summary}, indent=2) + "\n")
+    write_text(metrics_path, json.dumps({"stage": stage, "best": best_probes(table)}, indent=2) + "\n")
     return table

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from synthetic import synthetic_cache
 
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.probes import probe_caches, run_probes
+from cocoracle.probes import best_probes, probe_caches, run_probes
 
 PROBES = {"seed": 0, "C_grid": [0.1, 1.0], "max_iter": 300, "labels": ["digit_written", "carry_out"]}
 
@@ -33,6 +35,13 @@ def test_run_probes_writes_table_heatmap_and_summary(tmp_path):
     run_probes({"probes": PROBES}, 1, {s: c.path for s, c in caches.items()}, out / "t.csv", out / "h.png",
                out / "m.json")
     assert (out / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "t.csv").read_text().splitlines()[0] == "stage,tensor,thought,label,accuracy,baseline,n,C"
+    assert (out / "t.csv").read_text().splitlines()[0] == "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C"
     summary = json.loads((out / "m.json").read_text())
     assert set(summary["best"]) == {"digit_written", "carry_out"}
+
+
+def test_summary_picks_the_best_probe_on_val_not_test():
+    table = pd.DataFrame({"label": ["carry_out"] * 2, "tensor": ["layer_0", "layer_1"], "thought": [0, 0],
+                          "accuracy": [0.9, 0.7], "val_accuracy": [0.6, 0.8], "baseline": [0.5, 0.5]})
+    best = best_probes(table)["carry_out"]
+    assert (best["tensor"], best["accuracy"]) == ("layer_1", 0.7)
