@@ -104,3 +104,32 @@ def cocoracle_command() -> list[str]:
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*cocoracle_command(), *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
+
+
+def _plain_tokenizer(rows: list[dict]):
+    """A word-level tokenizer like the tiny one, but without the Coconut markers and without a pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    texts = ["| ###"] + [t for r in rows for t in (r["question"], *r["steps"], str(r["answer"]))]
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<eos>", "<unk>"], min_frequency=1))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def local_model_dir(tmp_path_factory, mixed_rows):
+    """(directory, vocabulary size, tokenizer) of a 'pretrained' GPT-2 (d=32) saved the Hugging Face way."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = _plain_tokenizer(mixed_rows)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=96, n_embd=32, n_layer=2, n_head=2,
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("pretrained")
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, len(tokenizer), tokenizer
+

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_model
 
 from cocoracle.injection import Injector, decoder_blocks, steer
 from cocoracle.oracle import decode

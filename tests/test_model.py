@@ -6,8 +6,7 @@ import re
 import pytest
 import torch
 import yaml
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import make_tiny_model, run_cli, tiny_params_dict
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
@@ -66,28 +65,6 @@ def test_tokenizer_specials_are_distinct_single_tokens(saved_tokenizer):
 
 # ----------------------------------------------------------------------------------------------
 # a local pretrained model directory
-
-
-def _plain_tokenizer(rows) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer like the tiny one, but without the Coconut markers and without a pad token."""
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
-                                                 pre_tokenizers.Digits(individual_digits=True)])
-    tok.train_from_iterator(["| ###", *_all_texts(rows)],
-                            trainers.WordLevelTrainer(special_tokens=["<eos>", "<unk>"], min_frequency=1))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
-
-
-@pytest.fixture(scope="module")
-def local_model_dir(tmp_path_factory, mixed_rows):
-    tokenizer = _plain_tokenizer(mixed_rows)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=96, n_embd=32, n_layer=2, n_head=2,
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
-    out = tmp_path_factory.mktemp("pretrained")
-    GPT2LMHeadModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out, len(tokenizer), tokenizer
 
 
 def test_initial_model_from_local_directory(local_model_dir, mixed_rows):

@@ -9,6 +9,7 @@ import torch
 from conftest import make_tiny_model, run_cli
 from synthetic import synthetic_cache
 
+from cocoracle.config import ParamError
 from cocoracle.model import save_checkpoint
 from cocoracle.oracle import load_oracle, train_oracle
 from cocoracle.oracle_data import build_items
@@ -126,3 +127,23 @@ def test_ask_reads_every_thought(tmp_path, checkpoint, tiny_params, data_dir):
     rows = [line.split() for line in lines[3:]]
     assert [r[0] for r in rows] == ["0"]  # stage 1 of 3: one thought, standing for step 0
     assert rows[0][-2] == "2"  # true digit written at step 0 of 47 + 85 (7 + 5 = 12)
+
+
+def test_separate_oracle_on_a_local_pretrained_base(tmp_path, checkpoint, tiny_params, data_dir, local_model_dir):
+    base = local_model_dir[0]
+    caches = _caches(tmp_path, encoded=True)
+    params = _oracle_params(tiny_params, steps=2)
+    out = tmp_path / "separate"
+    train_oracle("separate", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, base,
+                 data_dir, out, tmp_path / "live", CPU)
+    model, tokenizer, spec = load_oracle(out, CPU)
+    assert spec.base == str(base)
+    assert "<act>" in tokenizer.get_vocab()  # the placeholder was added to the pretrained tokenizer
+
+
+def test_separate_oracle_base_of_another_width_is_one_line_error(tmp_path, checkpoint, tiny_params, data_dir):
+    caches = {s: synthetic_cache(tmp_path / s, 10, True, 0, d=16, layer="layer_1") for s in ("train", "val")}
+    with pytest.raises(ParamError, match=r"oracle\.separate: .* width 32, activations have 16"):
+        train_oracle("separate", _oracle_params(tiny_params, 2), 1, {s: c.path for s, c in caches.items()},
+                     checkpoint, checkpoint, data_dir, tmp_path / "out", tmp_path / "live", CPU)
+    assert not (tmp_path / "out").exists()
