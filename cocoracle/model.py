@@ -12,10 +12,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 
 from cocoracle.atomic import atomic_dir
 from cocoracle.config import ParamError
-from cocoracle.questions import ACT, vocabulary_texts
 
 BOT, EOT, THOUGHT = "<bot>", "<eot>", "<thought>"
-MARKERS = [BOT, EOT, THOUGHT, ACT]
+MARKERS = [BOT, EOT, THOUGHT]
 TINY_SPECIALS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,9 +47,8 @@ def build_tiny_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
 
 
 def corpus_texts(rows: list[dict[str, Any]]) -> Iterable[str]:
-    """Every text the model or its oracles see, for building the tiny tokenizer's vocabulary."""
+    """Every text the model sees, for building the tiny tokenizer's vocabulary."""
     yield "| ###"
-    yield from vocabulary_texts()
     for row in rows:
         yield row["question"]
         yield from row["steps"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from dvclive import Live
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import AddedToken, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from cocoracle.activations import resolve_layers
 from cocoracle.atomic import atomic_dir
@@ -34,6 +34,7 @@ from cocoracle.oracle_data import (
     item_vectors,
 )
 from cocoracle.oracle_metrics import score
+from cocoracle.questions import ACT, vocabulary_texts
 
 log = logging.getLogger(__name__)
 KINDS = ("separate", "self")
@@ -117,6 +118,33 @@ def ask(model: PreTrainedModel, injector: Injector, codec: OracleCodec, prompts:
     return answers
 
 
+def _cannot_spell(tokenizer: PreTrainedTokenizerBase, word: str) -> bool:
+    unk = tokenizer.unk_token_id
+    return unk is not None and unk in tokenizer(word, add_special_tokens=False)["input_ids"]
+
+
+def add_oracle_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Add the placeholder, and every question word the tokenizer cannot spell, as tokens.
+
+    New embedding rows are drawn from the old rows' mean and spread with a fixed seed, so that loading an
+    adapter over a freshly extended base model gives the very rows it was trained with.
+    """
+    words = sorted({w for text in vocabulary_texts() for w in text.split() if w != ACT and _cannot_spell(tokenizer, w)})
+    tokenizer.add_tokens([ACT], special_tokens=True)
+    tokenizer.add_tokens([AddedToken(w, single_word=True) for w in words])
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old:
+        return
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    generator = torch.Generator().manual_seed(0)
+    layers = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    with torch.no_grad():
+        for weight in layers.values():
+            rows = weight[:old].float()
+            fresh = rows.mean(0) + rows.std(0) * torch.randn(weight.shape[0] - old, weight.shape[1], generator=generator)
+            weight[old:] = fresh.to(weight.dtype)
+
+
 def with_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                         target_modules=lora["target_modules"], task_type="CAUSAL_LM")
@@ -137,6 +165,7 @@ def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str 
     else:
         model, tokenizer = load_checkpoint(checkpoint, device, dtype)
         finetune, base_name = settings["finetune"], str(checkpoint)
+    add_oracle_tokens(model, tokenizer)
     if model.config.hidden_size != d_model:
         raise ParamError(f"oracle.{kind}: {base_name} has width {model.config.hidden_size}, activations have {d_model}")
     source, inject = oracle_layers(oracle, model.config.num_hidden_layers)
@@ -169,6 +198,7 @@ def load_oracle(path: str | Path, device: torch.device
         model, tokenizer = load_checkpoint(path, device, dtype)
     else:
         model, tokenizer = load_base(spec.base, device, dtype)
+        add_oracle_tokens(model, tokenizer)  # the same rows the adapter was trained over
         model = PeftModel.from_pretrained(model, str(path)).to(device)
     return model.eval(), tokenizer, spec
 
@@ -204,10 +234,10 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     oracle = params["oracle"]
     settings, hp = oracle[kind], oracle[kind]["train"]
     train_cache, val_cache = ActivationCache(caches["train"]), ActivationCache(caches["val"])
+    torch.manual_seed(oracle["seed"] * 1000 + stage)
     model, tokenizer, spec = build_oracle(kind, params, stage, checkpoint, base, train_cache.manifest["d_model"], device)
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
     rng = np.random.default_rng([oracle["seed"], stage, KINDS.index(kind)])
-    torch.manual_seed(oracle["seed"] * 1000 + stage)
     items = build_items(train_cache, oracle["tasks"], spec.source_layer, rng)
     vectors = item_vectors(train_cache, items, spec.source_layer)
     val = build_items(val_cache, oracle["tasks"], spec.source_layer, rng)
