@@ -30,11 +30,11 @@ def target(task: str, item: dict[str, Any]) -> str:
     if task == "step":
         return str(item["step_text"])
     if task == "digit":
-        return str(item["digit_written"])
+        return str(int(item["digit_written"]))  # index columns may be floats (a thought without a step is NaN)
     if task == "carry":
-        return str(item["carry_out"])
+        return str(int(item["carry_out"]))
     if task == "answer":
-        return str(item["answer"])
+        return str(int(item["answer"]))
     if task == "problem":
         return str(item["question"]).removesuffix(" =")
     raise ValueError(f"unknown oracle task '{task}'")

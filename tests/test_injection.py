@@ -5,9 +5,17 @@ import pytest
 import torch
 
 from cocoracle.injection import Injector, decoder_blocks, steer
-from cocoracle.oracle import decode
+from cocoracle.oracle import add_oracle_tokens, decode
 from cocoracle.oracle_data import OracleCodec
 from cocoracle.questions import prompt
+
+
+@pytest.fixture
+def oracle_model(tiny_model):
+    """The tiny model (float64) with the oracle's placeholder and question words added."""
+    model, tokenizer = tiny_model
+    add_oracle_tokens(model, tokenizer)
+    return model, tokenizer
 
 
 def test_steer_adds_alpha_times_norm_at_the_mask_only():
@@ -39,8 +47,8 @@ def _block_inputs(model, layer):
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_injector_changes_the_residual_stream_only_at_placeholders(tiny_model, layer):
-    model, tokenizer = tiny_model
+def test_injector_changes_the_residual_stream_only_at_placeholders(oracle_model, layer):
+    model, tokenizer = oracle_model
     codec = OracleCodec(tokenizer)
     batch = codec.batch([prompt(1, "What digit does this step write ?"), prompt(1, "What is the final answer ?")])
     vectors = torch.randn(2, model.config.n_embd, dtype=torch.float64)
@@ -81,8 +89,8 @@ def _naive_greedy(model, injector, batch, vectors, eos, steps):
     return torch.stack(out, 1).tolist()
 
 
-def test_decode_injects_on_the_prompt_pass_only(tiny_model):
-    model, tokenizer = tiny_model
+def test_decode_injects_on_the_prompt_pass_only(oracle_model):
+    model, tokenizer = oracle_model
     codec = OracleCodec(tokenizer)
     batch = codec.batch([prompt(1, "What step was computed here ?"), prompt(0, "What is the final answer ?")])
     torch.manual_seed(1)

@@ -147,3 +147,22 @@ def test_separate_oracle_base_of_another_width_is_one_line_error(tmp_path, check
         train_oracle("separate", _oracle_params(tiny_params, 2), 1, {s: c.path for s, c in caches.items()},
                      checkpoint, checkpoint, data_dir, tmp_path / "out", tmp_path / "live", CPU)
     assert not (tmp_path / "out").exists()
+
+
+def test_oracle_tokens_spell_every_question_and_are_reproducible(mixed_rows):
+    from cocoracle.oracle import add_oracle_tokens
+    from cocoracle.questions import TEMPLATES, prompt
+
+    grown = []
+    for _ in range(2):
+        model, tokenizer = make_tiny_model(mixed_rows, dtype=torch.float32)
+        before = len(tokenizer)
+        add_oracle_tokens(model, tokenizer)
+        assert len(tokenizer) > before and model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+        grown.append((model.get_input_embeddings().weight.detach().clone(), tokenizer.get_vocab()))
+    assert torch.equal(grown[0][0], grown[1][0]) and grown[0][1] == grown[1][1]
+    for question in (q for templates in TEMPLATES.values() for q in templates):
+        ids = tokenizer(prompt(2, question), add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids, question
+        assert ids.count(tokenizer.convert_tokens_to_ids("<act>")) == 1
+    assert tokenizer.decode(tokenizer("7+5=12 write 2", add_special_tokens=False)["input_ids"]) == "7 + 5 = 1 2 write 2"
