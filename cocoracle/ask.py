@@ -15,7 +15,7 @@ from cocoracle.injection import Injector
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.oracle import ask, load_oracle
 from cocoracle.oracle_data import OracleCodec
-from cocoracle.oracle_metrics import score
+from cocoracle.oracle_metrics import score, tokens
 from cocoracle.questions import TEMPLATES, prompt, target
 
 SUM = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*=?\s*")
@@ -58,10 +58,11 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
     readings = ask(oracle, injector, OracleCodec(oracle_tokenizer), [prompt(spec.source_layer, question)] * len(thoughts),
                    vectors, 32, len(thoughts))
     lines += [f"oracle {oracle_dir} (layer {spec.source_layer}) asked: {question}",
-              f"{'thought':>7}  {'oracle reads':<28} {'true':<28} match"]
+              f"{'thought':>7}  {'oracle reads':<34} {'true':<34} match"]
     for t, reading in zip(thoughts, readings):
         step = t // coconut["thoughts_per_step"]
         truth = target(task, {"step_text": steps[step], **step_labels(a, b, step)})
         match = "yes" if score(reading, truth)["exact_match"] else "no"
-        lines.append(f"{t:>7}  {reading:<28} {truth:<28} {match}")
+        shown = [" ".join(tokens(text)) for text in (reading, truth)]  # the same spelling for both
+        lines.append(f"{t:>7}  {shown[0]:<34} {shown[1]:<34} {match}")
     return "\n".join(lines)
