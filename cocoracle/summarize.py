@@ -1,21 +1,6 @@
 """The accuracy table over curriculum stages, from the evaluation metrics files."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from cocoracle.config import ParamError
-
-
-def _load(path: str | Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ParamError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ParamError(f"{path}: not valid JSON ({exc})") from None
-
-
 def accuracy_table(metrics: list[dict]) -> str:
     """Markdown: one row per stage, free-generation and teacher-forced accuracy per split."""
     splits = [s for s in ("val", "test", "ood") if any(s in m for m in metrics)]
