@@ -1,6 +1,7 @@
 """The accuracy table over curriculum stages, from the evaluation metrics files."""
 from __future__ import annotations
 
+
 def accuracy_table(metrics: list[dict]) -> str:
     """Markdown: one row per stage, free-generation and teacher-forced accuracy per split."""
     splits = [s for s in ("val", "test", "ood") if any(s in m for m in metrics)]
