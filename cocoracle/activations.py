@@ -25,6 +25,7 @@ from cocoracle.config import ParamError
 from cocoracle.data import load_split
 from cocoracle.evaluate import parse_answer
 from cocoracle.model import DTYPES, checkpoint_params, load_checkpoint, pick_dtype
+from cocoracle.precision import autocast, precision_of
 
 THOUGHT = "thought"  # name of the fed-back thought vectors in the shards
 INDEX_SCHEMA = pa.schema([
@@ -133,7 +134,8 @@ def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Pa
         for start in tqdm(range(0, len(rows), act["batch_size"]), desc=f"collect stage {stage} {split}"):
             chunk = rows[start:start + act["batch_size"]]
             batch = codec.batch(chunk, *layout, with_targets=False).to(device)
-            ids, out = generate_with_thoughts(model, batch, codec.eos, 10_000)
+            with autocast(precision_of(trained["model"]), device):
+                ids, out = generate_with_thoughts(model, batch, codec.eos, 10_000)
             B, T, d = out.thoughts.shape
             writer.add({THOUGHT: out.thoughts.reshape(B * T, d),
                         **{f"layer_{l}": out.thought_states[l].reshape(B * T, d) for l in layers}})

@@ -165,10 +165,19 @@ def naive_forward(model: PreTrainedModel, batch: CoconutBatch) -> CoconutOutput:
     return CoconutOutput(logits[:, -batch.suffix_ids.shape[1]:], stacked)
 
 
-def loss_fn(output: CoconutOutput, batch: CoconutBatch) -> torch.Tensor:
-    """Mean cross-entropy on the remaining steps, the answer and the end token."""
+def scored_tokens(batch: CoconutBatch) -> int:
+    """How many tokens the loss scores."""
+    return int((batch.labels[:, 1:] != IGNORE).sum())
+
+
+def loss_fn(output: CoconutOutput, batch: CoconutBatch, normalizer: float | None = None) -> torch.Tensor:
+    """Cross-entropy on the remaining steps, the answer and the end token: the mean, or the sum divided
+    by `normalizer` (data-parallel training divides by the tokens of the whole global batch)."""
     logits = output.logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+    flat = (logits.reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1))
+    if normalizer is None:
+        return F.cross_entropy(*flat, ignore_index=IGNORE)
+    return F.cross_entropy(*flat, ignore_index=IGNORE, reduction="sum") / normalizer
 
 
 @torch.no_grad()

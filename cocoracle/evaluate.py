@@ -18,6 +18,7 @@ from cocoracle.coconut import Codec, generate, teacher_forced_correct
 from cocoracle.config import ParamError
 from cocoracle.data import load_split
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
+from cocoracle.precision import autocast, precision_of
 
 ANSWER_MARK = "###"
 PREDICTIONS_SCHEMA = pa.schema([
@@ -70,7 +71,7 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
                    metrics_path: str | Path, predictions_path: str | Path, device: torch.device) -> dict[str, Any]:
     """Evaluate a checkpoint with stage `stage`'s layout on the configured splits.
 
-    The thought layout and dtype come from the params the checkpoint was trained with, so this step
+    The thought layout, dtype and precision come from the params the checkpoint was trained with, so this step
     depends on the `evaluate` section alone.
     """
     ev = params["evaluate"]
@@ -85,8 +86,9 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
         rows = load_split(data_dir, split)
         if not rows:
             continue
-        results = predict(model, codec, rows, stage, trained["coconut"], ev["batch_size"], ev["max_new_tokens"],
-                          desc=f"stage {stage} {split}")
+        with autocast(precision_of(trained["model"]), device):
+            results = predict(model, codec, rows, stage, trained["coconut"], ev["batch_size"], ev["max_new_tokens"],
+                              desc=f"stage {stage} {split}")
         metrics[split] = summarize(results)
         predictions += [{"split": split, **r} for r in results]
     with atomic_path(predictions_path) as tmp:

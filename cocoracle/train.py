@@ -1,6 +1,7 @@
 """Curriculum training of one Coconut stage: AdamW, warmup + decay, clipping, accumulation, dvclive."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -9,14 +10,17 @@ from typing import Any
 import numpy as np
 import torch
 from dvclive import Live
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedModel, get_scheduler
 
-from cocoracle.coconut import Codec, coconut_forward, loss_fn
+from cocoracle.coconut import Codec, CoconutBatch, coconut_forward, loss_fn, scored_tokens
 from cocoracle.config import ParamError, stage_epochs
 from cocoracle.data import SPLITS, load_split
+from cocoracle.distributed import DataParallel, data_parallel
 from cocoracle.evaluate import predict
 from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_checkpoint
+from cocoracle.precision import autocast, maybe_compile
 
 log = logging.getLogger(__name__)
 VAL_MAX_NEW_TOKENS = 10_000  # generation stops at the end token or the position table's end
@@ -52,14 +56,40 @@ def _check_fits(model, codec: Codec, rows: list[dict[str, Any]], coconut: dict[s
         raise ParamError(f"model.tiny.n_positions: {limit} positions, but the longest problem needs {length}")
 
 
+class CoconutObjective(torch.nn.Module):
+    """The Coconut loss as one module call, so that DistributedDataParallel sees one forward per backward."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: CoconutBatch, normalizer: float | None = None) -> torch.Tensor:
+        return loss_fn(coconut_forward(self.model, batch), batch, normalizer)
+
+
 def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: str | Path | None,
                 out_dir: str | Path, live_dir: str | Path, device: torch.device) -> None:
-    """Train stage `stage` from `init` (stage 0: a fresh model) and save the checkpoint to out_dir."""
+    """Train stage `stage` from `init` (stage 0: a fresh model) and save the checkpoint to out_dir.
+
+    Under torchrun every process takes an equal share of each global batch (`train.batch_size`) and
+    DDP averages the gradients; the loss is normalised by the global batch's tokens, so the updates
+    match one process's. Rank 0 validates, logs and saves.
+    """
     train, coconut = params["train"], params["coconut"]
     if not 0 <= stage <= coconut["num_stages"]:
         raise ParamError(f"--stage {stage}: must be within 0..coconut.num_stages ({coconut['num_stages']})")
     if stage > 0 and init is None:
         raise ParamError(f"--init: stage {stage} starts from the previous stage's checkpoint")
+    with data_parallel(device) as dp:
+        if train["batch_size"] % dp.world:
+            raise ParamError(f"train.batch_size: {train['batch_size']} is not divisible by the {dp.world} "
+                             "training processes")
+        _train(params, stage, data_dir, init, out_dir, live_dir, dp)
+
+
+def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str | Path | None,
+           out_dir: str | Path, live_dir: str | Path, dp: DataParallel) -> None:
+    train, coconut, device = params["train"], params["coconut"], dp.device
     splits = {split: load_split(data_dir, split) for split in SPLITS}
     rows, val_rows = splits["train"], splits["val"][: train["val_examples"]]
     dtype = pick_dtype(params["model"]["dtype"], device)
@@ -71,8 +101,8 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
     codec = Codec(tokenizer)
     _check_fits(model, codec, [r for split_rows in splits.values() for r in split_rows], coconut)
 
-    torch.manual_seed(train["seed"] * 1000 + stage)
-    rng = np.random.default_rng([train["seed"], stage])
+    torch.manual_seed(train["seed"] * 1000 + stage + 7919 * dp.rank)  # own dropout masks per process
+    rng = np.random.default_rng([train["seed"], stage])  # the same batches in every process
     steps = optimizer_steps(train, stage, len(rows))
     n_micro = steps * train["grad_accum"]
     batches = micro_batches(len(rows), train["batch_size"], n_micro, rng)
@@ -81,32 +111,52 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
     scheduler = get_scheduler(train["schedule"] if train["schedule"] != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=train["warmup_steps"], num_training_steps=steps)
     eval_at = {max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)}  # validate at each quarter
+    objective: torch.nn.Module = CoconutObjective(maybe_compile(model, train["compile"]))
+    if dp.world > 1:
+        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                                            broadcast_buffers=False)
+    precision = params["model"]["precision"]
 
-    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with contextlib.ExitStack() as stack:
+        live = stack.enter_context(Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)) if dp.main else None
         model.train()
-        progress = tqdm(range(steps), desc=f"stage {stage}", mininterval=2)
+        progress = tqdm(range(steps), desc=f"stage {stage}", mininterval=2, disable=not dp.main)
         for step in progress:
-            total = 0.0
+            total = torch.zeros((), device=device)
             for k in range(train["grad_accum"]):
                 i = step * train["grad_accum"] + k
-                batch = codec.batch([rows[j] for j in batches[i]], layouts[i], coconut["num_stages"],
-                                    coconut["thoughts_per_step"]).to(device)
-                loss = loss_fn(coconut_forward(model, batch), batch) / train["grad_accum"]
-                loss.backward()
-                total += loss.item()
+                batch = codec.batch([rows[j] for j in batches[i][dp.rank::dp.world]], layouts[i],
+                                    coconut["num_stages"], coconut["thoughts_per_step"]).to(device)
+                normalizer = None
+                if dp.world > 1:  # this share's summed loss over the global batch's tokens, times world (DDP averages)
+                    tokens = dp.sum(torch.tensor(float(scored_tokens(batch)), device=device))
+                    normalizer = float(tokens) / dp.world
+                last = k == train["grad_accum"] - 1
+                with (objective.no_sync() if dp.world > 1 and not last else contextlib.nullcontext()):
+                    with autocast(precision, device):
+                        loss = objective(batch, normalizer) / train["grad_accum"]
+                    loss.backward()
+                total += loss.detach()
             if train["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            progress.set_postfix(loss=f"{total:.4f}")
-            live.log_metric("train/loss", total)
+            global_loss = float(dp.sum(total)) / dp.world
+            if live is None:
+                continue
+            progress.set_postfix(loss=f"{global_loss:.4f}")
+            live.log_metric("train/loss", global_loss)
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
             if val_rows and step + 1 in eval_at:
-                results = predict(model, codec, val_rows, stage, coconut, train["batch_size"], VAL_MAX_NEW_TOKENS, desc="val")
+                with autocast(precision, device):
+                    results = predict(model, codec, val_rows, stage, coconut, train["batch_size"], VAL_MAX_NEW_TOKENS,
+                                      desc="val")
                 accuracy = sum(r["correct"] for r in results) / len(results)
                 live.log_metric("val/accuracy", accuracy)
-                log.info("stage %d step %d/%d loss %.4f val accuracy %.3f", stage, step + 1, steps, total, accuracy)
+                log.info("stage %d step %d/%d loss %.4f val accuracy %.3f", stage, step + 1, steps, global_loss,
+                         accuracy)
                 model.train()
             live.next_step()
-    save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage})
+    if dp.main:
+        save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage})
