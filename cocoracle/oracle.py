@@ -34,6 +34,7 @@ from cocoracle.oracle_data import (
     item_vectors,
 )
 from cocoracle.oracle_metrics import score
+from cocoracle.precision import autocast, precision_of
 from cocoracle.questions import ACT, vocabulary_texts
 
 log = logging.getLogger(__name__)
@@ -252,17 +253,18 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=hp["warmup_steps"], num_training_steps=steps)
     order = np.concatenate([rng.permutation(len(items)) for _ in range(math.ceil(steps * hp["batch_size"] / len(items)) + 1)])
     eval_at = {max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)}
-    cursor = 0
+    cursor, precision = 0, precision_of(checkpoint_params(checkpoint)["model"])
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         model.train()
         for step in tqdm(range(steps), desc=f"{kind} oracle stage {stage}", mininterval=2):
-            if rehearse is not None and rng.random() < mix:
-                loss, name = rehearse(), "train/rehearsal_loss"
-            else:
-                pick = order[cursor:cursor + hp["batch_size"]]
-                cursor += len(pick)
-                batch = codec.batch(items["prompt"].iloc[pick].tolist(), items["target"].iloc[pick].tolist())
-                loss, name = oracle_loss(model, injector, batch.to(device), vectors[pick].to(device)), "train/loss"
+            with autocast(precision, device):
+                if rehearse is not None and rng.random() < mix:
+                    loss, name = rehearse(), "train/rehearsal_loss"
+                else:
+                    pick = order[cursor:cursor + hp["batch_size"]]
+                    cursor += len(pick)
+                    batch = codec.batch(items["prompt"].iloc[pick].tolist(), items["target"].iloc[pick].tolist())
+                    loss, name = oracle_loss(model, injector, batch.to(device), vectors[pick].to(device)), "train/loss"
             loss.backward()
             if hp["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, hp["grad_clip"])
@@ -271,8 +273,9 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
             optimizer.zero_grad(set_to_none=True)
             live.log_metric(name, loss.item())
             if step + 1 in eval_at:
-                answers = ask(model, injector, codec, val["prompt"].tolist(), val_vectors, oracle["max_new_tokens"],
-                              oracle["batch_size"])
+                with autocast(precision, device):
+                    answers = ask(model, injector, codec, val["prompt"].tolist(), val_vectors, oracle["max_new_tokens"],
+                                  oracle["batch_size"])
                 exact = float(np.mean([score(a, t)["exact_match"] for a, t in zip(answers, val["target"])]))
                 live.log_metric("val/exact_match", exact)
                 log.info("%s oracle stage %d step %d/%d loss %.4f val exact match %.3f", kind, stage, step + 1,

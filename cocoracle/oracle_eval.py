@@ -26,6 +26,7 @@ from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.oracle import KINDS, ask, load_oracle
 from cocoracle.oracle_data import OracleCodec, build_items, item_vectors
 from cocoracle.oracle_metrics import score
+from cocoracle.precision import autocast, precision_of
 
 METRICS = ["exact_match", "token_f1", "number_f1"]
 CONDITIONS = ["oracle", "shuffled", "random", "no_injection", "majority", "majority_per_position"]
@@ -129,11 +130,12 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
                      metrics_path: str | Path, predictions_path: str | Path, device: torch.device) -> pd.DataFrame:
     """Score both oracles and all baselines; write the table (CSV), summary (JSON) and per-item predictions."""
     caches = {split: ActivationCache(path) for split, path in cache_dirs.items()}
-    scored = pd.concat([score_oracle(kind, oracle_dirs[kind], caches, params, stage, device) for kind in KINDS],
-                       ignore_index=True)
+    with autocast(precision_of(checkpoint_params(checkpoint)["model"]), device):
+        scored = pd.concat([score_oracle(kind, oracle_dirs[kind], caches, params, stage, device) for kind in KINDS],
+                           ignore_index=True)
+        accuracy = self_answer_accuracy(checkpoint, oracle_dirs["self"], data_dir, stage,
+                                        params["oracle"]["batch_size"], device)
     table = aggregate(scored, stage)
-    accuracy = self_answer_accuracy(checkpoint, oracle_dirs["self"], data_dir, stage, params["oracle"]["batch_size"],
-                                    device)
     with atomic_path(predictions_path) as tmp:
         scored.to_parquet(tmp, index=False)
     with atomic_path(table_path) as tmp:
