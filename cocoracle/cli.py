@@ -93,6 +93,11 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> None:
     write_dvc_yaml(load_params(args.params), args.config, args.out)
 
 
+def cmd_pull(args: argparse.Namespace) -> None:
+    from cocoracle.sync import pull
+    pull(remote=args.remote, fetch=not args.no_fetch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cocoracle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = step("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml for the stages in the parameter file")
     p.add_argument("--config", default="config.yaml", help="wiring file with the paths (default: config.yaml)")
     p.add_argument("--out", default="dvc.yaml", help="where to write (default: dvc.yaml)")
+    p = step("pull", cmd_pull, "dvc pull, check the outputs are current, record them for Snakemake", params=False)
+    p.add_argument("--remote", help="DVC remote to pull from (default: the default remote)")
+    p.add_argument("--no-fetch", action="store_true", help="`dvc checkout` from the local cache instead of pulling")
     return parser
 
 
