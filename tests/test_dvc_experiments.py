@@ -1,0 +1,143 @@
+"""End to end with the real engines on one smoke run: DVC experiments, offline plots, and a DVC remote
+that a fresh clone pulls from until both `dvc status` and `snakemake -n` have nothing to do."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+from helpers_workflow import repo_copy, run, set_param
+
+pytestmark = pytest.mark.e2e
+EXPERIMENTS = {"c-small": [0.01], "c-large": [10.0]}  # probes.C_grid: reruns only the probes and the report
+
+
+def _flat(value, prefix: str = "") -> dict[str, object]:
+    """{'a.b.c': leaf} for a nested dict, as `dvc metrics diff` names metric keys."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, object] = {}
+    for key, sub in value.items():
+        out.update(_flat(sub, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _metric_files(repo) -> list[str]:
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return [m for s in stages.values() for m in s.get("metrics", [])]
+
+
+def _metrics(repo) -> dict[str, dict[str, object]]:
+    return {path: _flat(json.loads((repo / path).read_text())) for path in _metric_files(repo)}
+
+
+def _planned_jobs(dry_run: str) -> set[str]:
+    """Rule names in the job-stats table of a snakemake dry run."""
+    return set(re.findall(r"^(\w+)\s+\d+$", dry_run, re.MULTILINE)) - {"total"}
+
+
+def _git(repo, *args: str) -> None:
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo)
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    """A committed smoke run, then two `dvc exp run -S` experiments; their outputs and metrics."""
+    repo = repo_copy(tmp_path_factory.mktemp("exp"))
+    run(["dvc", "repro"], cwd=repo)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "smoke run")
+    runs, metrics = {}, {"baseline": _metrics(repo)}
+    for name, grid in EXPERIMENTS.items():
+        runs[name] = run(["dvc", "exp", "run", "-n", name, "-S", f"probes.C_grid={grid}"], cwd=repo).stdout
+        metrics[name] = _metrics(repo)
+    return repo, runs, metrics
+
+
+def test_plots_show_json_has_the_training_curves_offline(experiments):
+    repo = experiments[0]
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], cwd=repo).stdout)["data"]
+    for live in ("results/train/stage-0", "results/train/stage-2", "results/oracle-train/self/stage-1"):
+        tsv = f"{live}/plots/metrics/train/loss.tsv"
+        header, *lines = (repo / tsv).read_text().splitlines()
+        assert header == "step\tloss" and len(lines) > 1
+        (plot,) = plots[tsv]
+        values = plot["content"]["data"]["values"]  # the data are inline: nothing to fetch to render it
+        assert plot["type"] == "vega" and plot["content"]["encoding"]["x"]["field"] == "step"
+        assert [f"{v['step']}\t{v['loss']}" for v in values] == lines
+    assert plots["results/report/training.png"][0]["type"] == "image"
+
+
+def test_each_experiment_reruns_only_the_probes_and_the_report(experiments):
+    _, runs, _ = experiments
+    for out in runs.values():
+        assert set(re.findall(r"Running stage '(\w+)'", out)) == {"probe_stage_1", "probe_stage_2", "report"}, out
+
+
+def test_exp_show_lists_both_experiments_with_their_params_and_metrics(experiments):
+    repo, _, metrics = experiments
+    baselines = json.loads(run(["dvc", "exp", "show", "--json"], cwd=repo).stdout)
+    found = {}
+    for baseline in baselines:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = (data["params"]["params.yaml"]["data"]["probes"]["C_grid"],
+                                      data["metrics"]["results/probes/stage-1.json"]["data"]["best"])
+    assert set(found) == set(EXPERIMENTS)
+    for name, grid in EXPERIMENTS.items():
+        best = {k: v for k, v in metrics[name]["results/probes/stage-1.json"].items() if k.startswith("best.")}
+        assert found[name][0] == grid
+        assert _flat(found[name][1], "best") == best
+
+
+def test_metrics_diff_names_exactly_the_changed_metrics(experiments):
+    repo, _, metrics = experiments
+    old, new = metrics["c-small"], metrics["c-large"]
+    expected = {path: {k for k in new[path] if old[path].get(k) != new[path][k]} for path in new}
+    expected = {path: keys for path, keys in expected.items() if keys}
+    assert expected and set(expected) <= {"results/probes/stage-1.json", "results/probes/stage-2.json"}
+    diff = json.loads(run(["dvc", "metrics", "diff", "c-small", "c-large", "--json"], cwd=repo).stdout)
+    assert {path: set(keys) for path, keys in diff.items()} == expected
+    some_path, keys = next(iter(diff.items()))
+    for key, change in keys.items():
+        assert (change["old"], change["new"]) == (old[some_path][key], new[some_path][key])
+
+
+def test_params_diff_names_only_the_changed_param(experiments):
+    repo = experiments[0]
+    diff = json.loads(run(["dvc", "params", "diff", "c-small", "c-large", "--json"], cwd=repo).stdout)
+    (change,) = diff["params.yaml"].items()
+    assert change[0] == "probes.C_grid" and len(diff) == 1
+    assert (yaml.safe_load(change[1]["old"]), yaml.safe_load(change[1]["new"])) == tuple(EXPERIMENTS.values())
+
+
+def test_a_fresh_clone_pulls_from_the_remote_and_both_engines_are_up_to_date(experiments, tmp_path):
+    repo = experiments[0]
+    # the last experiment is in the workspace: commit it with a local-directory remote, and push
+    run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], cwd=repo)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "keep c-large; remote")
+    run(["dvc", "push"], cwd=repo)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+
+    run(["dvc", "pull"], cwd=clone)
+    assert json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout) == {}
+    # checkout order and no .snakemake/ metadata: a bare pull leaves Snakemake planning reruns
+    assert "Nothing to be done" not in run(["snakemake", "-n", "--cores", "1"], cwd=clone).stdout
+
+    run(["cocoracle", "pull"], cwd=clone)
+    assert json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout) == {}
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1"], cwd=clone).stdout
+    for path in ("results/report.md", "results/probes/stage-2.json", "models/stage-2/model.safetensors"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+
+    # the recorded metadata keeps param changes rerunning exactly what they affect
+    set_param(clone, "evaluate", "max_new_tokens", 39)
+    assert _planned_jobs(run(["snakemake", "-n", "--cores", "1"], cwd=clone).stdout) == {
+        "evaluate_stage", "report", "all"}
+    assert set(json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout)) == {
+        "evaluate_stage_0", "evaluate_stage_1", "evaluate_stage_2"}
