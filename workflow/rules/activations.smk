@@ -12,8 +12,11 @@ rule collect_activations:
     benchmark:
         f"{BENCH}/collect/stage-{{stage}}-{{split}}.tsv"
     threads: workflow.cores
-    resources:
+    resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
+        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        mem_mb=16000,
+        runtime=120,
     conda:
         "../../envs/cocoracle.yaml"
     shell:

@@ -27,8 +27,11 @@ rule train_stage:
     benchmark:
         f"{BENCH}/train/stage-{{stage}}.tsv"
     threads: workflow.cores
-    resources:
+    resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
+        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        mem_mb=16000,
+        runtime=480,
     conda:
         "../../envs/cocoracle.yaml"
     shell:

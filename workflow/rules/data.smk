@@ -9,6 +9,9 @@ rule generate:
         f"{LOGS}/generate.log",
     benchmark:
         f"{BENCH}/generate.tsv"
+    resources:  # SLURM requests (docs/slurm.md)
+        mem_mb=2000,
+        runtime=30,
     conda:
         "../../envs/cocoracle.yaml"
     shell:

@@ -13,6 +13,11 @@ rule evaluate_stage:
     benchmark:
         f"{BENCH}/evaluate/stage-{{stage}}.tsv"
     threads: workflow.cores
+    resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
+        gpu=1,
+        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        mem_mb=8000,
+        runtime=120,
     conda:
         "../../envs/cocoracle.yaml"
     shell:

@@ -26,8 +26,11 @@ rule train_oracle:
     benchmark:
         f"{BENCH}/oracle/train-{{kind}}-stage-{{stage}}.tsv"
     threads: workflow.cores
-    resources:
+    resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
+        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        mem_mb=16000,
+        runtime=480,
     conda:
         "../../envs/cocoracle.yaml"
     shell:
@@ -56,8 +59,11 @@ rule evaluate_oracles:
     benchmark:
         f"{BENCH}/oracle/evaluate-stage-{{stage}}.tsv"
     threads: workflow.cores
-    resources:
+    resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
+        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        mem_mb=16000,
+        runtime=240,
     conda:
         "../../envs/cocoracle.yaml"
     shell:

@@ -15,6 +15,9 @@ rule probe_stage:
     benchmark:
         f"{BENCH}/probes/stage-{{stage}}.tsv"
     threads: workflow.cores
+    resources:  # SLURM requests (docs/slurm.md)
+        mem_mb=16000,
+        runtime=240,
     conda:
         "../../envs/cocoracle.yaml"
     shell:

@@ -15,6 +15,9 @@ rule report:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCH}/report.tsv"
+    resources:  # SLURM requests (docs/slurm.md)
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../../envs/cocoracle.yaml"
     shell:
