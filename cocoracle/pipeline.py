@@ -17,21 +17,22 @@ from cocoracle.data import SPLITS
 CODE = {
     "generate": ["cocoracle/cli.py", "cocoracle/config.py", "cocoracle/data.py"],
     "train": ["cocoracle/cli.py", "cocoracle/config.py", "cocoracle/data.py", "cocoracle/model.py",
-              "cocoracle/coconut.py", "cocoracle/train.py", "cocoracle/evaluate.py"],
+              "cocoracle/coconut.py", "cocoracle/train.py", "cocoracle/evaluate.py", "cocoracle/precision.py",
+              "cocoracle/distributed.py"],
     "evaluate": ["cocoracle/cli.py", "cocoracle/config.py", "cocoracle/data.py", "cocoracle/model.py",
-                 "cocoracle/coconut.py", "cocoracle/evaluate.py"],
+                 "cocoracle/coconut.py", "cocoracle/evaluate.py", "cocoracle/precision.py"],
     "train_oracle": ["cocoracle/cli.py", "cocoracle/config.py", "cocoracle/data.py", "cocoracle/model.py",
                      "cocoracle/coconut.py", "cocoracle/activations.py", "cocoracle/cache_reader.py",
                      "cocoracle/questions.py", "cocoracle/injection.py", "cocoracle/oracle_data.py",
-                     "cocoracle/oracle_metrics.py", "cocoracle/oracle.py"],
+                     "cocoracle/oracle_metrics.py", "cocoracle/oracle.py", "cocoracle/precision.py"],
     "evaluate_oracle": ["cocoracle/cli.py", "cocoracle/config.py", "cocoracle/data.py", "cocoracle/model.py",
                         "cocoracle/coconut.py", "cocoracle/evaluate.py", "cocoracle/activations.py",
                         "cocoracle/cache_reader.py", "cocoracle/questions.py", "cocoracle/injection.py",
                         "cocoracle/oracle_data.py", "cocoracle/oracle_metrics.py", "cocoracle/oracle.py",
-                        "cocoracle/oracle_eval.py"],
+                        "cocoracle/oracle_eval.py", "cocoracle/precision.py"],
     "report": ["cocoracle/cli.py", "cocoracle/summarize.py", "cocoracle/report.py"],
     "collect": ["cocoracle/cli.py", "cocoracle/config.py", "cocoracle/data.py", "cocoracle/model.py",
-                "cocoracle/coconut.py", "cocoracle/evaluate.py", "cocoracle/activations.py"],
+                "cocoracle/coconut.py", "cocoracle/evaluate.py", "cocoracle/activations.py", "cocoracle/precision.py"],
     "probe": ["cocoracle/cli.py", "cocoracle/config.py", "cocoracle/activations.py", "cocoracle/cache_reader.py",
               "cocoracle/probes.py"],
 }
@@ -55,6 +56,11 @@ def param_values(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
             value = value[part]
         out[key] = value
     return out
+
+
+def train_launcher(processes: int) -> str:
+    """The prefix that runs `cocoracle train` in `processes` torchrun processes (none for one)."""
+    return f"torchrun --standalone --nproc-per-node {processes} --no-python -- " if processes > 1 else ""
 
 
 def separate_base(params: dict[str, Any], models: str) -> str:
@@ -84,10 +90,11 @@ def dvc_stages(params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
         }
     }
     metrics = []
+    launch = train_launcher(config["train_processes"])
     for k in range(params["coconut"]["num_stages"] + 1):
         init = f" --init {models}/stage-{k - 1}" if k else ""
         stages[f"train_stage_{k}"] = {
-            "cmd": (f"cocoracle train --params {pf} --stage {k} --data {data}{init} --out {models}/stage-{k}"
+            "cmd": (f"{launch}cocoracle train --params {pf} --stage {k} --data {data}{init} --out {models}/stage-{k}"
                     f" --live {results}/train/stage-{k} --log {logs}/train/stage-{k}.log"),
             "deps": [f"{data}/train.parquet", f"{data}/val.parquet"] + ([f"{models}/stage-{k - 1}"] if k else [])
             + CODE["train"],

@@ -50,3 +50,17 @@ def test_engines_declare_the_same_steps(tmp_path, params):
     stages = load_params(repo / "params.yaml")["coconut"]["num_stages"] + 1
     assert sum(c.startswith("cocoracle train ") for c in dvc) == stages
     assert sum(c.startswith("cocoracle probe ") for c in dvc) == stages - 1
+
+
+def test_engines_launch_training_under_torchrun_alike(tmp_path):
+    """train_processes > 1 (config.yaml) prefixes every training command with the same torchrun launch."""
+    repo = repo_copy(tmp_path)
+    config = repo / "config.yaml"
+    config.write_text(config.read_text().replace("train_processes: 1", "train_processes: 2"))
+    run(["cocoracle", "dvc-yaml"], cwd=repo)
+    smk, dvc = snakemake_jobs(repo), dvc_jobs(repo)
+    assert set(smk) == set(dvc)
+    launched = [c for c in dvc if " cocoracle train " in c]
+    assert len(launched) == 3 and all(c.startswith("torchrun --standalone --nproc-per-node 2 --no-python -- ")
+                                      for c in launched)
+    assert not any(c.startswith("torchrun") for c in dvc if " cocoracle train " not in c)

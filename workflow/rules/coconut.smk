@@ -27,13 +27,13 @@ rule train_stage:
     benchmark:
         f"{BENCH}/train/stage-{{stage}}.tsv"
     threads: workflow.cores
-    resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
-        gpu=1,
+    resources:  # SLURM requests (docs/slurm.md); gpu also counts against a local --resources gpu=N
+        gpu=config["train_processes"],
         gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
         mem_mb=16000,
         runtime=480,
     conda:
         "../../envs/cocoracle.yaml"
     shell:
-        "cocoracle train --params {PF} --stage {wildcards.stage} --data {DATA}{params.init}"
+        TRAIN_LAUNCHER + "cocoracle train --params {PF} --stage {wildcards.stage} --data {DATA}{params.init}"
         " --out {output.checkpoint} --live {output.live} --log {log}"

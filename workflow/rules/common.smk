@@ -5,7 +5,7 @@ from snakemake.utils import validate
 from cocoracle.config import ParamError, load_params, oracle_stages
 from cocoracle.data import SPLITS
 from cocoracle.pipeline import (CODE, ORACLE_KINDS, ORACLE_SHARED_KEYS, REPORT_PLOTS, oracle_train_keys, param_values,
-                                separate_base)
+                                separate_base, train_launcher)
 
 configfile: "config.yaml"
 
@@ -23,6 +23,7 @@ STAGES = list(range(PARAMS["coconut"]["num_stages"] + 1))
 LATENT_STAGES = STAGES[1:]  # stages with latent thoughts to collect and probe
 ORACLE_STAGES = oracle_stages(PARAMS)
 SEPARATE_BASE = separate_base(PARAMS, MODELS)
+TRAIN_LAUNCHER = train_launcher(config["train_processes"])
 
 wildcard_constraints:
     stage=r"\d+",
