@@ -176,11 +176,20 @@ def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str 
     return model, tokenizer, spec
 
 
+def _sort_target_modules(adapter_config: Path) -> None:
+    """peft writes target_modules from a set (order varies per process); sort it so equal runs give equal bytes."""
+    if adapter_config.is_file():
+        config = json.loads(adapter_config.read_text())
+        config["target_modules"] = sorted(config["target_modules"])
+        adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def save_oracle(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: OracleSpec,
                 checkpoint: str | Path, out_dir: str | Path) -> None:
     """Adapter (LoRA) or full safetensors weights, tokenizer, the spec and the checkpoint's params; atomic."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        _sort_target_modules(tmp / "adapter_config.json")
         tokenizer.save_pretrained(tmp)
         (tmp / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2))
         (tmp / "params.json").write_text(json.dumps(checkpoint_params(checkpoint), indent=2, sort_keys=True))

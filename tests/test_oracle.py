@@ -2,6 +2,8 @@
 LoRA adapters round trip, and `cocoracle ask`."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,6 +104,8 @@ def test_separate_oracle_saves_a_lora_adapter_and_reloads_it(tmp_path, checkpoin
     files = {p.name for p in out.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "oracle.json"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert targets == sorted(params["oracle"]["separate"]["lora"]["target_modules"])  # not peft's set order
     model, _, spec = load_oracle(out, CPU)
     assert spec.kind == "separate" and spec.finetune == "lora" and spec.inject_layers == [0]
     lora = [n for n, p in model.named_parameters() if "lora_" in n]
