@@ -30,11 +30,6 @@ class DataParallel:
         return value
 
 
-def process_rank() -> int:
-    """torchrun's RANK, 0 when not launched by it."""
-    return int(os.environ.get("RANK", "0"))
-
-
 @contextlib.contextmanager
 def data_parallel(device: torch.device) -> Iterator[DataParallel]:
     """Join the process group torchrun set up (WORLD_SIZE > 1): nccl on cuda:LOCAL_RANK, gloo on CPU."""

@@ -14,7 +14,7 @@ rule collect_activations:
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
-        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        gpu_model=GPU_MODEL,
         mem_mb=16000,
         runtime=120,
     conda:

@@ -29,7 +29,7 @@ rule train_stage:
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu also counts against a local --resources gpu=N
         gpu=config["train_processes"],
-        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        gpu_model=GPU_MODEL,
         mem_mb=16000,
         runtime=480,
     conda:

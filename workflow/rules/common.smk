@@ -1,3 +1,4 @@
+import os
 import sys
 
 from snakemake.utils import validate
@@ -24,6 +25,7 @@ LATENT_STAGES = STAGES[1:]  # stages with latent thoughts to collect and probe
 ORACLE_STAGES = oracle_stages(PARAMS)
 SEPARATE_BASE = separate_base(PARAMS, MODELS)
 TRAIN_LAUNCHER = train_launcher(config["train_processes"])
+GPU_MODEL = os.environ.get("COCORACLE_GPU_MODEL", "")  # SLURM GPU type for the GPU rules; empty: any
 
 wildcard_constraints:
     stage=r"\d+",

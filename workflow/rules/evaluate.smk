@@ -15,7 +15,7 @@ rule evaluate_stage:
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
-        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        gpu_model=GPU_MODEL,
         mem_mb=8000,
         runtime=120,
     conda:

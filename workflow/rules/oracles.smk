@@ -28,7 +28,7 @@ rule train_oracle:
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
-        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        gpu_model=GPU_MODEL,
         mem_mb=16000,
         runtime=480,
     conda:
@@ -61,7 +61,7 @@ rule evaluate_oracles:
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
-        gpu_model=os.environ.get("COCORACLE_GPU_MODEL", ""),
+        gpu_model=GPU_MODEL,
         mem_mb=16000,
         runtime=240,
     conda:
