@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cocoracle.atomic import atomic_dir
 from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.evaluate import parse_answer
 from cocoracle.model import DTYPES, checkpoint_params, load_checkpoint, pick_dtype
@@ -53,7 +53,7 @@ def resolve_layers(spec: str | list[int | float], n_layer: int) -> list[int]:
     for item in spec:
         index = round(item * n_layer) if isinstance(item, float) else item
         if not 0 <= index <= n_layer:
-            raise ParamError(f"activations.layers: {item} is outside 0..{n_layer} for this model")
+            raise InputError(f"activations.layers: {item} is outside 0..{n_layer} for this model")
         layers.append(index)
     return sorted(set(layers))
 
@@ -120,7 +120,7 @@ def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Pa
     trained = checkpoint_params(checkpoint)
     coconut = trained["coconut"]
     if not 1 <= stage <= coconut["num_stages"]:
-        raise ParamError(f"--stage {stage}: activations exist at stages 1..{coconut['num_stages']} only")
+        raise InputError(f"--stage {stage}: activations exist at stages 1..{coconut['num_stages']} only")
     model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(trained["model"]["dtype"], device))
     model.eval()
     codec = Codec(tokenizer)

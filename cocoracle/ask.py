@@ -8,7 +8,7 @@ import torch
 
 from cocoracle.activations import step_labels
 from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.data import cot_steps, question_text
 from cocoracle.evaluate import parse_answer
 from cocoracle.injection import Injector
@@ -25,10 +25,10 @@ def parse_problem(problem: str, max_digits: int) -> tuple[int, int]:
     """(a, b) from 'a + b'; one-line error for anything else or operands longer than the model was trained on."""
     match = SUM.fullmatch(problem)
     if not match:
-        raise ParamError(f"'{problem}': not a sum of two non-negative integers such as '347 + 285'")
+        raise InputError(f"'{problem}': not a sum of two non-negative integers such as '347 + 285'")
     a, b = (int(x) for x in match.groups())
     if max(len(str(a)), len(str(b))) > max_digits:
-        raise ParamError(f"'{problem}': the model was trained on operands of at most {max_digits} digits")
+        raise InputError(f"'{problem}': the model was trained on operands of at most {max_digits} digits")
     return a, b
 
 

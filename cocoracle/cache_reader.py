@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from safetensors import safe_open
 
 from cocoracle.activations import sha256
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 
 
 class ActivationCache:
@@ -23,17 +23,17 @@ class ActivationCache:
         try:
             self.manifest: dict[str, Any] = json.loads(manifest.read_text())
         except FileNotFoundError:
-            raise ParamError(f"{manifest}: missing (the cache is incomplete; rerun its collection)") from None
+            raise InputError(f"{manifest}: missing (the cache is incomplete; rerun its collection)") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ParamError(f"{manifest}: truncated or not JSON (rerun the collection)") from None
+            raise InputError(f"{manifest}: truncated or not JSON (rerun the collection)") from None
         for key in ("shards", "rows", "tensors", "index_sha256"):
             if key not in self.manifest:
-                raise ParamError(f"{manifest}: no '{key}' entry (truncated or from another tool)")
+                raise InputError(f"{manifest}: no '{key}' entry (truncated or from another tool)")
         if verify:
             self._verify()
         self.index: pd.DataFrame = pq.read_table(self.path / "index.parquet").to_pandas()
         if len(self.index) != self.manifest["rows"]:
-            raise ParamError(f"{self.path / 'index.parquet'}: {len(self.index)} rows, manifest says {self.manifest['rows']}")
+            raise InputError(f"{self.path / 'index.parquet'}: {len(self.index)} rows, manifest says {self.manifest['rows']}")
         self._starts = np.cumsum([0] + [s["rows"] for s in self.manifest["shards"]])
 
     def _verify(self) -> None:
@@ -41,9 +41,9 @@ class ActivationCache:
         for name, expected in files + [("index.parquet", self.manifest["index_sha256"])]:
             path = self.path / name
             if not path.is_file():
-                raise ParamError(f"{path}: missing shard listed in the manifest")
+                raise InputError(f"{path}: missing shard listed in the manifest")
             if sha256(path) != expected:
-                raise ParamError(f"{path}: checksum mismatch (corrupt or modified)")
+                raise InputError(f"{path}: checksum mismatch (corrupt or modified)")
 
     @property
     def tensors(self) -> list[str]:
@@ -56,7 +56,7 @@ class ActivationCache:
         `rows` selects sorted row numbers (e.g. from a filter on `index`); None means all rows.
         """
         if tensor not in self.tensors:
-            raise ParamError(f"{self.path}: no tensor '{tensor}' (has {', '.join(self.tensors)})")
+            raise InputError(f"{self.path}: no tensor '{tensor}' (has {', '.join(self.tensors)})")
         wanted = np.arange(self.manifest["rows"]) if rows is None else np.sort(np.asarray(rows))
         for shard, start, stop in zip(self.manifest["shards"], self._starts[:-1], self._starts[1:]):
             chosen = wanted[(wanted >= start) & (wanted < stop)]

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cocoracle.config import ParamError, load_params
+from cocoracle.config import InputError, load_params
 
 
 def _setup_logging(log_file: str | None) -> None:
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log)
     try:
         args.func(args)
-    except ParamError as exc:
+    except InputError as exc:
         print(f"cocoracle {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception:

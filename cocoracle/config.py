@@ -13,8 +13,8 @@ import yaml
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class ParamError(ValueError):
-    """An invalid parameter or input file; its message is one line naming the key or file."""
+class InputError(ValueError):
+    """Bad input (a parameter, a config value, a missing or corrupt file); one line naming the key or file."""
 
 
 def _schema() -> dict[str, Any]:
@@ -46,13 +46,13 @@ def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file, with a one-line error naming it when missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise ParamError(f"{path}: file not found")
+        raise InputError(f"{path}: file not found")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise ParamError(f"{path}: not a UTF-8 text file") from None
+        raise InputError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
-        raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
@@ -62,14 +62,14 @@ def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
     if errors:
         error = jsonschema.exceptions.best_match(errors)
         message = error.message.splitlines()[0]
-        raise ParamError(f"{source}: {_key_of(error)}: {message}")
+        raise InputError(f"{source}: {_key_of(error)}: {message}")
     for key, message in _semantic_errors(params):
-        raise ParamError(f"{source}: {key}: {message}")
+        raise InputError(f"{source}: {key}: {message}")
     return params
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
-    """Read and validate a params file; raises ParamError with a one-line message."""
+    """Read and validate a params file; raises InputError with a one-line message."""
     return validate_params(read_yaml(path), source=str(path))
 
 

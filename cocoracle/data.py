@@ -114,12 +114,12 @@ def generate(data: dict[str, Any], out_dir: str | Path) -> None:
 
 def load_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     """Rows of one split as dicts; a one-line error names a missing or unreadable file."""
-    from cocoracle.config import ParamError
+    from cocoracle.config import InputError
 
     path = Path(data_dir) / f"{split}.parquet"
     if not path.is_file():
-        raise ParamError(f"{path}: file not found (run `cocoracle generate` first)")
+        raise InputError(f"{path}: file not found (run `cocoracle generate` first)")
     try:
         return pq.read_table(path, schema=SCHEMA).to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        raise ParamError(f"{path}: unreadable parquet ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: unreadable parquet ({str(exc).splitlines()[0]})") from None

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.coconut import Codec, generate, teacher_forced_correct
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.precision import autocast, precision_of
@@ -79,7 +79,7 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
     model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(trained["model"]["dtype"], device))
     codec = Codec(tokenizer)
     if not 0 <= stage <= trained["coconut"]["num_stages"]:
-        raise ParamError(f"--stage {stage}: {checkpoint} was trained with stages 0..{trained['coconut']['num_stages']}")
+        raise InputError(f"--stage {stage}: {checkpoint} was trained with stages 0..{trained['coconut']['num_stages']}")
     metrics: dict[str, Any] = {"stage": stage}
     predictions: list[dict[str, Any]] = []
     for split in ev["splits"]:

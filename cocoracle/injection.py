@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -21,7 +21,7 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layer:
             return module
-    raise ParamError(f"{type(model).__name__}: cannot find its {n_layer} decoder blocks to inject into")
+    raise InputError(f"{type(model).__name__}: cannot find its {n_layer} decoder blocks to inject into")
 
 
 def steer(hidden: torch.Tensor, vectors: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -38,7 +38,7 @@ class Injector:
         blocks = decoder_blocks(model)
         for layer in layers:
             if not 0 <= layer < len(blocks):
-                raise ParamError(f"oracle inject layer {layer}: must be within 0..{len(blocks) - 1} for this model")
+                raise InputError(f"oracle inject layer {layer}: must be within 0..{len(blocks) - 1} for this model")
         self.alpha = alpha
         self.vectors: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None

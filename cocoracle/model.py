@@ -11,7 +11,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
 from cocoracle.atomic import atomic_dir
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 
 BOT, EOT, THOUGHT = "<bot>", "<eot>", "<thought>"
 MARKERS = [BOT, EOT, THOUGHT]
@@ -24,7 +24,7 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamError(f"--device {requested}: CUDA is not available on this machine")
+        raise InputError(f"--device {requested}: CUDA is not available on this machine")
     return torch.device(requested)
 
 
@@ -68,10 +68,10 @@ def pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise ParamError(f"model.name: cannot load '{name}' ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"model.name: cannot load '{name}' ({str(exc).splitlines()[0]})") from None
     tokenizer.add_special_tokens({"additional_special_tokens": MARKERS})
     if tokenizer.eos_token is None:
-        raise ParamError(f"model.name: '{name}' has no end-of-sequence token")
+        raise InputError(f"model.name: '{name}' has no end-of-sequence token")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.resize_token_embeddings(len(tokenizer))
@@ -103,7 +103,7 @@ def checkpoint_params(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ParamError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
+        raise InputError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
 
 
 def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype
@@ -111,12 +111,12 @@ def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype
     """A checkpoint written by save_checkpoint; one-line error naming a missing or corrupt one."""
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise ParamError(f"{path}: not a checkpoint (config.json or model.safetensors missing)")
+        raise InputError(f"{path}: not a checkpoint (config.json or model.safetensors missing)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
-        raise ParamError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
     return model.to(device), tokenizer
 
 

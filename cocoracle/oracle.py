@@ -22,7 +22,7 @@ from cocoracle.activations import resolve_layers
 from cocoracle.atomic import atomic_dir
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.injection import Injector
 from cocoracle.model import checkpoint_params, load_base, load_checkpoint, pick_dtype
@@ -160,7 +160,7 @@ def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str 
     settings = oracle[kind]
     if kind == "separate":
         if base is None:
-            raise ParamError("--base: the separate oracle needs a base model (oracle.separate.base)")
+            raise InputError("--base: the separate oracle needs a base model (oracle.separate.base)")
         model, tokenizer = load_base(base, device, dtype)
         finetune, base_name = "lora", str(base)
     else:
@@ -168,7 +168,7 @@ def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str 
         finetune, base_name = settings["finetune"], str(checkpoint)
     add_oracle_tokens(model, tokenizer)
     if model.config.hidden_size != d_model:
-        raise ParamError(f"oracle.{kind}: {base_name} has width {model.config.hidden_size}, activations have {d_model}")
+        raise InputError(f"oracle.{kind}: {base_name} has width {model.config.hidden_size}, activations have {d_model}")
     source, inject = oracle_layers(oracle, model.config.num_hidden_layers)
     if finetune == "lora":
         model = with_lora(model, settings["lora"])
@@ -202,7 +202,7 @@ def load_oracle(path: str | Path, device: torch.device
     try:
         spec = OracleSpec(**json.loads(file.read_text()))
     except (OSError, json.JSONDecodeError, TypeError) as exc:
-        raise ParamError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
+        raise InputError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
     dtype = pick_dtype(checkpoint_params(path)["model"]["dtype"], device)
     if spec.finetune == "full":
         model, tokenizer = load_checkpoint(path, device, dtype)
@@ -240,7 +240,7 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
                  device: torch.device) -> None:
     """Train one oracle on a stage's train cache, validating exact match on its val cache; save to out_dir."""
     if kind not in KINDS:
-        raise ParamError(f"--kind {kind}: one of {', '.join(KINDS)}")
+        raise InputError(f"--kind {kind}: one of {', '.join(KINDS)}")
     oracle = params["oracle"]
     settings, hp = oracle[kind], oracle[kind]["train"]
     train_cache, val_cache = ActivationCache(caches["train"]), ActivationCache(caches["val"])

@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.questions import ACT, TEMPLATES, prompt, target
 
 IGNORE = -100
@@ -35,7 +35,7 @@ def item_vectors(cache: ActivationCache, items: pd.DataFrame, layer: int) -> tor
     """(len(items), d) float32: the cached activation at `layer` for every item (rows may repeat)."""
     name = f"layer_{layer}"
     if name not in cache.tensors:
-        raise ParamError(f"oracle.source_layer: layer {layer} is not in {cache.path} (has {', '.join(cache.tensors)})")
+        raise InputError(f"oracle.source_layer: layer {layer} is not in {cache.path} (has {', '.join(cache.tensors)})")
     unique = np.unique(items["row"].to_numpy())
     table = cache.load(name, unique)
     return torch.from_numpy(table[np.searchsorted(unique, items["row"].to_numpy())])
@@ -61,7 +61,7 @@ class OracleCodec:
         self.tokenizer = tokenizer
         self.act = tokenizer.convert_tokens_to_ids(ACT)
         if self.act is None or self.act == tokenizer.unk_token_id:
-            raise ParamError(f"oracle tokenizer has no {ACT} token")
+            raise InputError(f"oracle tokenizer has no {ACT} token")
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def encode(self, text: str) -> list[int]:

@@ -18,7 +18,7 @@ import torch
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import Codec
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.evaluate import predict
 from cocoracle.injection import Injector
@@ -89,7 +89,7 @@ def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache]
     oracle = params["oracle"]
     model, tokenizer, spec = load_oracle(path, device)
     if spec.stage != stage:
-        raise ParamError(f"{path}: an oracle for stage {spec.stage}, not {stage}")
+        raise InputError(f"{path}: an oracle for stage {spec.stage}, not {stage}")
     rng = np.random.default_rng([oracle["seed"], stage, 99])
     train_items = build_items(caches["train"], oracle["tasks"], spec.source_layer, rng)
     items = build_items(caches["test"], oracle["tasks"], spec.source_layer, rng)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from cocoracle.atomic import atomic_path, write_text
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.summarize import accuracy_table
 
 T = TypeVar("T")
@@ -21,13 +21,13 @@ ORACLE_COLUMNS = ["stage", "oracle", "condition", "task", "thought", "n", "exact
 
 
 def _read(path: str | Path, parse: Callable[[Path], T]) -> T:
-    """Parse one input file; a missing or unreadable file is a one-line ParamError naming it."""
+    """Parse one input file; a missing or unreadable file is a one-line InputError naming it."""
     try:
         return parse(Path(path))
     except FileNotFoundError:
-        raise ParamError(f"{path}: file not found") from None
+        raise InputError(f"{path}: file not found") from None
     except ValueError as exc:
-        raise ParamError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
 
 
 def _json(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def _json(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
     data = _read(path, lambda p: json.loads(p.read_text()))
     missing = [key for key in keys if not isinstance(data, dict) or key not in data]
     if missing:
-        raise ParamError(f"{path}: missing key {missing[0]!r}")
+        raise InputError(f"{path}: missing key {missing[0]!r}")
     return data
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
 from cocoracle.coconut import Codec, CoconutBatch, coconut_forward, loss_fn, scored_tokens
-from cocoracle.config import ParamError, stage_epochs
+from cocoracle.config import InputError, stage_epochs
 from cocoracle.data import SPLITS, load_split
 from cocoracle.distributed import DataParallel, data_parallel
 from cocoracle.evaluate import predict
@@ -53,7 +53,7 @@ def _check_fits(model, codec: Codec, rows: list[dict[str, Any]], coconut: dict[s
     length = batch.prefix_ids.shape[1] + coconut["num_stages"] * coconut["thoughts_per_step"] + batch.suffix_ids.shape[1]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and length > limit:
-        raise ParamError(f"model.tiny.n_positions: {limit} positions, but the longest problem needs {length}")
+        raise InputError(f"model.tiny.n_positions: {limit} positions, but the longest problem needs {length}")
 
 
 class CoconutObjective(torch.nn.Module):
@@ -77,12 +77,12 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
     """
     train, coconut = params["train"], params["coconut"]
     if not 0 <= stage <= coconut["num_stages"]:
-        raise ParamError(f"--stage {stage}: must be within 0..coconut.num_stages ({coconut['num_stages']})")
+        raise InputError(f"--stage {stage}: must be within 0..coconut.num_stages ({coconut['num_stages']})")
     if stage > 0 and init is None:
-        raise ParamError(f"--init: stage {stage} starts from the previous stage's checkpoint")
+        raise InputError(f"--init: stage {stage} starts from the previous stage's checkpoint")
     with data_parallel(device) as dp:
         if train["batch_size"] % dp.world:
-            raise ParamError(f"train.batch_size: {train['batch_size']} is not divisible by the {dp.world} "
+            raise InputError(f"train.batch_size: {train['batch_size']} is not divisible by the {dp.world} "
                              "training processes")
         _train(params, stage, data_dir, init, out_dir, live_dir, dp)
 

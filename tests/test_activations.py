@@ -10,7 +10,7 @@ import torch
 from cocoracle.activations import collect_activations, resolve_layers, step_labels
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import Codec, naive_forward
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.data import cot_steps, generate as generate_data
 from cocoracle.model import initial_model, save_checkpoint
 
@@ -80,7 +80,7 @@ def test_corrupted_shard_is_named(collected, tmp_path):
     data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(ParamError, match="shard-00001.safetensors: checksum mismatch"):
+    with pytest.raises(InputError, match="shard-00001.safetensors: checksum mismatch"):
         ActivationCache(copy)
 
 
@@ -91,10 +91,10 @@ def test_truncated_manifest_is_named(collected, tmp_path):
     shutil.copytree(root / "cache", copy)
     manifest = copy / "manifest.json"
     manifest.write_text(manifest.read_text()[:40])
-    with pytest.raises(ParamError, match="manifest.json: truncated"):
+    with pytest.raises(InputError, match="manifest.json: truncated"):
         ActivationCache(copy)
     manifest.unlink()
-    with pytest.raises(ParamError, match="manifest.json: missing"):
+    with pytest.raises(InputError, match="manifest.json: missing"):
         ActivationCache(copy)
 
 
@@ -109,7 +109,7 @@ def test_manifest_records_checkpoint_and_layers(collected):
 def test_layers_by_index_and_fraction():
     assert resolve_layers("all", 4) == [0, 1, 2, 3, 4]
     assert resolve_layers([0.5, 4, 1], 4) == [1, 2, 4]
-    with pytest.raises(ParamError, match="activations.layers"):
+    with pytest.raises(InputError, match="activations.layers"):
         resolve_layers([9], 4)
 
 

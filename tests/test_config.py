@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import PARAMS_YAML, run_cli, tiny_params_dict
-from cocoracle.config import (ParamError, load_params, split_counts, stage_epochs, unique_problems,
+from cocoracle.config import (InputError, load_params, split_counts, stage_epochs, unique_problems,
                               validate_params)
 
 
@@ -66,7 +66,7 @@ def test_stage_epochs_scalar_and_list():
 def test_validate_params_error_is_one_line_naming_key():
     params = tiny_params_dict()
     params["train"]["lr"] = -1
-    with pytest.raises(ParamError) as info:
+    with pytest.raises(InputError) as info:
         validate_params(params, source="here.yaml")
     message = str(info.value)
     assert "\n" not in message

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import tiny_params_dict
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.data import cot_steps, generate, load_split, make_splits
 
 STEP = re.compile(r"^(\d)\+(\d)(?:\+(\d))?=(\d+) write (\d)(?: carry (\d))?$")
@@ -182,9 +182,9 @@ def test_parquet_columns_types_and_content(data_dir):
 def test_load_split_round_trip_and_errors(data_dir, tmp_path):
     rows = load_split(data_dir, "val")
     assert rows == pq.read_table(data_dir / "val.parquet").to_pylist()
-    with pytest.raises(ParamError, match=re.escape(str(tmp_path / "train.parquet"))):
+    with pytest.raises(InputError, match=re.escape(str(tmp_path / "train.parquet"))):
         load_split(tmp_path, "train")
     (tmp_path / "train.parquet").write_bytes(b"this is not parquet")
-    with pytest.raises(ParamError, match=re.escape(str(tmp_path / "train.parquet"))) as info:
+    with pytest.raises(InputError, match=re.escape(str(tmp_path / "train.parquet"))) as info:
         load_split(tmp_path, "train")
     assert "\n" not in str(info.value)

@@ -11,7 +11,7 @@ import torch
 import cocoracle.evaluate as evaluate_module
 from conftest import make_tiny_model, tiny_params_dict
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.data import generate as generate_data, problems_table
 from cocoracle.evaluate import evaluate_stage, parse_answer, predict, summarize
 from cocoracle.model import save_checkpoint
@@ -194,7 +194,7 @@ def test_evaluate_stage_on_generated_data(checkpoint, tmp_path):
 
 
 def test_evaluate_stage_missing_checkpoint(tmp_path):
-    with pytest.raises(ParamError, match=re.escape(str(tmp_path / "nothing"))) as info:
+    with pytest.raises(InputError, match=re.escape(str(tmp_path / "nothing"))) as info:
         evaluate_stage(_params(), STAGE, tmp_path / "nothing", tmp_path, tmp_path / "m.json", tmp_path / "p.parquet",
                        CPU)
     assert "\n" not in str(info.value)
@@ -203,7 +203,7 @@ def test_evaluate_stage_missing_checkpoint(tmp_path):
 
 def test_evaluate_stage_missing_split_file_names_it(checkpoint, tmp_path):
     data = _data_dir(tmp_path / "data", {"val": PAIRS})
-    with pytest.raises(ParamError, match=re.escape(str(data / "test.parquet"))):
+    with pytest.raises(InputError, match=re.escape(str(data / "test.parquet"))):
         evaluate_stage(_params(), STAGE, checkpoint, data, tmp_path / "m.json", tmp_path / "p.parquet", CPU)
 
 
@@ -231,7 +231,7 @@ def test_evaluate_stage_with_only_empty_splits(checkpoint, tmp_path):
     params["evaluate"]["splits"] = ["ood"]
     try:
         metrics = evaluate_stage(params, STAGE, checkpoint, data, tmp_path / "m.json", tmp_path / "p.parquet", CPU)
-    except ParamError as exc:
+    except InputError as exc:
         assert "\n" not in str(exc)
     else:
         assert "ood" not in metrics

@@ -67,8 +67,8 @@ def test_injector_changes_the_residual_stream_only_at_placeholders(oracle_model,
 
 
 def test_injector_rejects_layers_outside_the_model(tiny_model):
-    from cocoracle.config import ParamError
-    with pytest.raises(ParamError, match="inject layer 2"):
+    from cocoracle.config import InputError
+    with pytest.raises(InputError, match="inject layer 2"):
         Injector(tiny_model[0], [2], 1.0)
 
 

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import make_tiny_model, run_cli, tiny_params_dict
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
-from cocoracle.config import ParamError, load_params
+from cocoracle.config import InputError, load_params
 from cocoracle.model import (MARKERS, build_tiny_tokenizer, corpus_texts, initial_model, load_checkpoint,
                              pick_device, save_checkpoint)
 
@@ -106,7 +106,7 @@ def test_nonexistent_model_path_fails_validation(tmp_path):
     params["model"]["name"] = "./no/such/model"
     file = tmp_path / "params.yaml"
     file.write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamError, match=r": model\.name: ") as info:
+    with pytest.raises(InputError, match=r": model\.name: ") as info:
         load_params(file)
     assert "\n" not in str(info.value)
     result = run_cli("check-params", "--params", file)
@@ -116,7 +116,7 @@ def test_nonexistent_model_path_fails_validation(tmp_path):
 
 def test_initial_model_with_unloadable_directory(tmp_path, mixed_rows):
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ParamError, match="model.name") as info:
+    with pytest.raises(InputError, match="model.name") as info:
         initial_model({"name": str(tmp_path), "seed": 0, "dtype": "float32"}, mixed_rows)
     assert "\n" not in str(info.value)
 
@@ -158,12 +158,12 @@ def test_checkpoint_round_trip(tmp_path, tiny_model, mixed_rows):
 
 def test_load_checkpoint_errors_name_the_path(tmp_path, tiny_model):
     missing = tmp_path / "missing"
-    with pytest.raises(ParamError, match=re.escape(str(missing))):
+    with pytest.raises(InputError, match=re.escape(str(missing))):
         load_checkpoint(missing, torch.device("cpu"), torch.float32)
     model, tokenizer = tiny_model
     save_checkpoint(model.float(), tokenizer, tmp_path / "broken", {})
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"garbage, not safetensors")
-    with pytest.raises(ParamError, match=re.escape(str(tmp_path / "broken"))) as info:
+    with pytest.raises(InputError, match=re.escape(str(tmp_path / "broken"))) as info:
         load_checkpoint(tmp_path / "broken", torch.device("cpu"), torch.float32)
     assert "\n" not in str(info.value)
 
@@ -173,5 +173,5 @@ def test_pick_device():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(ParamError, match="--device cuda"):
+        with pytest.raises(InputError, match="--device cuda"):
             pick_device("cuda")

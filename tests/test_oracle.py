@@ -11,7 +11,7 @@ import torch
 from conftest import make_tiny_model, run_cli
 from synthetic import synthetic_cache
 
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.model import save_checkpoint
 from cocoracle.oracle import load_oracle, train_oracle
 from cocoracle.oracle_data import build_items
@@ -147,7 +147,7 @@ def test_separate_oracle_on_a_local_pretrained_base(tmp_path, checkpoint, tiny_p
 
 def test_separate_oracle_base_of_another_width_is_one_line_error(tmp_path, checkpoint, tiny_params, data_dir):
     caches = {s: synthetic_cache(tmp_path / s, 10, True, 0, d=16, layer="layer_1") for s in ("train", "val")}
-    with pytest.raises(ParamError, match=r"oracle\.separate: .* width 32, activations have 16"):
+    with pytest.raises(InputError, match=r"oracle\.separate: .* width 32, activations have 16"):
         train_oracle("separate", _oracle_params(tiny_params, 2), 1, {s: c.path for s, c in caches.items()},
                      checkpoint, checkpoint, data_dir, tmp_path / "out", tmp_path / "live", CPU)
     assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.report import _run_labels, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -115,30 +115,30 @@ def test_no_oracle_outputs_is_one_line(inputs: dict) -> None:
 def test_missing_input_file_names_it(inputs: dict, key: str) -> None:
     missing = inputs[key][0]
     missing.unlink()
-    with pytest.raises(ParamError, match=re.escape(f"{missing}: file not found")):
+    with pytest.raises(InputError, match=re.escape(f"{missing}: file not found")):
         write_report(**inputs)
 
 
 def test_missing_loss_curve_names_the_file(inputs: dict) -> None:
     tsv = inputs["train_dirs"][1] / "plots/metrics/train/loss.tsv"
     tsv.unlink()
-    with pytest.raises(ParamError, match=re.escape(f"{tsv}: file not found")):
+    with pytest.raises(InputError, match=re.escape(f"{tsv}: file not found")):
         write_report(**inputs)
 
 
 def test_corrupt_inputs_name_the_file(inputs: dict) -> None:
     inputs["eval_metrics"][1].write_text("{not json")
-    with pytest.raises(ParamError, match=re.escape(f"{inputs['eval_metrics'][1]}: unreadable")):
+    with pytest.raises(InputError, match=re.escape(f"{inputs['eval_metrics'][1]}: unreadable")):
         write_report(**inputs)
     inputs["eval_metrics"][1].write_text('{"val": {}}')
-    with pytest.raises(ParamError, match="missing key 'stage'"):
+    with pytest.raises(InputError, match="missing key 'stage'"):
         write_report(**inputs)
 
 
 def test_oracle_table_missing_column_names_the_file(inputs: dict) -> None:
     table = inputs["oracle_tables"][0]
     table.write_text("stage,oracle,condition\n1,self,oracle\n")
-    with pytest.raises(ParamError, match=re.escape(f"{table}: unreadable")):
+    with pytest.raises(InputError, match=re.escape(f"{table}: unreadable")):
         write_report(**inputs)
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_params_dict
-from cocoracle.config import ParamError
+from cocoracle.config import InputError
 from cocoracle.model import MARKERS, initial_model, load_checkpoint
 from cocoracle.train import batch_stages, micro_batches, optimizer_steps, train_stage
 
@@ -106,18 +106,18 @@ def test_stage_1_starts_from_stage_0(stage0, data_dir):
 
 
 def test_train_stage_argument_errors(tiny_params, data_dir, tmp_path):
-    with pytest.raises(ParamError, match="--init"):
+    with pytest.raises(InputError, match="--init"):
         train_stage(tiny_params, 1, data_dir, None, tmp_path / "out", tmp_path / "live", CPU)
-    with pytest.raises(ParamError, match="--stage"):
+    with pytest.raises(InputError, match="--stage"):
         train_stage(tiny_params, tiny_params["coconut"]["num_stages"] + 1, data_dir, tmp_path / "x",
                     tmp_path / "out", tmp_path / "live", CPU)
-    with pytest.raises(ParamError, match="train.parquet"):
+    with pytest.raises(InputError, match="train.parquet"):
         train_stage(tiny_params, 0, tmp_path / "no-data", None, tmp_path / "out", tmp_path / "live", CPU)
     assert not (tmp_path / "out").exists()
 
 
 def test_train_stage_rejects_too_short_context(tiny_params, data_dir, tmp_path):
     tiny_params["model"]["tiny"]["n_positions"] = 16
-    with pytest.raises(ParamError, match="n_positions"):
+    with pytest.raises(InputError, match="n_positions"):
         train_stage(tiny_params, 0, data_dir, None, tmp_path / "out", tmp_path / "live", CPU)
     assert not (tmp_path / "out").exists()

@@ -3,7 +3,7 @@ import sys
 
 from snakemake.utils import validate
 
-from cocoracle.config import ParamError, load_params, oracle_stages
+from cocoracle.config import InputError, load_params, oracle_stages
 from cocoracle.data import SPLITS
 from cocoracle.pipeline import (CODE, ORACLE_KINDS, ORACLE_SHARED_KEYS, REPORT_PLOTS, oracle_train_keys, param_values,
                                 separate_base, train_launcher)
@@ -14,7 +14,7 @@ configfile: "config.yaml"
 validate(config, "../schemas/config.schema.yaml")
 try:
     PARAMS = load_params(config["params_file"])
-except ParamError as exc:
+except InputError as exc:
     sys.exit(f"cocoracle: error: {exc}")
 
 PF = config["params_file"]
