@@ -17,7 +17,7 @@ from cocoracle.config import InputError
 class ActivationCache:
     """One (stage, split) cache directory. Opening checks the manifest and every checksum."""
 
-    def __init__(self, path: str | Path, verify: bool = True):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         manifest = self.path / "manifest.json"
         try:
@@ -29,8 +29,7 @@ class ActivationCache:
         for key in ("shards", "rows", "tensors", "index_sha256"):
             if key not in self.manifest:
                 raise InputError(f"{manifest}: no '{key}' entry (truncated or from another tool)")
-        if verify:
-            self._verify()
+        self._verify()
         self.index: pd.DataFrame = pq.read_table(self.path / "index.parquet").to_pandas()
         if len(self.index) != self.manifest["rows"]:
             raise InputError(f"{self.path / 'index.parquet'}: {len(self.index)} rows, manifest says {self.manifest['rows']}")

@@ -102,13 +102,12 @@ def latent_prefix(model: PreTrainedModel, batch: CoconutBatch, return_states: bo
     """Prefix pass and T-1 single-position thought passes (cached).
 
     Returns the last thought's input vector (or None when T == 0), the attention mask and next
-    position so far, the cache, every fed-back thought vector, per-layer states of thoughts 1..T-1,
-    and the prefix logits.
+    position so far, the cache, every fed-back thought vector and per-layer states of thoughts 1..T-1.
     """
     embed = model.get_input_embeddings()
     mask = batch.prefix_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits, hidden, cache = _step(model, embed(batch.prefix_ids), mask, positions, None)
+    _, hidden, cache = _step(model, embed(batch.prefix_ids), mask, positions, None)
     next_pos = positions[:, -1:] + 1
     thoughts, states = [], []
     for t in range(batch.n_thoughts):
@@ -117,17 +116,17 @@ def latent_prefix(model: PreTrainedModel, batch: CoconutBatch, return_states: bo
         if t == batch.n_thoughts - 1:
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        logits, hidden, cache = _step(model, h, mask, next_pos, cache)
+        _, hidden, cache = _step(model, h, mask, next_pos, cache)
         if return_states:
             states.append(hidden)
         next_pos = next_pos + 1
-    return (thoughts[-1] if thoughts else None), mask, next_pos, cache, thoughts, states, logits
+    return (thoughts[-1] if thoughts else None), mask, next_pos, cache, thoughts, states
 
 
 def coconut_forward(model: PreTrainedModel, batch: CoconutBatch, return_states: bool = False) -> CoconutOutput:
     """Cached Coconut forward over the whole layout; logits over the suffix."""
     embed = model.get_input_embeddings()
-    last, mask, next_pos, cache, thoughts, states, _ = latent_prefix(model, batch, return_states)
+    last, mask, next_pos, cache, thoughts, states = latent_prefix(model, batch, return_states)
     rest = embed(batch.suffix_ids)
     rest_mask = batch.suffix_mask
     if last is not None:
@@ -201,7 +200,7 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
     """Greedy decoding as `generate`, also returning the thoughts and (return_states) per-layer states
     at every thought position, exactly as the model computed them while answering."""
     embed = model.get_input_embeddings()
-    last, mask, next_pos, cache, thoughts, states, _ = latent_prefix(model, batch, return_states)
+    last, mask, next_pos, cache, thoughts, states = latent_prefix(model, batch, return_states)
     B = batch.prefix_ids.shape[0]
     eot = embed(batch.suffix_ids[:, :1])
     inputs = eot if last is None else torch.cat([last, eot], dim=1)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cocoracle.atomic import atomic_path
-from cocoracle.config import split_counts, unique_problems
+from cocoracle.config import InputError, split_counts, unique_problems
 
 SPLITS = ("train", "val", "test", "ood")
 
@@ -114,8 +114,6 @@ def generate(data: dict[str, Any], out_dir: str | Path) -> None:
 
 def load_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     """Rows of one split as dicts; a one-line error names a missing or unreadable file."""
-    from cocoracle.config import InputError
-
     path = Path(data_dir) / f"{split}.parquet"
     if not path.is_file():
         raise InputError(f"{path}: file not found (run `cocoracle generate` first)")

@@ -13,8 +13,10 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 from cocoracle.atomic import atomic_dir
 from cocoracle.config import InputError
 
-BOT, EOT, THOUGHT = "<bot>", "<eot>", "<thought>"
-MARKERS = [BOT, EOT, THOUGHT]
+BOT, EOT = "<bot>", "<eot>"
+# "<thought>" is never used but stays: without it every token id of the tiny tokenizer (and any model's
+# vocabulary size) would change, and existing checkpoints would no longer match their tokenizer.
+MARKERS = [BOT, EOT, "<thought>"]
 TINY_SPECIALS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

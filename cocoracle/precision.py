@@ -9,7 +9,6 @@ import torch
 from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16-mixed")
 
 
 def precision_of(model_params: dict[str, Any]) -> str:

@@ -17,7 +17,6 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "answer": ("What is the final answer ?", "What will the sum be ?"),
     "problem": ("What problem is being solved ?", "Which two numbers are being added ?"),
 }
-TASKS = tuple(TEMPLATES)
 
 
 def prompt(layer: int, question: str) -> str:
