@@ -62,7 +62,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 def cmd_train_oracle(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     from cocoracle.model import pick_device
-    from cocoracle.oracle import train_oracle
+    from cocoracle.oracle.train import train_oracle
     train_oracle(args.kind, params, args.stage, {"train": args.train, "val": args.val}, args.checkpoint, args.base,
                  args.data, args.out, args.live, pick_device(args.device))
 
@@ -70,14 +70,14 @@ def cmd_train_oracle(args: argparse.Namespace) -> None:
 def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     from cocoracle.model import pick_device
-    from cocoracle.oracle_eval import evaluate_oracles
+    from cocoracle.oracle.evaluate import evaluate_oracles
     evaluate_oracles(params, args.stage, args.checkpoint, {"separate": args.separate, "self": args.self_oracle},
                      {"train": args.train, "test": args.test}, args.data, args.table, args.metrics, args.predictions,
                      pick_device(args.device))
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    from cocoracle.ask import ask_problem
+    from cocoracle.oracle.ask import ask_problem
     from cocoracle.model import pick_device
     print(ask_problem(args.problem, args.checkpoint, args.oracle, args.task, pick_device(args.device)))
 

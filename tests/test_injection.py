@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cocoracle.injection import Injector, decoder_blocks, steer
-from cocoracle.oracle import add_oracle_tokens, decode
-from cocoracle.oracle_data import OracleCodec
-from cocoracle.questions import prompt
+from cocoracle.oracle.data import OracleCodec
+from cocoracle.oracle.injection import Injector, decoder_blocks, steer
+from cocoracle.oracle.questions import prompt
+from cocoracle.oracle.train import add_oracle_tokens, decode
 
 
 @pytest.fixture

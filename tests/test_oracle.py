@@ -13,9 +13,9 @@ from synthetic import synthetic_cache
 
 from cocoracle.config import InputError
 from cocoracle.model import save_checkpoint
-from cocoracle.oracle import load_oracle, train_oracle
-from cocoracle.oracle_data import build_items
-from cocoracle.oracle_eval import majority_answers, score_oracle, shuffled_rows
+from cocoracle.oracle.data import build_items
+from cocoracle.oracle.evaluate import majority_answers, score_oracle, shuffled_rows
+from cocoracle.oracle.train import load_oracle, train_oracle
 
 CPU = torch.device("cpu")
 D = 32  # the tiny model's width (conftest.TINY)
@@ -154,8 +154,8 @@ def test_separate_oracle_base_of_another_width_is_one_line_error(tmp_path, check
 
 
 def test_oracle_tokens_spell_every_question_and_are_reproducible(mixed_rows):
-    from cocoracle.oracle import add_oracle_tokens
-    from cocoracle.questions import TEMPLATES, prompt
+    from cocoracle.oracle.questions import TEMPLATES, prompt
+    from cocoracle.oracle.train import add_oracle_tokens
 
     grown = []
     for _ in range(2):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cocoracle.oracle_metrics import multiset_f1, score, tokens
+from cocoracle.oracle.metrics import multiset_f1, score, tokens
 
 
 def test_tokens_join_digits_whatever_the_decoder_spacing():

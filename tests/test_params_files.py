@@ -7,7 +7,7 @@ import pytest
 
 from cocoracle.activations import resolve_layers
 from cocoracle.config import load_params
-from cocoracle.oracle import oracle_layers
+from cocoracle.oracle.train import oracle_layers
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_LARGE_LAYERS = 36

@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.config import InputError
-from cocoracle.questions import ACT, TEMPLATES, prompt, target
+from cocoracle.oracle.questions import ACT, TEMPLATES, prompt, target
 
 IGNORE = -100
 

@@ -11,12 +11,12 @@ from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
 from cocoracle.config import InputError
 from cocoracle.data import cot_steps, question_text
 from cocoracle.evaluate import parse_answer
-from cocoracle.injection import Injector
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
-from cocoracle.oracle import ask, load_oracle
-from cocoracle.oracle_data import OracleCodec
-from cocoracle.oracle_metrics import score, tokens
-from cocoracle.questions import TEMPLATES, prompt, target
+from cocoracle.oracle.data import OracleCodec
+from cocoracle.oracle.injection import Injector
+from cocoracle.oracle.metrics import score, tokens
+from cocoracle.oracle.questions import TEMPLATES, prompt, target
+from cocoracle.oracle.train import ask, load_oracle
 
 SUM = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*=?\s*")
 

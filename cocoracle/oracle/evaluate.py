@@ -21,11 +21,11 @@ from cocoracle.coconut import Codec
 from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.evaluate import predict
-from cocoracle.injection import Injector
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
-from cocoracle.oracle import KINDS, ask, load_oracle
-from cocoracle.oracle_data import OracleCodec, build_items, item_vectors
-from cocoracle.oracle_metrics import score
+from cocoracle.oracle.data import OracleCodec, build_items, item_vectors
+from cocoracle.oracle.injection import Injector
+from cocoracle.oracle.metrics import score
+from cocoracle.oracle.train import KINDS, ask, load_oracle
 from cocoracle.precision import autocast, precision_of
 
 METRICS = ["exact_match", "token_f1", "number_f1"]

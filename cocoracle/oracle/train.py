@@ -24,18 +24,18 @@ from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError
 from cocoracle.data import load_split
-from cocoracle.injection import Injector
 from cocoracle.model import checkpoint_params, load_base, load_checkpoint, pick_dtype
-from cocoracle.oracle_data import (
+from cocoracle.oracle.data import (
     IGNORE,
     OracleBatch,
     OracleCodec,
     build_items,
     item_vectors,
 )
-from cocoracle.oracle_metrics import score
+from cocoracle.oracle.injection import Injector
+from cocoracle.oracle.metrics import score
+from cocoracle.oracle.questions import ACT, vocabulary_texts
 from cocoracle.precision import autocast, precision_of
-from cocoracle.questions import ACT, vocabulary_texts
 
 log = logging.getLogger(__name__)
 KINDS = ("separate", "self")
