@@ -26,8 +26,8 @@ def cmd_check_params(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from cocoracle.data import generate
-    generate(load_params(args.params)["data"], args.out)
+    from cocoracle.data import write_splits
+    write_splits(load_params(args.params)["data"], args.out)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

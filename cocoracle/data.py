@@ -101,7 +101,7 @@ def problems_table(pairs: list[tuple[int, int]], first_id: int) -> pa.Table:
     }, schema=SCHEMA)
 
 
-def generate(data: dict[str, Any], out_dir: str | Path) -> None:
+def write_splits(data: dict[str, Any], out_dir: str | Path) -> None:
     """Write <split>.parquet for every split; ids are unique across splits."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,8 @@ def micro_batches(n_rows: int, batch_size: int, n_batches: int, rng: np.random.G
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
 
 
-def optimizer_steps(train: dict[str, Any], stage: int, n_rows: int) -> int:
+def stage_optimizer_steps(train: dict[str, Any], stage: int, n_rows: int) -> int:
+    """train.max_steps, else enough steps for the stage's epochs over n_rows problems."""
     if train.get("max_steps"):
         return int(train["max_steps"])
     per_epoch = math.ceil(n_rows / (train["batch_size"] * train["grad_accum"]))
@@ -103,7 +104,7 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
 
     torch.manual_seed(train["seed"] * 1000 + stage + 7919 * dp.rank)  # own dropout masks per process
     rng = np.random.default_rng([train["seed"], stage])  # the same batches in every process
-    steps = optimizer_steps(train, stage, len(rows))
+    steps = stage_optimizer_steps(train, stage, len(rows))
     n_micro = steps * train["grad_accum"]
     batches = micro_batches(len(rows), train["batch_size"], n_micro, rng)
     layouts = batch_stages(stage, n_micro, train["mix_prob"], rng)

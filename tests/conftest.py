@@ -53,10 +53,10 @@ def tiny_params() -> dict:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """The tiny parameters' problems, generated once: <split>.parquet."""
-    from cocoracle.data import generate
+    from cocoracle.data import write_splits
 
     out = tmp_path_factory.mktemp("data")
-    generate(tiny_params_dict()["data"], out)
+    write_splits(tiny_params_dict()["data"], out)
     return out
 
 

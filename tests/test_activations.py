@@ -11,7 +11,7 @@ from cocoracle.activations import collect_activations, resolve_layers, step_labe
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import Codec, naive_forward
 from cocoracle.config import InputError
-from cocoracle.data import cot_steps, generate as generate_data
+from cocoracle.data import cot_steps, write_splits
 from cocoracle.model import initial_model, save_checkpoint
 
 STAGE = 2
@@ -26,7 +26,7 @@ def collected(tmp_path_factory):
     params = tiny_params_dict()
     params["activations"] = {"layers": "all", "dtype": "float32", "shard_rows": 7, "batch_size": 4,
                              "max_problems": None}
-    generate_data(params["data"], root / "data")
+    write_splits(params["data"], root / "data")
     from cocoracle.data import load_split
     model, tokenizer = initial_model(params["model"], load_split(root / "data", "train"))
     save_checkpoint(model, tokenizer, root / "ckpt", {**params, "stage": STAGE})

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tiny_params_dict
 from cocoracle.config import InputError
-from cocoracle.data import cot_steps, generate, load_split, make_splits
+from cocoracle.data import cot_steps, load_split, make_splits, write_splits
 
 STEP = re.compile(r"^(\d)\+(\d)(?:\+(\d))?=(\d+) write (\d)(?: carry (\d))?$")
 FINAL = "carry 1 write 1"
@@ -140,11 +140,11 @@ def _files(out):
     return {split: (out / f"{split}.parquet").read_bytes() for split in SPLITS}
 
 
-def test_generate_is_deterministic_and_seeded(tmp_path):
+def test_write_splits_is_deterministic_and_seeded(tmp_path):
     data = tiny_params_dict()["data"]
-    generate(data, tmp_path / "one")
-    generate(data, tmp_path / "two")
-    generate({**data, "seed": data["seed"] + 1}, tmp_path / "three")
+    write_splits(data, tmp_path / "one")
+    write_splits(data, tmp_path / "two")
+    write_splits({**data, "seed": data["seed"] + 1}, tmp_path / "three")
     one, two, three = _files(tmp_path / "one"), _files(tmp_path / "two"), _files(tmp_path / "three")
     assert one == two
     for split in SPLITS:

@@ -12,7 +12,7 @@ import cocoracle.evaluate as evaluate_module
 from conftest import make_tiny_model, tiny_params_dict
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError
-from cocoracle.data import generate as generate_data, problems_table
+from cocoracle.data import problems_table, write_splits
 from cocoracle.evaluate import evaluate_stage, parse_answer, predict, summarize
 from cocoracle.model import save_checkpoint
 
@@ -186,7 +186,7 @@ def test_evaluate_stage_writes_metrics_and_predictions(checkpoint, tmp_path):
 def test_evaluate_stage_on_generated_data(checkpoint, tmp_path):
     """Problems unknown to the model (its vocabulary still covers them): counts per split add up."""
     params = _params()
-    generate_data(params["data"], tmp_path / "data")
+    write_splits(params["data"], tmp_path / "data")
     metrics = evaluate_stage(params, STAGE, checkpoint, tmp_path / "data", tmp_path / "m.json",
                              tmp_path / "p.parquet", CPU)
     assert metrics["val"]["n"] == params["data"]["n_val"]

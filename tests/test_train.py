@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import tiny_params_dict
 from cocoracle.config import InputError
 from cocoracle.model import MARKERS, initial_model, load_checkpoint
-from cocoracle.train import batch_stages, micro_batches, optimizer_steps, train_stage
+from cocoracle.train import batch_stages, micro_batches, stage_optimizer_steps, train_stage
 
 CPU = torch.device("cpu")
 
@@ -42,11 +42,11 @@ def test_micro_batches_walk_through_epochs():
     assert all(len(b) == 8 and set(b.tolist()) <= {0, 1, 2} for b in big)
 
 
-def test_optimizer_steps():
+def test_stage_optimizer_steps():
     train = {"batch_size": 8, "grad_accum": 2, "epochs": [2, 0.5], "max_steps": None}
-    assert optimizer_steps(train, 0, 100) == 2 * math.ceil(100 / 16)
-    assert optimizer_steps(train, 1, 100) == math.ceil(0.5 * math.ceil(100 / 16))
-    assert optimizer_steps({**train, "max_steps": 7}, 1, 100) == 7
+    assert stage_optimizer_steps(train, 0, 100) == 2 * math.ceil(100 / 16)
+    assert stage_optimizer_steps(train, 1, 100) == math.ceil(0.5 * math.ceil(100 / 16))
+    assert stage_optimizer_steps({**train, "max_steps": 7}, 1, 100) == 7
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from cocoracle.oracle.data import OracleCodec
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import score, tokens
 from cocoracle.oracle.questions import TEMPLATES, prompt, target
-from cocoracle.oracle.train import ask, load_oracle
+from cocoracle.oracle.train import answer_prompts, load_oracle
 
 SUM = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*=?\s*")
 
@@ -55,7 +55,7 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
     vectors = out.thought_states[spec.source_layer][0, thoughts].float()
     injector = Injector(oracle, spec.inject_layers, spec.alpha)
     question = TEMPLATES[task][0]
-    readings = ask(oracle, injector, OracleCodec(oracle_tokenizer), [prompt(spec.source_layer, question)] * len(thoughts),
+    readings = answer_prompts(oracle, injector, OracleCodec(oracle_tokenizer), [prompt(spec.source_layer, question)] * len(thoughts),
                    vectors, 32, len(thoughts))
     lines += [f"oracle {oracle_dir} (layer {spec.source_layer}) asked: {question}",
               f"{'thought':>7}  {'oracle reads':<34} {'true':<34} match"]

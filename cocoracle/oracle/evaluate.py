@@ -25,7 +25,7 @@ from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.oracle.data import OracleCodec, build_items, item_vectors
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import score
-from cocoracle.oracle.train import KINDS, ask, load_oracle
+from cocoracle.oracle.train import KINDS, answer_prompts, load_oracle
 from cocoracle.precision import autocast, precision_of
 
 METRICS = ["exact_match", "token_f1", "number_f1"]
@@ -96,7 +96,7 @@ def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache]
     vectors = item_vectors(caches["test"], items, spec.source_layer)
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
     prompts = items["prompt"].tolist()
-    run = lambda v: ask(model, injector, codec, prompts, v, oracle["max_new_tokens"], oracle["batch_size"])
+    run = lambda v: answer_prompts(model, injector, codec, prompts, v, oracle["max_new_tokens"], oracle["batch_size"])
     answers = {"oracle": run(vectors), "shuffled": run(vectors[shuffled_rows(items, rng)]),
                "random": run(random_like(vectors, rng)), "no_injection": run(None),
                **majority_answers(train_items, items)}

@@ -106,7 +106,7 @@ def decode(model: PreTrainedModel, injector: Injector, batch: OracleBatch, vecto
     return generated
 
 
-def ask(model: PreTrainedModel, injector: Injector, codec: OracleCodec, prompts: list[str],
+def answer_prompts(model: PreTrainedModel, injector: Injector, codec: OracleCodec, prompts: list[str],
         vectors: torch.Tensor | None, max_new_tokens: int, batch_size: int) -> list[str]:
     """The oracle's answers to `prompts` about `vectors` (one per prompt), in batches."""
     device = next(model.parameters()).device
@@ -213,7 +213,7 @@ def load_oracle(path: str | Path, device: torch.device
     return model.eval(), tokenizer, spec
 
 
-def optimizer_steps(hp: dict[str, Any], n_items: int, mix: float) -> int:
+def oracle_optimizer_steps(hp: dict[str, Any], n_items: int, mix: float) -> int:
     """Enough steps for `epochs` passes over the oracle items when a fraction `mix` of steps rehearses."""
     if hp.get("max_steps"):
         return int(hp["max_steps"])
@@ -256,7 +256,7 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     mix = settings.get("mix", 0.0)
     rehearse = rehearsal(model, tokenizer, data_dir, checkpoint, hp["batch_size"], rng) if mix else None
 
-    steps = optimizer_steps(hp, len(items), mix)
+    steps = oracle_optimizer_steps(hp, len(items), mix)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hp["lr"], weight_decay=hp["weight_decay"])
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=hp["warmup_steps"], num_training_steps=steps)
@@ -283,7 +283,7 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
             live.log_metric(name, loss.item())
             if step + 1 in eval_at:
                 with autocast(precision, device):
-                    answers = ask(model, injector, codec, val["prompt"].tolist(), val_vectors, oracle["max_new_tokens"],
+                    answers = answer_prompts(model, injector, codec, val["prompt"].tolist(), val_vectors, oracle["max_new_tokens"],
                                   oracle["batch_size"])
                 exact = float(np.mean([score(a, t)["exact_match"] for a, t in zip(answers, val["target"])]))
                 live.log_metric("val/exact_match", exact)
