@@ -22,7 +22,7 @@ from tqdm import tqdm
 from cocoracle.atomic import atomic_dir
 from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
 from cocoracle.config import InputError
-from cocoracle.data import load_split
+from cocoracle.data import COLUMN_LABELS, column_additions, load_split
 from cocoracle.evaluate import parse_answer
 from cocoracle.model import DTYPES, checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.precision import autocast, precision_of
@@ -34,7 +34,6 @@ INDEX_SCHEMA = pa.schema([
     ("digit_written", pa.int8()), ("digit_sum", pa.int8()), ("a_digit", pa.int8()), ("b_digit", pa.int8()),
     ("n_steps", pa.int8()), ("question", pa.string()), ("answer", pa.int64()), ("correct", pa.bool_()),
 ])
-LABELS = ("carry_in", "carry_out", "digit_written", "digit_sum", "a_digit", "b_digit")
 
 
 def sha256(path: str | Path) -> str:
@@ -58,25 +57,15 @@ def resolve_layers(spec: str | list[int | float], n_layer: int) -> list[int]:
     return sorted(set(layers))
 
 
-def step_labels(a: int, b: int, step: int) -> dict[str, int]:
-    """What reasoning step `step` (least-significant digit first) computes for a + b."""
-    carry = 0
-    for j in range(step + 1):
-        x, y = (a // 10**j) % 10, (b // 10**j) % 10
-        carry_in, total = carry, x + y + carry
-        carry = total // 10
-    return {"carry_in": carry_in, "carry_out": carry, "digit_written": total % 10, "digit_sum": total,
-            "a_digit": x, "b_digit": y}
-
-
 def index_rows(row: dict[str, Any], stage: int, coconut: dict[str, Any], correct: bool) -> list[dict[str, Any]]:
     """One index row per thought: the step it replaced (thought t stands for step t // c) and its labels."""
     c = coconut["thoughts_per_step"]
     n_thoughts, replaced = stage_layout(stage, coconut["num_stages"], c, len(row["steps"]))
+    columns = column_additions(row["a"], row["b"])
     out = []
     for t in range(n_thoughts):
         step = t // c if t // c < replaced else None
-        labels = step_labels(row["a"], row["b"], step) if step is not None else dict.fromkeys(LABELS)
+        labels = columns[step] if step is not None else dict.fromkeys(COLUMN_LABELS)
         out.append({"problem_id": row["id"], "stage": stage, "thought": t, "step": step,
                     "step_text": row["steps"][step] if step is not None else None, **labels,
                     "n_steps": len(row["steps"]), "question": row["question"], "answer": row["answer"], "correct": correct})

@@ -12,6 +12,7 @@ from cocoracle.atomic import atomic_path
 from cocoracle.config import InputError, split_counts, unique_problems
 
 SPLITS = ("train", "val", "test", "ood")
+COLUMN_LABELS = ("carry_in", "carry_out", "digit_written", "digit_sum", "a_digit", "b_digit")
 
 SCHEMA = pa.schema([
     ("id", pa.int64()),
@@ -29,18 +30,30 @@ def question_text(a: int, b: int) -> str:
     return f"{a} + {b} ="
 
 
-def cot_steps(a: int, b: int) -> list[str]:
-    """Column additions, least-significant digit first, e.g. '4+8+1=13 write 3 carry 1'."""
-    steps, carry = [], 0
-    width = max(len(str(a)), len(str(b)))
-    for i in range(width):
+def column_additions(a: int, b: int) -> list[dict[str, int]]:
+    """What each reasoning step computes, least-significant column first; a final carry is a step of its own
+    (digits 0 + 0, carry in 1). Keys: COLUMN_LABELS."""
+    width, columns, carry = max(len(str(a)), len(str(b))), [], 0
+    while len(columns) < width or carry:
+        i = len(columns)
         x, y = (a // 10**i) % 10, (b // 10**i) % 10
         total = x + y + carry
-        step = f"{x}+{y}+{carry}={total} write {total % 10}" if carry else f"{x}+{y}={total} write {total % 10}"
+        columns.append({"carry_in": carry, "carry_out": total // 10, "digit_written": total % 10, "digit_sum": total,
+                        "a_digit": x, "b_digit": y})
         carry = total // 10
-        steps.append(step + (f" carry {carry}" if carry else ""))
-    if carry:
-        steps.append("carry 1 write 1")
+    return columns
+
+
+def cot_steps(a: int, b: int) -> list[str]:
+    """The column additions as text, e.g. '4+8+1=13 write 3 carry 1'; a final carry is 'carry 1 write 1'."""
+    width, steps = max(len(str(a)), len(str(b))), []
+    for i, c in enumerate(column_additions(a, b)):
+        if i == width:
+            steps.append("carry 1 write 1")
+            continue
+        added = f"{c['a_digit']}+{c['b_digit']}" + (f"+{c['carry_in']}" if c["carry_in"] else "")
+        carry = f" carry {c['carry_out']}" if c["carry_out"] else ""
+        steps.append(f"{added}={c['digit_sum']} write {c['digit_written']}{carry}")
     return steps
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cocoracle.activations import collect_activations, resolve_layers, step_labels
+from cocoracle.activations import collect_activations, resolve_layers
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import Codec, naive_forward
 from cocoracle.config import InputError
-from cocoracle.data import cot_steps, write_splits
+from cocoracle.data import column_additions, cot_steps, write_splits
 from cocoracle.model import initial_model, save_checkpoint
 
 STAGE = 2
@@ -114,9 +114,8 @@ def test_layers_by_index_and_fraction():
 
 
 @pytest.mark.parametrize("a,b", [(347, 285), (999, 1), (50, 50), (7, 5)])
-def test_step_labels_agree_with_the_chain_of_thought(a, b):
-    for j, text in enumerate(cot_steps(a, b)):
-        labels = step_labels(a, b, j)
+def test_index_labels_agree_with_the_chain_of_thought(a, b):
+    for text, labels in zip(cot_steps(a, b), column_additions(a, b), strict=True):
         assert f"write {labels['digit_written']}" in text
         assert f"={labels['digit_sum']} " in text or text.startswith("carry 1")
         assert (" carry 1" in text and not text.startswith("carry")) == bool(labels["carry_out"])

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 
-from cocoracle.activations import step_labels
 from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
 from cocoracle.config import InputError
-from cocoracle.data import cot_steps, question_text
+from cocoracle.data import column_additions, cot_steps, question_text
 from cocoracle.evaluate import parse_answer
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.oracle.data import OracleCodec
@@ -61,7 +60,7 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
               f"{'thought':>7}  {'oracle reads':<34} {'true':<34} match"]
     for t, reading in zip(thoughts, readings):
         step = t // coconut["thoughts_per_step"]
-        truth = target(task, {"step_text": steps[step], **step_labels(a, b, step)})
+        truth = target(task, {"step_text": steps[step], **column_additions(a, b)[step]})
         match = "yes" if score(reading, truth)["exact_match"] else "no"
         shown = [" ".join(tokens(text)) for text in (reading, truth)]  # the same spelling for both
         lines.append(f"{t:>7}  {shown[0]:<34} {shown[1]:<34} {match}")
