@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from cocoracle.atomic import atomic_dir
-from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
+from cocoracle.coconut import NO_TOKEN_LIMIT, Codec, generate_with_thoughts, stage_layout
 from cocoracle.config import InputError
 from cocoracle.data import COLUMN_LABELS, column_additions, load_split
 from cocoracle.evaluate import parse_answer
@@ -124,7 +124,7 @@ def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Pa
             chunk = rows[start:start + act["batch_size"]]
             batch = codec.batch(chunk, *layout, with_targets=False).to(device)
             with autocast(precision_of(trained["model"]), device):
-                ids, out = generate_with_thoughts(model, batch, codec.eos, 10_000)
+                ids, out = generate_with_thoughts(model, batch, codec.eos, NO_TOKEN_LIMIT)
             B, T, d = out.thoughts.shape
             writer.add({THOUGHT: out.thoughts.reshape(B * T, d),
                         **{f"layer_{l}": out.thought_states[l].reshape(B * T, d) for l in layers}})

@@ -16,7 +16,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cocoracle.model import BOT, EOT
 
-IGNORE = -100
+IGNORE = -100  # label of a token the loss does not score
+NO_TOKEN_LIMIT = 10_000  # max_new_tokens that decodes to the end token (or the end of the position table)
 
 
 def stage_layout(stage: int, num_stages: int, thoughts_per_step: int, n_steps: int) -> tuple[int, int]:

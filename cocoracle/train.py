@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from cocoracle.coconut import Codec, CoconutBatch, coconut_forward, loss_fn, scored_tokens
+from cocoracle.coconut import NO_TOKEN_LIMIT, Codec, CoconutBatch, coconut_forward, loss_fn, scored_tokens
 from cocoracle.config import InputError, stage_epochs
 from cocoracle.data import SPLITS, load_split
 from cocoracle.distributed import DataParallel, data_parallel
@@ -23,7 +23,6 @@ from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_che
 from cocoracle.precision import autocast, maybe_compile
 
 log = logging.getLogger(__name__)
-VAL_MAX_NEW_TOKENS = 10_000  # generation stops at the end token or the position table's end
 
 
 def batch_stages(stage: int, n_batches: int, mix_prob: float, rng: np.random.Generator) -> list[int]:
@@ -151,7 +150,7 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
             if val_rows and step + 1 in eval_at:
                 with autocast(precision, device):
-                    results = predict(model, codec, val_rows, stage, coconut, train["batch_size"], VAL_MAX_NEW_TOKENS,
+                    results = predict(model, codec, val_rows, stage, coconut, train["batch_size"], NO_TOKEN_LIMIT,
                                       desc="val")
                 accuracy = sum(r["correct"] for r in results) / len(results)
                 live.log_metric("val/accuracy", accuracy)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from cocoracle.coconut import Codec, generate_with_thoughts, stage_layout
+from cocoracle.coconut import NO_TOKEN_LIMIT, Codec, generate_with_thoughts, stage_layout
 from cocoracle.config import InputError
 from cocoracle.data import column_additions, cot_steps, question_text
 from cocoracle.evaluate import parse_answer
@@ -42,7 +42,7 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
     row = {"id": 0, "a": a, "b": b, "question": question_text(a, b), "steps": steps, "answer": a + b}
     batch = Codec(tokenizer).batch([row], stage, coconut["num_stages"], coconut["thoughts_per_step"],
                                    with_targets=False).to(device)
-    ids, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, 10_000)
+    ids, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, NO_TOKEN_LIMIT)
     predicted = parse_answer(tokenizer.decode(ids[0]))
     verdict = "correct" if predicted == a + b else f"wrong, true {a + b}"
     lines = [f"{a} + {b}: model answers {predicted} ({verdict}) after {batch.n_thoughts} latent thoughts (stage {stage})"]

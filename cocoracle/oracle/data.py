@@ -9,10 +9,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from cocoracle.cache_reader import ActivationCache
+from cocoracle.coconut import IGNORE
 from cocoracle.config import InputError
 from cocoracle.oracle.questions import ACT, TEMPLATES, prompt, target
-
-IGNORE = -100
 
 
 def build_items(cache: ActivationCache, tasks: list[str], layer: int, rng: np.random.Generator) -> pd.DataFrame:

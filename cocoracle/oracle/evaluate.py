@@ -17,7 +17,7 @@ import torch
 
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.coconut import Codec
+from cocoracle.coconut import NO_TOKEN_LIMIT, Codec
 from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.evaluate import predict
@@ -110,7 +110,7 @@ def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache]
 
 def answer_accuracy(model, tokenizer, rows: list[dict[str, Any]], stage: int, coconut: dict[str, Any],
                     batch_size: int) -> float:
-    results = predict(model, Codec(tokenizer), rows, stage, coconut, batch_size, 10_000, desc="answer accuracy")
+    results = predict(model, Codec(tokenizer), rows, stage, coconut, batch_size, NO_TOKEN_LIMIT, desc="answer accuracy")
     return sum(r["correct"] for r in results) / max(len(results), 1)
 
 

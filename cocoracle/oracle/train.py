@@ -21,17 +21,11 @@ from transformers import AddedToken, PreTrainedModel, PreTrainedTokenizerBase, g
 from cocoracle.activations import resolve_layers
 from cocoracle.atomic import atomic_dir
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.coconut import Codec, coconut_forward, loss_fn
+from cocoracle.coconut import IGNORE, Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.model import checkpoint_params, load_base, load_checkpoint, pick_dtype
-from cocoracle.oracle.data import (
-    IGNORE,
-    OracleBatch,
-    OracleCodec,
-    build_items,
-    item_vectors,
-)
+from cocoracle.oracle.data import OracleBatch, OracleCodec, build_items, item_vectors
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import score
 from cocoracle.oracle.questions import ACT, vocabulary_texts
