@@ -89,7 +89,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
-    from cocoracle.pipeline import write_dvc_yaml
+    from cocoracle.dvc_yaml import write_dvc_yaml
     write_dvc_yaml(load_params(args.params), args.config, args.out)
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from cocoracle.config import load_params, read_yaml
-from cocoracle.pipeline import render_dvc_yaml
+from cocoracle.dvc_yaml import render_dvc_yaml
 from helpers_workflow import REPO, repo_copy, run
 
 

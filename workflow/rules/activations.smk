@@ -1,14 +1,12 @@
 rule collect_activations:
     input:
-        f"{MODELS}/stage-{{stage}}",
-        f"{DATA}/{{split}}.parquet",
-        CODE["collect"],
+        unpack(step_input("collect_activations")),
     output:
-        directory(f"{RESULTS}/activations/stage-{{stage}}/{{split}}"),
+        **step_output("collect_activations"),
     params:
-        activations=PARAMS["activations"],
+        **step_params("collect_activations"),
     log:
-        f"{LOGS}/collect/stage-{{stage}}-{{split}}.log",
+        step_log("collect_activations"),
     benchmark:
         f"{BENCH}/collect/stage-{{stage}}-{{split}}.tsv"
     threads: workflow.cores
@@ -20,5 +18,4 @@ rule collect_activations:
     conda:
         "../../envs/cocoracle.yaml"
     shell:
-        "cocoracle collect --params {PF} --stage {wildcards.stage} --split {wildcards.split} --data {DATA}"
-        " --checkpoint {input[0]} --out {output} --log {log}"
+        "{params.command}"

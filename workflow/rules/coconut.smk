@@ -1,29 +1,12 @@
-def previous_checkpoint(wildcards):
-    stage = int(wildcards.stage)
-    return [f"{MODELS}/stage-{stage - 1}"] if stage > 0 else []
-
-
-def init_flag(wildcards):
-    stage = int(wildcards.stage)
-    return f" --init {MODELS}/stage-{stage - 1}" if stage > 0 else ""
-
-
 rule train_stage:
     input:
-        f"{DATA}/train.parquet",
-        f"{DATA}/val.parquet",
-        previous_checkpoint,
-        CODE["train"],
+        unpack(step_input("train_stage")),
     output:
-        checkpoint=directory(f"{MODELS}/stage-{{stage}}"),
-        live=directory(f"{RESULTS}/train/stage-{{stage}}"),
+        **step_output("train_stage"),
     params:
-        model=PARAMS["model"],
-        coconut=PARAMS["coconut"],
-        train=PARAMS["train"],
-        init=init_flag,
+        **step_params("train_stage"),
     log:
-        f"{LOGS}/train/stage-{{stage}}.log",
+        step_log("train_stage"),
     benchmark:
         f"{BENCH}/train/stage-{{stage}}.tsv"
     threads: workflow.cores
@@ -35,5 +18,4 @@ rule train_stage:
     conda:
         "../../envs/cocoracle.yaml"
     shell:
-        TRAIN_LAUNCHER + "cocoracle train --params {PF} --stage {wildcards.stage} --data {DATA}{params.init}"
-        " --out {output.checkpoint} --live {output.live} --log {log}"
+        "{params.command}"

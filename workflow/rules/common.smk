@@ -3,10 +3,9 @@ import sys
 
 from snakemake.utils import validate
 
-from cocoracle.config import InputError, load_params, oracle_stages
-from cocoracle.data import SPLITS
-from cocoracle.pipeline import (CODE, ORACLE_KINDS, ORACLE_SHARED_KEYS, REPORT_PLOTS, oracle_train_keys, param_values,
-                                separate_base, train_launcher)
+from cocoracle.config import InputError, load_params
+from cocoracle.steps import STEPS, Layout, jobs, param_values
+
 
 configfile: "config.yaml"
 
@@ -17,17 +16,49 @@ try:
 except InputError as exc:
     sys.exit(f"cocoracle: error: {exc}")
 
-PF = config["params_file"]
-DATA, MODELS, RESULTS = config["data_dir"], config["models_dir"], config["results_dir"]
-LOGS, BENCH = config["logs_dir"], config["benchmarks_dir"]
-STAGES = list(range(PARAMS["coconut"]["num_stages"] + 1))
-LATENT_STAGES = STAGES[1:]  # stages with latent thoughts to collect and probe
-ORACLE_STAGES = oracle_stages(PARAMS)
-SEPARATE_BASE = separate_base(PARAMS, MODELS)
-TRAIN_LAUNCHER = train_launcher(config["train_processes"])
+LAYOUT = Layout.from_config(config, PARAMS)
+BENCH = config["benchmarks_dir"]
 GPU_MODEL = os.environ.get("COCORACLE_GPU_MODEL", "")  # SLURM GPU type for the GPU rules; empty: any
+
 
 wildcard_constraints:
     stage=r"\d+",
     split=r"train|val|test|ood",
     kind=r"separate|self",
+
+
+# Each rule's input, output, params and shell come from its step in cocoracle/steps.py; the rule adds
+# only what is Snakemake's own (log, benchmark, threads, resources, conda, report captions).
+
+
+def step_input(name):
+    """The step's inputs for a job, with the package files its command imports as `code`."""
+    step = STEPS[name]
+    return lambda wildcards: {**step.resolve(LAYOUT, step.typed(wildcards))[0].inputs, "code": step.code()}
+
+
+def step_output(name, **reports):
+    """The step's output patterns; directories flagged, those named in reports annotated for the HTML report."""
+    outputs = {}
+    for key, path in STEPS[name].output_paths(LAYOUT).items():
+        path = directory(path) if STEPS[name].outputs[key].directory else path
+        outputs[key] = report(path, **reports[key]) if key in reports else path
+    return outputs
+
+
+def step_params(name):
+    """The job's command line, and the params values it reads (a change reruns it)."""
+    step = STEPS[name]
+    return {
+        "command": lambda wildcards: step.resolve(LAYOUT, step.typed(wildcards))[1],
+        "values": lambda wildcards: param_values(PARAMS, step.resolve(LAYOUT, step.typed(wildcards))[0].params),
+    }
+
+
+def step_log(name):
+    return LAYOUT.fill(STEPS[name].log)
+
+
+def every_output():
+    """Every output of every job these params make: the same DAG dvc.yaml holds."""
+    return [path for step, wildcards in jobs(LAYOUT) for path in step.output_paths(LAYOUT, wildcards).values()]

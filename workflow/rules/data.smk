@@ -1,12 +1,12 @@
 rule generate:
     input:
-        CODE["generate"],
+        unpack(step_input("generate")),
     output:
-        expand(f"{DATA}/{{split}}.parquet", split=SPLITS),
+        **step_output("generate"),
     params:
-        data=PARAMS["data"],
+        **step_params("generate"),
     log:
-        f"{LOGS}/generate.log",
+        step_log("generate"),
     benchmark:
         f"{BENCH}/generate.tsv"
     resources:  # SLURM requests (docs/slurm.md)
@@ -15,4 +15,4 @@ rule generate:
     conda:
         "../../envs/cocoracle.yaml"
     shell:
-        "cocoracle generate --params {PF} --out {DATA} --log {log}"
+        "{params.command}"

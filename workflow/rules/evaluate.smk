@@ -1,15 +1,12 @@
 rule evaluate_stage:
     input:
-        f"{MODELS}/stage-{{stage}}",
-        expand(f"{DATA}/{{split}}.parquet", split=PARAMS["evaluate"]["splits"]),
-        CODE["evaluate"],
+        unpack(step_input("evaluate_stage")),
     output:
-        metrics=f"{RESULTS}/eval/stage-{{stage}}.json",
-        predictions=f"{RESULTS}/eval/stage-{{stage}}-predictions.parquet",
+        **step_output("evaluate_stage"),
     params:
-        evaluate=PARAMS["evaluate"],
+        **step_params("evaluate_stage"),
     log:
-        f"{LOGS}/evaluate/stage-{{stage}}.log",
+        step_log("evaluate_stage"),
     benchmark:
         f"{BENCH}/evaluate/stage-{{stage}}.tsv"
     threads: workflow.cores
@@ -21,6 +18,4 @@ rule evaluate_stage:
     conda:
         "../../envs/cocoracle.yaml"
     shell:
-        "cocoracle evaluate --params {PF} --stage {wildcards.stage} --data {DATA} --checkpoint {input[0]}"
-        " --metrics {output.metrics} --predictions {output.predictions} --log {log}"
-
+        "{params.command}"

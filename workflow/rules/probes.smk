@@ -1,17 +1,16 @@
 rule probe_stage:
     input:
-        train=f"{RESULTS}/activations/stage-{{stage}}/train",
-        val=f"{RESULTS}/activations/stage-{{stage}}/val",
-        test=f"{RESULTS}/activations/stage-{{stage}}/test",
-        code=CODE["probe"],
+        unpack(step_input("probe_stage")),
     output:
-        table=f"{RESULTS}/probes/stage-{{stage}}.csv",
-        heatmap=f"{RESULTS}/probes/stage-{{stage}}.png",
-        metrics=f"{RESULTS}/probes/stage-{{stage}}.json",
+        **step_output(
+            "probe_stage",
+            table=dict(caption="../report/probe-table.rst", category="Probes", labels={"stage": "{stage}", "what": "table"}),
+            heatmap=dict(caption="../report/probe-heatmap.rst", category="Probes", labels={"stage": "{stage}", "what": "heatmap"}),
+        ),
     params:
-        probes=PARAMS["probes"],
+        **step_params("probe_stage"),
     log:
-        f"{LOGS}/probes/stage-{{stage}}.log",
+        step_log("probe_stage"),
     benchmark:
         f"{BENCH}/probes/stage-{{stage}}.tsv"
     threads: workflow.cores
@@ -21,6 +20,4 @@ rule probe_stage:
     conda:
         "../../envs/cocoracle.yaml"
     shell:
-        "cocoracle probe --params {PF} --stage {wildcards.stage} --train {input.train} --val {input.val}"
-        " --test {input.test} --table {output.table} --heatmap {output.heatmap} --metrics {output.metrics}"
-        " --log {log}"
+        "{params.command}"

@@ -1,0 +1,281 @@
+"""The pipeline's steps, each declared once: its command, inputs, outputs, the params keys it reads.
+
+Both engines get their DAG from this table: workflow/rules/*.smk take each rule's input, output, params
+and shell from it (adding only what is Snakemake's own: log, benchmark, resources, threads, conda, report
+captions), and `cocoracle dvc-yaml` writes dvc.yaml's stages from it (cocoracle/dvc_yaml.py). A step's
+code dependencies are not listed here: they are the import closure of its command (cocoracle/codedeps.py).
+
+Paths are patterns: `{data}`, `{models}`, `{results}`, `{logs}` come from config.yaml, and a step's
+wildcards (`{stage}`, `{split}`, `{kind}`) from the job. Adding a step is one `@step` function here and
+one rule stanza for its resources; adding a flag is an edit of its function.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from string import Formatter
+from typing import Any
+
+from cocoracle.codedeps import code_files
+from cocoracle.config import oracle_stages
+from cocoracle.data import SPLITS
+
+CACHE_SPLITS = ("train", "val", "test")  # the splits whose activations are collected
+ORACLE_KINDS = ("separate", "self")
+REPORT_PLOTS = ("accuracy", "oracle", "training")
+ORACLE_SHARED_KEYS = ["oracle.seed", "oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
+WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"stage": int, "split": str, "kind": str}
+
+
+@dataclass(frozen=True)
+class Out:
+    """One output: a file or directory pattern, and how DVC tracks it (out, metrics, plots or curves)."""
+
+    pattern: str
+    kind: str = "out"  # curves: a dvclive directory, plotted against its `step` column
+    directory: bool = False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things go (config.yaml) and the params that shape the DAG (params.yaml)."""
+
+    params_file: str
+    data: str
+    models: str
+    results: str
+    logs: str
+    train_processes: int
+    params: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], params: dict[str, Any]) -> Layout:
+        return cls(config["params_file"], config["data_dir"], config["models_dir"], config["results_dir"],
+                   config["logs_dir"], config["train_processes"], params)
+
+    @property
+    def stages(self) -> list[int]:
+        return list(range(self.params["coconut"]["num_stages"] + 1))
+
+    @property
+    def latent_stages(self) -> list[int]:
+        """The stages with latent thoughts to collect and probe."""
+        return self.stages[1:]
+
+    @property
+    def oracle_stages(self) -> list[int]:
+        return oracle_stages(self.params)
+
+    @property
+    def separate_base(self) -> str:
+        """The separate oracle's base model: the stage-0 checkpoint, or a Hugging Face id / directory."""
+        base = self.params["oracle"]["separate"]["base"]
+        return f"{self.models}/stage-0" if base == "stage-0" else base
+
+    def fill(self, pattern: str, wildcards: dict[str, Any] | None = None) -> str:
+        """The pattern with the layout's directories filled in, and the wildcards given (others kept)."""
+        values = {"data": self.data, "models": self.models, "results": self.results, "logs": self.logs,
+                  **(wildcards or {})}
+        return "".join(text + ("" if name is None else str(values.get(name, f"{{{name}}}")))
+                       for text, name, _, _ in Formatter().parse(pattern))
+
+
+@dataclass
+class Job:
+    """One run of a step: its arguments (after `cocoracle <command>`), inputs and the params keys it reads."""
+
+    args: str
+    inputs: dict[str, str | list[str]]
+    params: list[str] = field(default_factory=list)
+    launcher: str = ""  # a prefix such as torchrun's
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # the Snakemake rule
+    command: str  # `cocoracle <command>`
+    outputs: dict[str, Out]
+    log: str
+    dvc_stage: str  # the DVC stage name pattern
+    instances: Callable[[Layout], list[dict[str, Any]]]  # the wildcard values this params' DAG holds
+    job: Callable[..., Job]  # (layout, outputs filled in, **wildcards) -> Job
+
+    def typed(self, wildcards: dict[str, str]) -> dict[str, Any]:
+        """Snakemake's string wildcards as the step's values."""
+        return {name: WILDCARD_TYPES[name](value) for name, value in wildcards.items()}
+
+    def output_paths(self, layout: Layout, wildcards: dict[str, Any] | None = None) -> dict[str, str]:
+        return {name: layout.fill(out.pattern, wildcards) for name, out in self.outputs.items()}
+
+    def resolve(self, layout: Layout, wildcards: dict[str, Any]) -> tuple[Job, str]:
+        """The job for these wildcard values, and its whole command line."""
+        job = self.job(layout, Paths(self.output_paths(layout, wildcards)), **wildcards)
+        log = layout.fill(self.log, wildcards)
+        return job, f"{job.launcher}cocoracle {self.command} {job.args} --log {log}"
+
+    def code(self) -> list[str]:
+        """The package files the command imports, transitively."""
+        return code_files(self.command)
+
+
+class Paths(dict):
+    """A step's output paths by name, also as attributes (`out.checkpoint`)."""
+
+    __getattr__ = dict.__getitem__
+
+
+STEPS: dict[str, Step] = {}
+
+
+def step(name: str, command: str, outputs: dict[str, Out], log: str, dvc_stage: str | None = None,
+         instances: Callable[[Layout], list[dict[str, Any]]] = lambda layout: [{}]):
+    """Register the decorated job function as a step of the pipeline."""
+    def register(job: Callable[..., Job]) -> Callable[..., Job]:
+        STEPS[name] = Step(name, command, outputs, log, dvc_stage or name, instances, job)
+        return job
+    return register
+
+
+def param_values(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """{'a.b': params['a']['b'], ...}: what a job's rerun depends on."""
+    out = {}
+    for key in keys:
+        value: Any = params
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value
+    return out
+
+
+def jobs(layout: Layout) -> Iterator[tuple[Step, dict[str, Any]]]:
+    """Every (step, wildcard values) of the DAG these params make, in step order."""
+    for declared in STEPS.values():
+        for wildcards in declared.instances(layout):
+            yield declared, wildcards
+
+
+def oracle_train_keys(kind: str) -> list[str]:
+    """The params one oracle's training reads."""
+    return ORACLE_SHARED_KEYS + ["oracle.source_layer", "oracle.inject_layers", f"oracle.{kind}"]
+
+
+def _caches(layout: Layout, stage: int) -> dict[str, str]:
+    return {split: f"{layout.results}/activations/stage-{stage}/{split}" for split in CACHE_SPLITS}
+
+
+@step("generate", "generate", outputs={split: Out(f"{{data}}/{split}.parquet") for split in SPLITS},
+      log="{logs}/generate.log")
+def generate(layout: Layout, out: Paths) -> Job:
+    """Write the addition problems of every split."""
+    return Job(f"--params {layout.params_file} --out {layout.data}", inputs={}, params=["data"])
+
+
+@step("train_stage", "train", log="{logs}/train/stage-{stage}.log", dvc_stage="train_stage_{stage}",
+      outputs={"checkpoint": Out("{models}/stage-{stage}", directory=True),
+               "live": Out("{results}/train/stage-{stage}", kind="curves", directory=True)},
+      instances=lambda layout: [{"stage": k} for k in layout.stages])
+def train_stage(layout: Layout, out: Paths, stage: int) -> Job:
+    """Train one curriculum stage, from the previous stage's checkpoint."""
+    init = [f"{layout.models}/stage-{stage - 1}"] if stage else []
+    processes = layout.train_processes
+    return Job(f"--params {layout.params_file} --stage {stage} --data {layout.data}"
+               + "".join(f" --init {path}" for path in init) + f" --out {out.checkpoint} --live {out.live}",
+               inputs={"train": f"{layout.data}/train.parquet", "val": f"{layout.data}/val.parquet", "init": init},
+               params=["model", "coconut", "train"],
+               launcher=f"torchrun --standalone --nproc-per-node {processes} --no-python -- " if processes > 1 else "")
+
+
+@step("evaluate_stage", "evaluate", log="{logs}/evaluate/stage-{stage}.log", dvc_stage="evaluate_stage_{stage}",
+      outputs={"metrics": Out("{results}/eval/stage-{stage}.json", kind="metrics"),
+               "predictions": Out("{results}/eval/stage-{stage}-predictions.parquet")},
+      instances=lambda layout: [{"stage": k} for k in layout.stages])
+def evaluate_stage(layout: Layout, out: Paths, stage: int) -> Job:
+    """Answer accuracy of one stage's checkpoint, free generation and teacher-forced."""
+    checkpoint = f"{layout.models}/stage-{stage}"
+    return Job(f"--params {layout.params_file} --stage {stage} --data {layout.data} --checkpoint {checkpoint}"
+               f" --metrics {out.metrics} --predictions {out.predictions}",
+               inputs={"checkpoint": checkpoint,
+                       "data": [f"{layout.data}/{split}.parquet" for split in layout.params["evaluate"]["splits"]]},
+               params=["evaluate"])
+
+
+@step("collect_activations", "collect", log="{logs}/collect/stage-{stage}-{split}.log",
+      dvc_stage="collect_stage_{stage}_{split}",
+      outputs={"cache": Out("{results}/activations/stage-{stage}/{split}", directory=True)},
+      instances=lambda layout: [{"stage": k, "split": s} for k in layout.latent_stages for s in CACHE_SPLITS])
+def collect_activations(layout: Layout, out: Paths, stage: int, split: str) -> Job:
+    """Cache the activations at every latent thought of one split."""
+    checkpoint = f"{layout.models}/stage-{stage}"
+    return Job(f"--params {layout.params_file} --stage {stage} --split {split} --data {layout.data}"
+               f" --checkpoint {checkpoint} --out {out.cache}",
+               inputs={"checkpoint": checkpoint, "data": f"{layout.data}/{split}.parquet"}, params=["activations"])
+
+
+@step("probe_stage", "probe", log="{logs}/probes/stage-{stage}.log", dvc_stage="probe_stage_{stage}",
+      outputs={"table": Out("{results}/probes/stage-{stage}.csv"),
+               "heatmap": Out("{results}/probes/stage-{stage}.png", kind="plots"),
+               "metrics": Out("{results}/probes/stage-{stage}.json", kind="metrics")},
+      instances=lambda layout: [{"stage": k} for k in layout.latent_stages])
+def probe_stage(layout: Layout, out: Paths, stage: int) -> Job:
+    """Linear probes over one stage's activation caches."""
+    caches = _caches(layout, stage)
+    return Job(f"--params {layout.params_file} --stage {stage}"
+               + "".join(f" --{split} {cache}" for split, cache in caches.items())
+               + f" --table {out.table} --heatmap {out.heatmap} --metrics {out.metrics}",
+               inputs=dict(caches), params=["probes"])
+
+
+@step("train_oracle", "train-oracle", log="{logs}/oracle/train-{kind}-stage-{stage}.log",
+      dvc_stage="train_{kind}_oracle_stage_{stage}",
+      outputs={"oracle": Out("{models}/oracle/{kind}/stage-{stage}", directory=True),
+               "live": Out("{results}/oracle-train/{kind}/stage-{stage}", kind="curves", directory=True)},
+      instances=lambda layout: [{"kind": kind, "stage": k} for k in layout.oracle_stages for kind in ORACLE_KINDS])
+def train_oracle(layout: Layout, out: Paths, kind: str, stage: int) -> Job:
+    """Train the separate oracle or the self-oracle on one stage's activations."""
+    checkpoint, caches, base = f"{layout.models}/stage-{stage}", _caches(layout, stage), layout.separate_base
+    base_flag = f" --base {base}" if kind == "separate" else ""
+    return Job(f"--params {layout.params_file} --kind {kind} --stage {stage} --checkpoint {checkpoint}{base_flag}"
+               f" --train {caches['train']} --val {caches['val']} --data {layout.data}"
+               f" --out {out.oracle} --live {out.live}",
+               inputs={"checkpoint": checkpoint,
+                       "base": [base] if kind == "separate" and base == f"{layout.models}/stage-0" else [],
+                       "train": caches["train"], "val": caches["val"], "data": f"{layout.data}/train.parquet"},
+               params=oracle_train_keys(kind))
+
+
+@step("evaluate_oracles", "evaluate-oracle", log="{logs}/oracle/evaluate-stage-{stage}.log",
+      dvc_stage="evaluate_oracles_stage_{stage}",
+      outputs={"table": Out("{results}/oracle/stage-{stage}.csv"),
+               "metrics": Out("{results}/oracle/stage-{stage}.json", kind="metrics"),
+               "predictions": Out("{results}/oracle/stage-{stage}-predictions.parquet")},
+      instances=lambda layout: [{"stage": k} for k in layout.oracle_stages])
+def evaluate_oracles(layout: Layout, out: Paths, stage: int) -> Job:
+    """Score both oracles of one stage on test, next to the trivial baselines."""
+    oracles = {kind: f"{layout.models}/oracle/{kind}/stage-{stage}" for kind in ORACLE_KINDS}
+    checkpoint, caches = f"{layout.models}/stage-{stage}", _caches(layout, stage)
+    return Job(f"--params {layout.params_file} --stage {stage} --checkpoint {checkpoint}"
+               f" --separate {oracles['separate']} --self {oracles['self']} --train {caches['train']}"
+               f" --test {caches['test']} --data {layout.data} --table {out.table} --metrics {out.metrics}"
+               f" --predictions {out.predictions}",
+               inputs={"checkpoint": checkpoint, "separate": oracles["separate"], "self_oracle": oracles["self"],
+                       "train": caches["train"], "test": caches["test"], "data": f"{layout.data}/test.parquet"},
+               params=list(ORACLE_SHARED_KEYS))
+
+
+@step("report", "report", log="{logs}/report.log",
+      outputs={"report": Out("{results}/report.md"),
+               **{name: Out(f"{{results}}/report/{name}.png", kind="plots") for name in REPORT_PLOTS}})
+def report(layout: Layout, out: Paths) -> Job:
+    """results/report.md and its plots, from every step's metrics, tables and curves."""
+    r, stages, latent, oracles = layout.results, layout.stages, layout.latent_stages, layout.oracle_stages
+    inputs: dict[str, str | list[str]] = {
+        "eval": [f"{r}/eval/stage-{k}.json" for k in stages],
+        "probes": [f"{r}/probes/stage-{k}.json" for k in latent],
+        "heatmaps": [f"{r}/probes/stage-{k}.png" for k in latent],
+        "oracle_tables": [f"{r}/oracle/stage-{k}.csv" for k in oracles],
+        "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles],
+        "train": [f"{r}/train/stage-{k}" for k in stages]
+        + [f"{r}/oracle-train/{kind}/stage-{k}" for k in oracles for kind in ORACLE_KINDS],
+    }
+    return Job("".join(f"--{name.replace('_', '-')} {' '.join(paths)} " for name, paths in inputs.items())
+               + f"--out {out.report} --plots {r}/report", inputs=inputs)
