@@ -3,19 +3,19 @@ rule collect_activations:
         unpack(step_input("collect_activations")),
     output:
         **step_output("collect_activations"),
-    params:
-        **step_params("collect_activations"),
     log:
         step_log("collect_activations"),
     benchmark:
         f"{BENCH}/collect/stage-{{stage}}-{{split}}.tsv"
+    conda:
+        "../../envs/cocoracle.yaml"
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
         gpu_model=GPU_MODEL,
         mem_mb=16000,
         runtime=120,
-    conda:
-        "../../envs/cocoracle.yaml"
+    params:
+        **step_params("collect_activations"),
     shell:
         "{params.command}"

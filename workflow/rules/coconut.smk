@@ -3,19 +3,19 @@ rule train_stage:
         unpack(step_input("train_stage")),
     output:
         **step_output("train_stage"),
-    params:
-        **step_params("train_stage"),
     log:
         step_log("train_stage"),
     benchmark:
         f"{BENCH}/train/stage-{{stage}}.tsv"
+    conda:
+        "../../envs/cocoracle.yaml"
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu also counts against a local --resources gpu=N
         gpu=config["train_processes"],
         gpu_model=GPU_MODEL,
         mem_mb=16000,
         runtime=480,
-    conda:
-        "../../envs/cocoracle.yaml"
+    params:
+        **step_params("train_stage"),
     shell:
         "{params.command}"

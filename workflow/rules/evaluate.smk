@@ -3,19 +3,19 @@ rule evaluate_stage:
         unpack(step_input("evaluate_stage")),
     output:
         **step_output("evaluate_stage"),
-    params:
-        **step_params("evaluate_stage"),
     log:
         step_log("evaluate_stage"),
     benchmark:
         f"{BENCH}/evaluate/stage-{{stage}}.tsv"
+    conda:
+        "../../envs/cocoracle.yaml"
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
         gpu_model=GPU_MODEL,
         mem_mb=8000,
         runtime=120,
-    conda:
-        "../../envs/cocoracle.yaml"
+    params:
+        **step_params("evaluate_stage"),
     shell:
         "{params.command}"

@@ -3,20 +3,20 @@ rule train_oracle:
         unpack(step_input("train_oracle")),
     output:
         **step_output("train_oracle"),
-    params:
-        **step_params("train_oracle"),
     log:
         step_log("train_oracle"),
     benchmark:
         f"{BENCH}/oracle/train-{{kind}}-stage-{{stage}}.tsv"
+    conda:
+        "../../envs/cocoracle.yaml"
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
         gpu_model=GPU_MODEL,
         mem_mb=16000,
         runtime=480,
-    conda:
-        "../../envs/cocoracle.yaml"
+    params:
+        **step_params("train_oracle"),
     shell:
         "{params.command}"
 
@@ -29,19 +29,19 @@ rule evaluate_oracles:
             "evaluate_oracles",
             table=dict(caption="../report/oracle-table.rst", category="Oracles", labels={"stage": "{stage}"}),
         ),
-    params:
-        **step_params("evaluate_oracles"),
     log:
         step_log("evaluate_oracles"),
     benchmark:
         f"{BENCH}/oracle/evaluate-stage-{{stage}}.tsv"
+    conda:
+        "../../envs/cocoracle.yaml"
     threads: workflow.cores
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
         gpu_model=GPU_MODEL,
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../../envs/cocoracle.yaml"
+    params:
+        **step_params("evaluate_oracles"),
     shell:
         "{params.command}"

@@ -8,16 +8,16 @@ rule report:
             oracle=dict(caption="../report/oracle.rst", category="Results", labels={"figure": "oracles"}),
             training=dict(caption="../report/training.rst", category="Results", labels={"figure": "training curves"}),
         ),
-    params:
-        **step_params("report"),
     log:
         step_log("report"),
     benchmark:
         f"{BENCH}/report.tsv"
+    conda:
+        "../../envs/cocoracle.yaml"
     resources:  # SLURM requests (docs/slurm.md)
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/cocoracle.yaml"
+    params:
+        **step_params("report"),
     shell:
         "{params.command}"
