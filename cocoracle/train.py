@@ -9,16 +9,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-from transformers import PreTrainedModel, get_scheduler
+from transformers import PreTrainedModel
 
-from cocoracle.coconut import NO_TOKEN_LIMIT, Codec, CoconutBatch, coconut_forward, loss_fn, scored_tokens
+from cocoracle.coconut import NO_TOKEN_LIMIT, CoconutBatch, Codec, coconut_forward, loss_fn, scored_tokens
 from cocoracle.config import InputError, stage_epochs
 from cocoracle.data import SPLITS, load_split
 from cocoracle.distributed import DataParallel, data_parallel
 from cocoracle.evaluate import predict
+from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
 from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_checkpoint
 from cocoracle.precision import autocast, maybe_compile
 
@@ -34,7 +34,7 @@ def batch_stages(stage: int, n_batches: int, mix_prob: float, rng: np.random.Gen
 
 def micro_batches(n_rows: int, batch_size: int, n_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Row indices of n_batches micro-batches, walking through fresh permutations (epochs)."""
-    order = np.concatenate([rng.permutation(n_rows) for _ in range(math.ceil(n_batches * batch_size / n_rows) + 1)])
+    order = epoch_order(n_rows, n_batches * batch_size, rng)
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
 
 
@@ -107,10 +107,8 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
     n_micro = steps * train["grad_accum"]
     batches = micro_batches(len(rows), train["batch_size"], n_micro, rng)
     layouts = batch_stages(stage, n_micro, train["mix_prob"], rng)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
-    scheduler = get_scheduler(train["schedule"] if train["schedule"] != "constant" else "constant_with_warmup",
-                              optimizer, num_warmup_steps=train["warmup_steps"], num_training_steps=steps)
-    eval_at = {max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)}  # validate at each quarter
+    optimizer, scheduler = adamw_with_schedule(model.parameters(), train, steps, train["schedule"])
+    eval_at = validation_steps(steps)
     objective: torch.nn.Module = CoconutObjective(maybe_compile(model, train["compile"]))
     if dp.world > 1:
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
@@ -118,7 +116,7 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
     precision = params["model"]["precision"]
 
     with contextlib.ExitStack() as stack:
-        live = stack.enter_context(Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)) if dp.main else None
+        live = stack.enter_context(live_logger(live_dir)) if dp.main else None
         model.train()
         progress = tqdm(range(steps), desc=f"stage {stage}", mininterval=2, disable=not dp.main)
         for step in progress:
@@ -137,11 +135,7 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                         loss = objective(batch, normalizer) / train["grad_accum"]
                     loss.backward()
                 total += loss.detach()
-            if train["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scheduler, model.parameters(), train["grad_clip"])
             global_loss = float(dp.sum(total)) / dp.world
             if live is None:
                 continue

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dvclive import Live
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm
-from transformers import AddedToken, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import AddedToken, PreTrainedModel, PreTrainedTokenizerBase
 
 from cocoracle.activations import resolve_layers
 from cocoracle.atomic import atomic_dir
@@ -24,6 +23,7 @@ from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import IGNORE, Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError
 from cocoracle.data import load_split
+from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
 from cocoracle.model import checkpoint_params, load_base, load_checkpoint, pick_dtype
 from cocoracle.oracle.data import OracleBatch, OracleCodec, build_items, item_vectors
 from cocoracle.oracle.injection import Injector
@@ -252,12 +252,11 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
 
     steps = oracle_optimizer_steps(hp, len(items), mix)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=hp["lr"], weight_decay=hp["weight_decay"])
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=hp["warmup_steps"], num_training_steps=steps)
-    order = np.concatenate([rng.permutation(len(items)) for _ in range(math.ceil(steps * hp["batch_size"] / len(items)) + 1)])
-    eval_at = {max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)}
+    optimizer, scheduler = adamw_with_schedule(trainable, hp, steps)
+    order = epoch_order(len(items), steps * hp["batch_size"], rng)
+    eval_at = validation_steps(steps)
     cursor, precision = 0, precision_of(checkpoint_params(checkpoint)["model"])
-    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with live_logger(live_dir) as live:
         model.train()
         for step in tqdm(range(steps), desc=f"{kind} oracle stage {stage}", mininterval=2):
             with autocast(precision, device):
@@ -269,11 +268,7 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
                     batch = codec.batch(items["prompt"].iloc[pick].tolist(), items["target"].iloc[pick].tolist())
                     loss, name = oracle_loss(model, injector, batch.to(device), vectors[pick].to(device)), "train/loss"
             loss.backward()
-            if hp["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, hp["grad_clip"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scheduler, trainable, hp["grad_clip"])
             live.log_metric(name, loss.item())
             if step + 1 in eval_at:
                 with autocast(precision, device):

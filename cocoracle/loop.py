@@ -1,0 +1,46 @@
+"""What the Coconut and the oracle training loops share: the order of examples, the optimizer and its
+schedule, one optimizer step, when to validate, and the dvclive logger."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dvclive import Live
+from transformers import get_scheduler
+
+
+def epoch_order(n_rows: int, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Row indices to draw in turn: fresh permutations (epochs) back to back, enough for n_draws plus one epoch."""
+    return np.concatenate([rng.permutation(n_rows) for _ in range(math.ceil(n_draws / n_rows) + 1)])
+
+
+def validation_steps(steps: int) -> set[int]:
+    """The optimizer steps (counted from 1) after which to validate: the end of each quarter of training."""
+    return {max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)}
+
+
+def adamw_with_schedule(parameters: Iterable[torch.nn.Parameter], hp: dict[str, Any], steps: int,
+                        schedule: str = "cosine") -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (hp: lr, weight_decay) and its learning-rate schedule over `steps`, after hp['warmup_steps']."""
+    optimizer = torch.optim.AdamW(parameters, lr=hp["lr"], weight_decay=hp["weight_decay"])
+    name = "constant_with_warmup" if schedule == "constant" else schedule
+    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=hp["warmup_steps"], num_training_steps=steps)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, parameters: Iterable[torch.nn.Parameter],
+                   grad_clip: float) -> None:
+    """Clip the gradient norm (when grad_clip > 0), step the optimizer and the schedule, clear the gradients."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def live_logger(live_dir: str | Path) -> Live:
+    """A dvclive logger that writes its metric files only (no DVC experiment, dvc.yaml or report)."""
+    return Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
