@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
+from cocoracle.plots import pyplot, save_png
 
 COLUMNS = ["stage", "tensor", "thought", "label", "accuracy", "baseline", "val_accuracy", "n", "C"]
 
@@ -70,15 +71,11 @@ def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[st
 
 def heatmap(table: pd.DataFrame, stage: int, path: str | Path) -> None:
     """PNG: tensor x label, mean over thoughts of accuracy above the majority baseline."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     gain = (table.assign(gain=table["accuracy"] - table["baseline"])
             .pivot_table(index="tensor", columns="label", values="gain", aggfunc="mean"))
     order = sorted(gain.index, key=lambda t: (t != "thought", int(t.split("_")[1]) if "_" in t else -1))
     gain = gain.loc[order]
-    fig, ax = plt.subplots(figsize=(1.2 * len(gain.columns) + 2, 0.5 * len(gain.index) + 1.5))
+    fig, ax = pyplot().subplots(figsize=(1.2 * len(gain.columns) + 2, 0.5 * len(gain.index) + 1.5))
     image = ax.imshow(gain.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(gain.columns)), gain.columns, rotation=30, ha="right")
     ax.set_yticks(range(len(gain.index)), gain.index)
@@ -86,10 +83,7 @@ def heatmap(table: pd.DataFrame, stage: int, path: str | Path) -> None:
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 else "black")
     ax.set_title(f"Stage {stage}: probe accuracy above majority baseline (test, mean over thoughts)")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def best_probes(table: pd.DataFrame) -> dict[str, dict[str, Any]]:

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from cocoracle.atomic import atomic_path, write_text
+from cocoracle.atomic import write_text
 from cocoracle.config import InputError
+from cocoracle.plots import pyplot, save_png
 from cocoracle.summarize import accuracy_table
 
 T = TypeVar("T")
@@ -115,34 +116,19 @@ def probe_table(metrics: list[dict[str, Any]]) -> str:
     return _table(["stage"] + labels, rows)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig: Any, path: str | Path, top: float = 1.0) -> None:
-    """Lay out the figure below `top` (a fraction of its height), write it as a PNG atomically and free it."""
-    fig.tight_layout(rect=(0, 0, 1, top))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    _pyplot().close(fig)
-
-
 def _placeholder(note: str, path: str | Path) -> None:
     """A PNG that only says there was nothing to plot."""
-    fig, ax = _pyplot().subplots(figsize=(5, 1.5))
+    fig, ax = pyplot().subplots(figsize=(5, 1.5))
     ax.text(0.5, 0.5, note, ha="center", va="center")
     ax.axis("off")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_accuracy(metrics: list[dict[str, Any]], path: str | Path) -> None:
     """PNG: answer accuracy per stage, free-generation (solid) and teacher-forced (dashed) per split."""
     if not metrics:
         return _placeholder("No evaluation metrics.", path)
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ordered = sorted(metrics, key=lambda m: m["stage"])
     for i, split in enumerate(s for s in SPLITS if any(s in m for m in metrics)):
         runs = [m for m in ordered if split in m]
@@ -153,7 +139,7 @@ def plot_accuracy(metrics: list[dict[str, Any]], path: str | Path) -> None:
     ax.set_xticks(sorted({m["stage"] for m in metrics}))
     ax.set(xlabel="curriculum stage", ylabel="answer accuracy", ylim=(0, 1.02), title="Coconut answer accuracy")
     ax.legend(fontsize="small")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_oracle(table: pd.DataFrame, path: str | Path) -> None:
@@ -162,8 +148,8 @@ def plot_oracle(table: pd.DataFrame, path: str | Path) -> None:
     if positions.empty:
         return _placeholder("No per-thought oracle results.", path)
     stages, tasks = sorted(positions["stage"].unique()), _ordered(positions["task"], TASKS)
-    fig, axes = _pyplot().subplots(len(stages), len(tasks), figsize=(3.2 * len(tasks), 2.6 * len(stages) + 0.6),
-                             squeeze=False, sharey=True)
+    fig, axes = pyplot().subplots(len(stages), len(tasks), figsize=(3.2 * len(tasks), 2.6 * len(stages) + 0.6),
+                                  squeeze=False, sharey=True)
     for (stage, task), ax in zip([(s, t) for s in stages for t in tasks], axes.flat):
         panel = positions[(positions["stage"] == stage) & (positions["task"] == task)]
         ax.set_title(f"stage {stage} · {task}", fontsize="medium")
@@ -180,7 +166,7 @@ def plot_oracle(table: pd.DataFrame, path: str | Path) -> None:
     fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles), fontsize="small")
     fig.supxlabel("thought position")
     fig.supylabel("exact match")
-    _save(fig, path, top=1 - 0.5 / fig.get_figheight())
+    save_png(fig, path, top=1 - 0.5 / fig.get_figheight())
 
 
 def plot_training(curves: dict[str, pd.DataFrame], path: str | Path) -> None:
@@ -190,13 +176,13 @@ def plot_training(curves: dict[str, pd.DataFrame], path: str | Path) -> None:
     groups: dict[str, list[str]] = {}
     for label in curves:
         groups.setdefault(label.rpartition("/")[0] or label, []).append(label)
-    fig, axes = _pyplot().subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
     for (group, labels), ax in zip(groups.items(), axes.flat):
         for label in labels:
             ax.plot(curves[label]["step"], curves[label]["loss"], label=label)
         ax.set(yscale="log", xlabel="step", ylabel="training loss", title=group)
         ax.legend(fontsize="small")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _link(path: str | Path, base: Path) -> str:
