@@ -68,7 +68,8 @@ def index_rows(row: dict[str, Any], stage: int, coconut: dict[str, Any], correct
         labels = columns[step] if step is not None else dict.fromkeys(COLUMN_LABELS)
         out.append({"problem_id": row["id"], "stage": stage, "thought": t, "step": step,
                     "step_text": row["steps"][step] if step is not None else None, **labels,
-                    "n_steps": len(row["steps"]), "question": row["question"], "answer": row["answer"], "correct": correct})
+                    "n_steps": len(row["steps"]), "question": row["question"], "answer": row["answer"],
+                    "correct": correct})
     return out
 
 
@@ -127,8 +128,8 @@ def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Pa
                 ids, out = generate_with_thoughts(model, batch, codec.eos, NO_TOKEN_LIMIT)
             B, T, d = out.thoughts.shape
             writer.add({THOUGHT: out.thoughts.reshape(B * T, d),
-                        **{f"layer_{l}": out.thought_states[l].reshape(B * T, d) for l in layers}})
-            entries = [e for row, gen in zip(chunk, ids)
+                        **{f"layer_{layer}": out.thought_states[layer].reshape(B * T, d) for layer in layers}})
+            entries = [e for row, gen in zip(chunk, ids, strict=True)
                        for e in index_rows(row, stage, coconut, parse_answer(tokenizer.decode(gen)) == row["answer"])]
             for i, e in enumerate(entries):
                 e["row"] = n_rows + i
@@ -137,7 +138,7 @@ def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Pa
         writer.close()
         index.close()
         manifest = {"checkpoint_sha256": sha256(Path(checkpoint) / "model.safetensors"), "stage": stage,
-                    "split": split, "layers": layers, "tensors": [THOUGHT] + [f"layer_{l}" for l in layers],
+                    "split": split, "layers": layers, "tensors": [THOUGHT] + [f"layer_{layer}" for layer in layers],
                     "d_model": model.config.hidden_size, "dtype": act["dtype"], "rows": n_rows,
                     "shards": writer.shards, "index_sha256": sha256(tmp / "index.parquet"),
                     "params": {"activations": act, "coconut": coconut}}

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,8 @@ class ActivationCache:
         self._verify()
         self.index: pd.DataFrame = pq.read_table(self.path / "index.parquet").to_pandas()
         if len(self.index) != self.manifest["rows"]:
-            raise InputError(f"{self.path / 'index.parquet'}: {len(self.index)} rows, manifest says {self.manifest['rows']}")
+            raise InputError(f"{self.path / 'index.parquet'}: {len(self.index)} rows, "
+                             f"manifest says {self.manifest['rows']}")
         self._starts = np.cumsum([0] + [s["rows"] for s in self.manifest["shards"]])
 
     def _verify(self) -> None:
@@ -57,7 +59,7 @@ class ActivationCache:
         if tensor not in self.tensors:
             raise InputError(f"{self.path}: no tensor '{tensor}' (has {', '.join(self.tensors)})")
         wanted = np.arange(self.manifest["rows"]) if rows is None else np.sort(np.asarray(rows))
-        for shard, start, stop in zip(self.manifest["shards"], self._starts[:-1], self._starts[1:]):
+        for shard, start, stop in zip(self.manifest["shards"], self._starts[:-1], self._starts[1:], strict=True):
             chosen = wanted[(wanted >= start) & (wanted < stop)]
             if not len(chosen):
                 continue

@@ -36,7 +36,7 @@ class CoconutBatch:
     labels: torch.Tensor       # (B, S) suffix ids that are scored, else IGNORE
     answer_mask: torch.Tensor  # (B, S) answer digits and the end token
 
-    def to(self, device: torch.device) -> "CoconutBatch":
+    def to(self, device: torch.device) -> CoconutBatch:
         return CoconutBatch(**{f.name: (v.to(device) if torch.is_tensor(v) else v)
                                for f in fields(self) for v in [getattr(self, f.name)]})
 
@@ -82,7 +82,7 @@ class Codec:
         suffix_ids = torch.full((B, S), self.pad, dtype=torch.long)
         suffix_mask = torch.zeros((B, S), dtype=torch.long)
         answer_mask = torch.zeros((B, S), dtype=torch.bool)
-        for i, (p, s, a) in enumerate(zip(prefixes, suffixes, answers)):
+        for i, (p, s, a) in enumerate(zip(prefixes, suffixes, answers, strict=True)):
             prefix_ids[i, P - len(p):] = torch.tensor(p)
             prefix_mask[i, P - len(p):] = 1
             suffix_ids[i, :len(s)] = torch.tensor(s)
@@ -139,7 +139,7 @@ def coconut_forward(model: PreTrainedModel, batch: CoconutBatch, return_states: 
     offset = 1 if last is not None else 0
     if return_states and last is not None:
         states.append(tuple(h[:, :1] for h in hidden))
-    per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states)) if states else None
+    per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states, strict=True)) if states else None
     stacked = torch.cat(thoughts, dim=1) if thoughts else rest.new_zeros(rest.shape[0], 0, rest.shape[-1])
     return CoconutOutput(logits[:, offset:], stacked, per_layer)
 
@@ -226,6 +226,6 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
         if finished.all():
             break
         inputs = embed(token[:, None])
-    per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states)) if states else None
+    per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states, strict=True)) if states else None
     stacked = torch.cat(thoughts, dim=1) if thoughts else inputs.new_zeros(B, 0, inputs.shape[-1])
     return out, CoconutOutput(logits=logits, thoughts=stacked, thought_states=per_layer)

@@ -76,18 +76,21 @@ def load_params(path: str | Path) -> dict[str, Any]:
 def _semantic_errors(p: dict[str, Any]):
     data, model, coconut, train = p["data"], p["model"], p["coconut"], p["train"]
     if len(data["digit_probs"]) != len(data["digits"]):
-        yield "data.digit_probs", f"needs one entry per data.digits ({len(data['digits'])}), got {len(data['digit_probs'])}"
+        yield "data.digit_probs", (f"needs one entry per data.digits ({len(data['digits'])}), "
+                                   f"got {len(data['digit_probs'])}")
     elif not math.isclose(sum(data["digit_probs"]), 1.0, abs_tol=1e-6):
         yield "data.digit_probs", f"must sum to 1, got {sum(data['digit_probs']):g}"
     if data["n_ood"] > 0 and data["ood_digits"] in data["digits"]:
-        yield "data.ood_digits", f"{data['ood_digits']} is also in data.digits, so the OOD split would not be out of distribution"
-    for d, n in zip(data["digits"], split_counts(data)):
+        yield "data.ood_digits", (f"{data['ood_digits']} is also in data.digits, so the OOD split would not be out "
+                                  "of distribution")
+    for d, n in zip(data["digits"], split_counts(data), strict=False):  # unequal lengths are reported above
         if n > unique_problems(d):
             yield "data.digit_probs", (
                 f"asks for {n} distinct {d}-digit problems but only {unique_problems(d)} exist; "
                 "lower data.n_train/n_val/n_test or that digit count's probability")
     if data["n_ood"] > unique_problems(data["ood_digits"]):
-        yield "data.n_ood", f"only {unique_problems(data['ood_digits'])} distinct {data['ood_digits']}-digit problems exist"
+        yield "data.n_ood", (f"only {unique_problems(data['ood_digits'])} distinct {data['ood_digits']}-digit "
+                             "problems exist")
     name = model["name"]
     if name == "tiny":
         tiny = model.get("tiny")
@@ -102,7 +105,8 @@ def _semantic_errors(p: dict[str, Any]):
         yield "oracle.stages", f"latent stages are 1..coconut.num_stages ({coconut['num_stages']}), got {max(stages)}"
     epochs = train["epochs"]
     if isinstance(epochs, list) and len(epochs) != coconut["num_stages"] + 1:
-        yield "train.epochs", f"needs one entry per stage (coconut.num_stages + 1 = {coconut['num_stages'] + 1}), got {len(epochs)}"
+        yield "train.epochs", (f"needs one entry per stage (coconut.num_stages + 1 = {coconut['num_stages'] + 1}), "
+                               f"got {len(epochs)}")
 
 
 def unique_problems(digits: int) -> int:

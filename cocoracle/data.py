@@ -87,7 +87,7 @@ def make_splits(data: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
     """Disjoint train/val/test splits (shuffled mix of digit counts) and the OOD split."""
     rng = np.random.default_rng(data["seed"])
     pool: list[tuple[int, int]] = []
-    for d, n in zip(data["digits"], split_counts(data)):
+    for d, n in zip(data["digits"], split_counts(data), strict=True):
         pool += _sample_pairs(rng, d, n)
     order = rng.permutation(len(pool))
     pool = [pool[i] for i in order]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist

@@ -47,7 +47,7 @@ def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], st
         prompt = codec.batch(chunk, *layout, with_targets=False).to(device)
         generated = generate(model, prompt, codec.eos, max_new_tokens)
         forced = teacher_forced_correct(model, codec.batch(chunk, *layout).to(device)).tolist()
-        for row, ids, tf in zip(chunk, generated, forced):
+        for row, ids, tf in zip(chunk, generated, forced, strict=True):
             text = codec.tokenizer.decode(ids)
             answer = parse_answer(text)
             results.append({"id": row["id"], "n_steps": row["n_steps"], "generated": text, "predicted": answer,

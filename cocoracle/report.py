@@ -150,7 +150,7 @@ def plot_oracle(table: pd.DataFrame, path: str | Path) -> None:
     stages, tasks = sorted(positions["stage"].unique()), _ordered(positions["task"], TASKS)
     fig, axes = pyplot().subplots(len(stages), len(tasks), figsize=(3.2 * len(tasks), 2.6 * len(stages) + 0.6),
                                   squeeze=False, sharey=True)
-    for (stage, task), ax in zip([(s, t) for s in stages for t in tasks], axes.flat):
+    for (stage, task), ax in zip([(s, t) for s in stages for t in tasks], axes.flat, strict=True):
         panel = positions[(positions["stage"] == stage) & (positions["task"] == task)]
         ax.set_title(f"stage {stage} · {task}", fontsize="medium")
         for i, oracle in enumerate(sorted(panel["oracle"].unique())):
@@ -162,7 +162,7 @@ def plot_oracle(table: pd.DataFrame, path: str | Path) -> None:
                     label=f"{oracle}: best baseline")
         ax.set_xticks(sorted(panel["position"].unique()))
         ax.set_ylim(0, 1.02)
-    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles), fontsize="small")
     fig.supxlabel("thought position")
     fig.supylabel("exact match")
@@ -177,7 +177,7 @@ def plot_training(curves: dict[str, pd.DataFrame], path: str | Path) -> None:
     for label in curves:
         groups.setdefault(label.rpartition("/")[0] or label, []).append(label)
     fig, axes = pyplot().subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
-    for (group, labels), ax in zip(groups.items(), axes.flat):
+    for (group, labels), ax in zip(groups.items(), axes.flat, strict=True):
         for label in labels:
             ax.plot(curves[label]["step"], curves[label]["loss"], label=label)
         ax.set(yscale="log", xlabel="step", ylabel="training loss", title=group)
@@ -228,7 +228,7 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     probes = [_json(p, ("stage", "best")) for p in probe_metrics]
     oracle = _oracle_csv(oracle_tables)
     forgetting = [_json(p, ("stage", "self_answer_accuracy")) for p in oracle_metrics]
-    curves = dict(zip(_run_labels(train_dirs), [_loss_curve(d) for d in train_dirs])) if train_dirs else {}
+    curves = dict(zip(_run_labels(train_dirs), [_loss_curve(d) for d in train_dirs], strict=True)) if train_dirs else {}
     plots = {name: plots_dir / f"{name}.png" for name in ("accuracy", "oracle", "training")}
     plot_accuracy(evals, plots["accuracy"])
     plot_oracle(oracle, plots["oracle"])

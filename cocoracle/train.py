@@ -29,7 +29,7 @@ def batch_stages(stage: int, n_batches: int, mix_prob: float, rng: np.random.Gen
     """The stage each micro-batch is laid out for: `stage`, or with mix_prob a uniformly drawn earlier one."""
     mixed = rng.random(n_batches) < mix_prob
     earlier = rng.integers(0, max(stage, 1), n_batches)
-    return [int(e) if m and stage > 0 else stage for m, e in zip(mixed, earlier)]
+    return [int(e) if m and stage > 0 else stage for m, e in zip(mixed, earlier, strict=True)]
 
 
 def micro_batches(n_rows: int, batch_size: int, n_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -50,7 +50,8 @@ def _check_fits(model, codec: Codec, rows: list[dict[str, Any]], coconut: dict[s
     """Fail early when the longest problem (of any split) would not fit the position table."""
     longest = max(rows, key=lambda r: len(codec.encode(r["question"] + " " + " | ".join(r["steps"]))))
     batch = codec.batch([longest], 0, coconut["num_stages"], coconut["thoughts_per_step"])
-    length = batch.prefix_ids.shape[1] + coconut["num_stages"] * coconut["thoughts_per_step"] + batch.suffix_ids.shape[1]
+    thoughts = coconut["num_stages"] * coconut["thoughts_per_step"]
+    length = batch.prefix_ids.shape[1] + thoughts + batch.suffix_ids.shape[1]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and length > limit:
         raise InputError(f"model.tiny.n_positions: {limit} positions, but the longest problem needs {length}")

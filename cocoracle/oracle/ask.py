@@ -45,7 +45,8 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
     ids, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, NO_TOKEN_LIMIT)
     predicted = parse_answer(tokenizer.decode(ids[0]))
     verdict = "correct" if predicted == a + b else f"wrong, true {a + b}"
-    lines = [f"{a} + {b}: model answers {predicted} ({verdict}) after {batch.n_thoughts} latent thoughts (stage {stage})"]
+    lines = [f"{a} + {b}: model answers {predicted} ({verdict}) after {batch.n_thoughts} latent thoughts "
+             f"(stage {stage})"]
     oracle, oracle_tokenizer, spec = load_oracle(oracle_dir, device)
     n_thoughts, replaced = stage_layout(stage, coconut["num_stages"], coconut["thoughts_per_step"], len(steps))
     thoughts = [t for t in range(n_thoughts) if t // coconut["thoughts_per_step"] < replaced]
@@ -54,11 +55,11 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
     vectors = out.thought_states[spec.source_layer][0, thoughts].float()
     injector = Injector(oracle, spec.inject_layers, spec.alpha)
     question = TEMPLATES[task][0]
-    readings = answer_prompts(oracle, injector, OracleCodec(oracle_tokenizer), [prompt(spec.source_layer, question)] * len(thoughts),
-                   vectors, 32, len(thoughts))
+    prompts = [prompt(spec.source_layer, question)] * len(thoughts)
+    readings = answer_prompts(oracle, injector, OracleCodec(oracle_tokenizer), prompts, vectors, 32, len(thoughts))
     lines += [f"oracle {oracle_dir} (layer {spec.source_layer}) asked: {question}",
               f"{'thought':>7}  {'oracle reads':<34} {'true':<34} match"]
-    for t, reading in zip(thoughts, readings):
+    for t, reading in zip(thoughts, readings, strict=True):
         step = t // coconut["thoughts_per_step"]
         truth = target(task, {"step_text": steps[step], **column_additions(a, b)[step]})
         match = "yes" if score(reading, truth)["exact_match"] else "no"

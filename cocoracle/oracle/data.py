@@ -24,7 +24,7 @@ def build_items(cache: ActivationCache, tasks: list[str], layer: int, rng: np.ra
     for task in tasks:
         templates = TEMPLATES[task]
         choice = rng.integers(0, len(templates), len(rows))
-        for row, pick in zip(rows.to_dict("records"), choice):
+        for row, pick in zip(rows.to_dict("records"), choice, strict=True):
             items.append({"row": row["row"], "problem_id": row["problem_id"], "thought": row["thought"],
                           "task": task, "prompt": prompt(layer, templates[pick]), "target": target(task, row)})
     return pd.DataFrame(items, columns=["row", "problem_id", "thought", "task", "prompt", "target"])
@@ -74,7 +74,7 @@ class OracleCodec:
         ids = torch.full((B, P + T), self.pad, dtype=torch.long)
         mask = torch.zeros((B, P + T), dtype=torch.long)
         labels = torch.full((B, P + T), IGNORE, dtype=torch.long)
-        for i, (head, tail) in enumerate(zip(heads, tails)):
+        for i, (head, tail) in enumerate(zip(heads, tails, strict=True)):
             ids[i, P - len(head):P + len(tail)] = torch.tensor(head + tail)
             mask[i, P - len(head):P + len(tail)] = 1
             if tail:

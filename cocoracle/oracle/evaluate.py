@@ -55,7 +55,7 @@ def majority_answers(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, list[
     per_position = train.groupby(["task", "thought"])["target"].agg(lambda t: t.value_counts().index[0])
     return {"majority": [overall.get(t, "") for t in test["task"]],
             "majority_per_position": [per_position.get((t, h), overall.get(t, ""))
-                                      for t, h in zip(test["task"], test["thought"])]}
+                                      for t, h in zip(test["task"], test["thought"], strict=True)]}
 
 
 def aggregate(scored: pd.DataFrame, stage: int) -> pd.DataFrame:
@@ -96,14 +96,16 @@ def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache]
     vectors = item_vectors(caches["test"], items, spec.source_layer)
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
     prompts = items["prompt"].tolist()
-    run = lambda v: answer_prompts(model, injector, codec, prompts, v, oracle["max_new_tokens"], oracle["batch_size"])
+
+    def run(vectors: torch.Tensor | None) -> list[str]:
+        return answer_prompts(model, injector, codec, prompts, vectors, oracle["max_new_tokens"], oracle["batch_size"])
     answers = {"oracle": run(vectors), "shuffled": run(vectors[shuffled_rows(items, rng)]),
                "random": run(random_like(vectors, rng)), "no_injection": run(None),
                **majority_answers(train_items, items)}
     injector.remove()
     frames = []
     for condition in CONDITIONS:
-        scores = pd.DataFrame([score(a, t) for a, t in zip(answers[condition], items["target"])])
+        scores = pd.DataFrame([score(a, t) for a, t in zip(answers[condition], items["target"], strict=True)])
         frames.append(items.assign(oracle=kind, condition=condition, predicted=answers[condition], **scores))
     return pd.concat(frames, ignore_index=True)
 

@@ -109,7 +109,8 @@ def answer_prompts(model: PreTrainedModel, injector: Injector, codec: OracleCode
     for start in range(0, len(prompts), batch_size):
         batch = codec.batch(prompts[start:start + batch_size]).to(device)
         part = None if vectors is None else vectors[start:start + batch_size].to(device)
-        answers += [codec.tokenizer.decode(ids) for ids in decode(model, injector, batch, part, codec.eos, max_new_tokens)]
+        decoded = decode(model, injector, batch, part, codec.eos, max_new_tokens)
+        answers += [codec.tokenizer.decode(ids) for ids in decoded]
     return answers
 
 
@@ -132,11 +133,13 @@ def add_oracle_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         return
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     generator = torch.Generator().manual_seed(0)
-    layers = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    embeddings = (model.get_input_embeddings(), model.get_output_embeddings())
+    layers = {id(m.weight): m.weight for m in embeddings if m is not None}
     with torch.no_grad():
         for weight in layers.values():
             rows = weight[:old].float()
-            fresh = rows.mean(0) + rows.std(0) * torch.randn(weight.shape[0] - old, weight.shape[1], generator=generator)
+            noise = torch.randn(weight.shape[0] - old, weight.shape[1], generator=generator)
+            fresh = rows.mean(0) + rows.std(0) * noise
             weight[old:] = fresh.to(weight.dtype)
 
 
@@ -239,7 +242,8 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     settings, hp = oracle[kind], oracle[kind]["train"]
     train_cache, val_cache = ActivationCache(caches["train"]), ActivationCache(caches["val"])
     torch.manual_seed(oracle["seed"] * 1000 + stage)
-    model, tokenizer, spec = build_oracle(kind, params, stage, checkpoint, base, train_cache.manifest["d_model"], device)
+    d_model = train_cache.manifest["d_model"]
+    model, tokenizer, spec = build_oracle(kind, params, stage, checkpoint, base, d_model, device)
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
     rng = np.random.default_rng([oracle["seed"], stage, KINDS.index(kind)])
     items = build_items(train_cache, oracle["tasks"], spec.source_layer, rng)
@@ -272,9 +276,10 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
             live.log_metric(name, loss.item())
             if step + 1 in eval_at:
                 with autocast(precision, device):
-                    answers = answer_prompts(model, injector, codec, val["prompt"].tolist(), val_vectors, oracle["max_new_tokens"],
-                                  oracle["batch_size"])
-                exact = float(np.mean([score(a, t)["exact_match"] for a, t in zip(answers, val["target"])]))
+                    answers = answer_prompts(model, injector, codec, val["prompt"].tolist(), val_vectors,
+                                             oracle["max_new_tokens"], oracle["batch_size"])
+                scores = [score(a, t)["exact_match"] for a, t in zip(answers, val["target"], strict=True)]
+                exact = float(np.mean(scores))
                 live.log_metric("val/exact_match", exact)
                 log.info("%s oracle stage %d step %d/%d loss %.4f val exact match %.3f", kind, stage, step + 1,
                          steps, loss.item(), exact)
