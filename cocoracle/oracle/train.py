@@ -1,5 +1,5 @@
 """Activation oracles: a separate oracle (peft LoRA on a base model) and a self-oracle (the Coconut checkpoint
-fine-tuned, full or LoRA, rehearsing its own task); building, training, saving, loading and asking them."""
+fine-tuned, full or LoRA, rehearsing its own task): building, training, saving, loading, and answering prompts."""
 from __future__ import annotations
 
 import json
@@ -101,7 +101,7 @@ def decode(model: PreTrainedModel, injector: Injector, batch: OracleBatch, vecto
 
 
 def answer_prompts(model: PreTrainedModel, injector: Injector, codec: OracleCodec, prompts: list[str],
-        vectors: torch.Tensor | None, max_new_tokens: int, batch_size: int) -> list[str]:
+                   vectors: torch.Tensor | None, max_new_tokens: int, batch_size: int) -> list[str]:
     """The oracle's answers to `prompts` about `vectors` (one per prompt), in batches."""
     device = next(model.parameters()).device
     model.eval()
