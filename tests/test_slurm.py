@@ -2,6 +2,7 @@
 every rule runs as a SLURM job with the resources it declares, and the results equal a local run's byte for byte."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -16,15 +17,25 @@ GPU_RULES = {"train_stage", "evaluate_stage", "collect_activations", "train_orac
 ENV = {"SBATCH_PARTITION": "alt", "SBATCH_ACCOUNT": "cocoracle-ci", "COCORACLE_GPU_MODEL": "fake"}
 MEM_MB = 1000  # set for every rule with --set-resources: the localhost node may have less memory than rules ask
 BAR_S = 600  # the SLURM smoke run must finish within 10 minutes
+REQUIRE = "COCORACLE_REQUIRE_SLURM"  # set (not 0): fail instead of skipping where SLURM cannot be installed
 THREADS = 2  # --cores for both runs: float results depend on the threads (OMP_NUM_THREADS) of each job
+
+
+def _no_slurm(message: str) -> None:
+    """Where SLURM cannot be installed: skip, or fail where COCORACLE_REQUIRE_SLURM=1 (CI: .ci/run sets it)."""
+    message = f"no SLURM on this machine and it cannot be installed: {message}"
+    if os.environ.get(REQUIRE, "") not in ("", "0"):
+        pytest.fail(f"{message} ({REQUIRE} is set, so this test must run)", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Start (installing if needed) the localhost cluster; skip only where SLURM cannot be installed."""
+    """Start (installing if needed) the localhost cluster; skip only where SLURM cannot be installed, and even then
+    fail where COCORACLE_REQUIRE_SLURM is set."""
     proc = subprocess.run([str(START)], check=False, capture_output=True, text=True, timeout=900)
     if proc.returncode == 2:
-        pytest.skip(f"no SLURM on this machine and it cannot be installed: {proc.stderr.strip()}")
+        _no_slurm(proc.stderr.strip())
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
