@@ -14,19 +14,19 @@ from functools import cache
 from pathlib import Path
 
 PACKAGE = "cocoracle"
-ROOT = Path(__file__).resolve().parent.parent  # the directory that holds the package
+ROOT = Path(__file__).resolve().parent.parent  # the directory that holds this package's sources
 
 
-def module_file(module: str) -> Path | None:
-    """The source file of a package module (`cocoracle.oracle.train`), or None if it is not one."""
-    base = ROOT.joinpath(*module.split("."))
+def module_file(module: str, root: Path = ROOT) -> Path | None:
+    """The source file of a package module (`cocoracle.oracle.train`) under root, or None if it is not one."""
+    base = root.joinpath(*module.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
     return None
 
 
-def _imported(nodes: Iterable[ast.AST], package: str) -> set[str]:
+def _imported(nodes: Iterable[ast.AST], package: str, root: Path) -> set[str]:
     """Package modules named by the import statements in and under nodes (`package` resolves relative ones)."""
     found: set[str] = set()
     for node in (inner for outer in nodes for inner in ast.walk(outer)):
@@ -39,7 +39,7 @@ def _imported(nodes: Iterable[ast.AST], package: str) -> set[str]:
                 base = ".".join(parts + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return {m for m in found if m.split(".")[0] == PACKAGE and module_file(m)}
+    return {m for m in found if m.split(".")[0] == PACKAGE and module_file(m, root)}
 
 
 def _with_parents(module: str) -> set[str]:
@@ -49,14 +49,14 @@ def _with_parents(module: str) -> set[str]:
 
 
 @cache
-def _direct_imports(module: str) -> frozenset[str]:
-    path = module_file(module)
+def _direct_imports(module: str, root: Path) -> frozenset[str]:
+    path = module_file(module, root)
     assert path is not None, module
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    return frozenset(_imported([ast.parse(path.read_text(), str(path))], package))
+    return frozenset(_imported([ast.parse(path.read_text(), str(path))], package, root))
 
 
-def import_closure(modules: set[str]) -> set[str]:
+def import_closure(modules: set[str], root: Path = ROOT) -> set[str]:
     """Every package module that importing `modules` can run."""
     todo = [parent for module in modules for parent in _with_parents(module)]
     seen: set[str] = set()
@@ -64,12 +64,12 @@ def import_closure(modules: set[str]) -> set[str]:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo.extend(parent for imported in _direct_imports(module) for parent in _with_parents(imported))
+            todo.extend(parent for imported in _direct_imports(module, root) for parent in _with_parents(imported))
     return seen
 
 
-def _cli_tree() -> ast.Module:
-    path = module_file(f"{PACKAGE}.cli")
+def _cli_tree(root: Path) -> ast.Module:
+    path = module_file(f"{PACKAGE}.cli", root)
     assert path is not None
     return ast.parse(path.read_text(), str(path))
 
@@ -79,19 +79,21 @@ def handler_name(command: str) -> str:
     return "cmd_" + command.replace("-", "_")
 
 
-def command_modules(command: str) -> set[str]:
+def command_modules(command: str, root: Path = ROOT) -> set[str]:
     """The package modules `cocoracle <command>` imports: cli.py's top level and its handler's."""
-    tree = _cli_tree()
+    tree = _cli_tree(root)
     top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     handlers = [node for node in tree.body
                 if isinstance(node, ast.FunctionDef) and node.name == handler_name(command)]
     if not handlers:
         raise KeyError(f"cocoracle/cli.py has no {handler_name(command)} for `cocoracle {command}`")
     # cli.py itself runs, but only its top level and this handler: its other handlers' imports do not
-    return import_closure(_imported(top, PACKAGE) | _imported(handlers[:1], PACKAGE)) | {f"{PACKAGE}.cli"}
+    imported = _imported(top, PACKAGE, root) | _imported(handlers[:1], PACKAGE, root)
+    return import_closure(imported, root) | {f"{PACKAGE}.cli"}
 
 
-def code_files(command: str) -> list[str]:
-    """The source files `cocoracle <command>` runs, relative to the repository root, sorted."""
-    files = (module_file(m) for m in command_modules(command))
-    return sorted(str(path.relative_to(ROOT)) for path in files if path is not None)
+def code_files(command: str, root: str | Path = ROOT) -> list[str]:
+    """The source files `cocoracle <command>` runs, relative to root (the repository's), sorted."""
+    root = Path(root).resolve()
+    files = (module_file(m, root) for m in command_modules(command, root))
+    return sorted(str(path.relative_to(root)) for path in files if path is not None)

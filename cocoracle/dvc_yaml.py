@@ -27,11 +27,11 @@ def dvc_stage(declared: Step, layout: Layout, wildcards: dict[str, Any]) -> tupl
     `dvc push`/`pull` carry and what `dvc exp show`, `metrics diff` and `plots diff` read per revision.
     """
     job, command = declared.resolve(layout, wildcards)
-    stage: dict[str, Any] = {"cmd": command, "deps": _flat(list(job.inputs.values())) + declared.code()}
+    stage: dict[str, Any] = {"cmd": command, "deps": _flat(list(job.inputs.values())) + declared.code(layout)}
     if job.params:
         stage["params"] = [{layout.params_file: job.params}]
     by_kind: dict[str, list[Any]] = {"outs": [], "metrics": [], "plots": []}
-    for name, out in declared.outputs.items():
+    for out in declared.outputs.values():
         path = layout.fill(out.pattern, wildcards)
         if out.kind == "curves":
             by_kind["plots"].append({path: dict(CURVES)})
@@ -45,9 +45,12 @@ def dvc_stages(layout: Layout) -> dict[str, Any]:
     return {"stages": dict(dvc_stage(declared, layout, wildcards) for declared, wildcards in jobs(layout))}
 
 
-def render_dvc_yaml(params: dict[str, Any], config: dict[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(dvc_stages(Layout.from_config(config, params)), sort_keys=False, width=200)
+def render_dvc_yaml(params: dict[str, Any], config: dict[str, Any], root: str | Path) -> str:
+    """dvc.yaml's text for the repository at root (its code is read for the stages' code deps)."""
+    layout = Layout.from_config(config, params, root)
+    return HEADER + yaml.safe_dump(dvc_stages(layout), sort_keys=False, width=200)
 
 
 def write_dvc_yaml(params: dict[str, Any], config_path: str | Path, out: str | Path) -> None:
-    write_text(out, render_dvc_yaml(params, read_yaml(config_path)))
+    """Write dvc.yaml to out; its directory is the repository whose code the stages depend on."""
+    write_text(out, render_dvc_yaml(params, read_yaml(config_path), Path(out).resolve().parent))

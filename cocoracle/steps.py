@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from string import Formatter
 from typing import Any
 
@@ -47,11 +48,12 @@ class Layout:
     logs: str
     train_processes: int
     params: dict[str, Any]
+    root: Path  # the repository: its cocoracle/ is the code the steps depend on
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], params: dict[str, Any]) -> Layout:
+    def from_config(cls, config: dict[str, Any], params: dict[str, Any], root: str | Path) -> Layout:
         return cls(config["params_file"], config["data_dir"], config["models_dir"], config["results_dir"],
-                   config["logs_dir"], config["train_processes"], params)
+                   config["logs_dir"], config["train_processes"], params, Path(root))
 
     @property
     def stages(self) -> list[int]:
@@ -113,9 +115,9 @@ class Step:
         log = layout.fill(self.log, wildcards)
         return job, f"{job.launcher}cocoracle {self.command} {job.args} --log {log}"
 
-    def code(self) -> list[str]:
-        """The package files the command imports, transitively."""
-        return code_files(self.command)
+    def code(self, layout: Layout) -> list[str]:
+        """The package files (in the layout's repository) the command imports, transitively."""
+        return code_files(self.command, layout.root)
 
 
 class Paths(dict):

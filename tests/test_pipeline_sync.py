@@ -36,7 +36,7 @@ def dvc_jobs(repo) -> dict[str, tuple[set[str], set[str]]]:
 
 def test_dvc_yaml_is_current():
     """dvc.yaml is generated from params.yaml; regenerate with `cocoracle dvc-yaml` after a change."""
-    expected = render_dvc_yaml(load_params(REPO / "params.yaml"), read_yaml(REPO / "config.yaml"))
+    expected = render_dvc_yaml(load_params(REPO / "params.yaml"), read_yaml(REPO / "config.yaml"), REPO)
     assert (REPO / "dvc.yaml").read_text() == expected
 
 

@@ -1,13 +1,18 @@
 """End to end: the smoke DAG through the real engines, and the incremental case in each."""
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
+from contextlib import contextmanager
 
 import pytest
 import yaml
 
-from helpers_workflow import repo_copy, run, set_param
+from cocoracle.config import load_params, read_yaml
+from cocoracle.steps import Layout, jobs
+from helpers_workflow import REPO, repo_copy, run, set_param
 
 pytestmark = pytest.mark.e2e
 STAGES = (0, 1, 2)  # smoke params: coconut.num_stages = 2
@@ -91,6 +96,85 @@ def test_both_engines_compute_the_same_results(snakemake_repo, dvc_repo):
     for path in ["data/train.parquet", "data/ood.parquet", *EVAL, "results/probes/stage-2.csv",
                  "results/oracle/stage-1.csv", "results/oracle/stage-2.csv", "results/report.md"]:
         assert (snakemake_repo / path).read_bytes() == (dvc_repo / path).read_bytes(), path
+
+
+MODULES = sorted(str(path.relative_to(REPO)) for path in (REPO / "cocoracle").rglob("*.py"))
+
+
+@contextmanager
+def _edited(repo, module):
+    """Append a comment to a module (new content and mtime), then put back its bytes and mtime."""
+    path = repo / module
+    text, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    path.write_bytes(text + b"\n# edited by a test\n")
+    try:
+        yield
+    finally:
+        path.write_bytes(text)
+        os.utime(path, ns=(mtime, mtime))
+
+
+def _code_jobs(repo, module) -> tuple[set[frozenset[str]], set[str]]:
+    """The jobs (by outputs) and DVC stages whose command imports module, per cocoracle/codedeps.py."""
+    layout = Layout.from_config(read_yaml(repo / "config.yaml"), load_params(repo / "params.yaml"), repo)
+    importing = [(step, wildcards) for step, wildcards in jobs(layout) if module in step.code(layout)]
+    return ({frozenset(step.output_paths(layout, wildcards).values()) for step, wildcards in importing},
+            {layout.fill(step.dvc_stage, wildcards) for step, wildcards in importing})
+
+
+def _snakemake_code_reruns(repo, module) -> set[frozenset[str]]:
+    """The jobs a dry run plans because module, one of their inputs, changed (by their outputs)."""
+    out = run(["snakemake", "-n", "--cores", "1"], cwd=repo).stdout
+    planned = set()
+    for block in out.split("\nrule ")[1:]:
+        updated = re.search(r"Updated input files: ([^;\n]*)", block)
+        if updated and module in updated.group(1).split(", "):
+            planned.add(frozenset(re.search(r"^\s+output: (.*)$", block, re.M).group(1).split(", ")))
+    return planned
+
+
+def test_editing_a_module_reruns_exactly_the_steps_that_import_it(snakemake_repo, dvc_repo):
+    """Every package module: both engines plan exactly the jobs whose command imports it, and nothing else."""
+    for module in MODULES:
+        expected_jobs, expected_stages = _code_jobs(snakemake_repo, module)
+        with _edited(snakemake_repo, module):
+            assert _snakemake_code_reruns(snakemake_repo, module) == expected_jobs, module
+        with _edited(dvc_repo, module):
+            status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}")
+            assert set(status) == expected_stages, module
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
+    assert json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}") == {}
+
+
+@pytest.mark.parametrize("module, stages", [
+    ("cocoracle/atomic.py", 22),  # every one of the smoke DAG's 22 stages writes its outputs through it
+    ("cocoracle/probes.py", 2),  # probe_stage_1, probe_stage_2
+    ("cocoracle/train.py", 3),  # train_stage_0..2
+    ("cocoracle/oracle/evaluate.py", 2),  # evaluate_oracles_stage_1, _2
+    ("cocoracle/report.py", 1),
+    ("cocoracle/sync.py", 0),  # `cocoracle pull` is no step
+])
+def test_code_dependencies_match_what_the_code_imports(dvc_repo, module, stages):
+    """Spot checks written by hand from the imports: the modules a hand-kept list once missed or got wrong."""
+    with _edited(dvc_repo, module):
+        status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}")
+    assert len(status) == stages, sorted(status)
+
+
+def test_snakemake_html_report_holds_the_figures_tables_and_run_statistics(snakemake_repo):
+    run(["snakemake", "--report", "results/report.html", "--cores", "1"], cwd=snakemake_repo)
+    html = (snakemake_repo / "results" / "report.html").read_text()
+    embedded = {name: base64.b64decode(data) for kind, name, data in
+                re.findall(r"data:(image/png|text/csv)[^\"]*?filename=([^;\"]+);base64,([A-Za-z0-9+/=]+)", html)}
+    for figure in ("accuracy", "oracle", "training"):
+        assert embedded[f"{figure}.png"] == (snakemake_repo / "results" / "report" / f"{figure}.png").read_bytes()
+    assert embedded["stage-2.png"] == (snakemake_repo / "results" / "probes" / "stage-2.png").read_bytes()
+    assert embedded["stage-2.csv"] in {(snakemake_repo / "results" / d / "stage-2.csv").read_bytes()
+                                       for d in ("probes", "oracle")}
+    runtimes = json.loads(re.search(r"var runtimes_spec = (\{.*?\});\n", html).group(1))["data"]["values"]
+    assert {"train_stage", "probe_stage", "train_oracle"} <= {job["rule"] for job in runtimes}
+    assert all(job["runtime"] > 0 for job in runtimes if job["rule"] == "train_stage")
+    assert not re.search(r"(src|href)=\"https?://", html), "the report must not load anything from the network"
 
 
 def _planned_jobs(dry_run: str) -> set[str]:

@@ -1,5 +1,6 @@
 import os
 import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -16,7 +17,7 @@ try:
 except InputError as exc:
     sys.exit(f"cocoracle: error: {exc}")
 
-LAYOUT = Layout.from_config(config, PARAMS)
+LAYOUT = Layout.from_config(config, PARAMS, Path(workflow.basedir).parent)
 BENCH = config["benchmarks_dir"]
 GPU_MODEL = os.environ.get("COCORACLE_GPU_MODEL", "")  # SLURM GPU type for the GPU rules; empty: any
 
@@ -34,7 +35,7 @@ wildcard_constraints:
 def step_input(name):
     """The step's inputs for a job, with the package files its command imports as `code`."""
     step = STEPS[name]
-    return lambda wildcards: {**step.resolve(LAYOUT, step.typed(wildcards))[0].inputs, "code": step.code()}
+    return lambda wildcards: {**step.resolve(LAYOUT, step.typed(wildcards))[0].inputs, "code": step.code(LAYOUT)}
 
 
 def step_output(name, **reports):
