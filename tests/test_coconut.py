@@ -6,10 +6,20 @@ import re
 
 import pytest
 import torch
-
 from conftest import make_tiny_model
-from cocoracle.coconut import (IGNORE, Codec, CoconutBatch, CoconutOutput, coconut_forward, generate, loss_fn,
-                               naive_forward, stage_layout, teacher_forced_correct)
+
+from cocoracle.coconut import (
+    IGNORE,
+    CoconutBatch,
+    CoconutOutput,
+    Codec,
+    coconut_forward,
+    generate,
+    loss_fn,
+    naive_forward,
+    stage_layout,
+    teacher_forced_correct,
+)
 from cocoracle.model import BOT, EOT
 
 K = 3  # num_stages used throughout

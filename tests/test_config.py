@@ -7,11 +7,9 @@ import random
 
 import pytest
 import yaml
-
 from conftest import PARAMS_YAML, run_cli, tiny_params_dict
-from cocoracle.config import (InputError, load_params, split_counts, stage_epochs, unique_problems,
-                              validate_params)
 
+from cocoracle.config import InputError, load_params, split_counts, stage_epochs, unique_problems, validate_params
 
 # ----------------------------------------------------------------------------------------------
 # in-process
@@ -52,7 +50,7 @@ def test_split_counts_sum_exactly_and_round_to_neighbours():
         total = data["n_train"] + data["n_val"] + data["n_test"]
         counts = split_counts(data)
         assert sum(counts) == total
-        for p, n in zip(probs, counts):
+        for p, n in zip(probs, counts, strict=True):
             assert abs(n - p * total) < 1 + 1e-9
 
 

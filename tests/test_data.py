@@ -7,8 +7,8 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import tiny_params_dict
+
 from cocoracle.config import InputError
 from cocoracle.data import cot_steps, load_split, make_splits, write_splits
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import tiny_params_dict
+from safetensors.torch import load_file
 
 BIN = Path(sys.executable).parent
 STEPS = 6

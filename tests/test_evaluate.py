@@ -7,9 +7,9 @@ import re
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import make_tiny_model, tiny_params_dict
 
 import cocoracle.evaluate as evaluate_module
-from conftest import make_tiny_model, tiny_params_dict
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError
 from cocoracle.data import problems_table, write_splits
@@ -104,7 +104,7 @@ def test_predict_on_overfit_model(overfit):
     model, codec, rows = overfit
     results = predict(model, codec, rows, STAGE, LAYOUT, batch_size=3, max_new_tokens=60)
     assert [r["id"] for r in results] == [row["id"] for row in rows]
-    for r, row in zip(results, rows):
+    for r, row in zip(results, rows, strict=True):
         assert r["answer"] == row["a"] + row["b"]
         assert r["n_steps"] == row["n_steps"]
         assert r["correct"] == (r["predicted"] == r["answer"])

@@ -6,13 +6,20 @@ import re
 import pytest
 import torch
 import yaml
+from conftest import make_tiny_model, run_cli, tiny_params_dict
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from conftest import make_tiny_model, run_cli, tiny_params_dict
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError, load_params
-from cocoracle.model import (MARKERS, build_tiny_tokenizer, corpus_texts, initial_model, load_checkpoint,
-                             pick_device, save_checkpoint)
+from cocoracle.model import (
+    MARKERS,
+    build_tiny_tokenizer,
+    corpus_texts,
+    initial_model,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+)
 
 SPECIALS = ["<bot>", "<eot>", "<thought>", "<pad>", "<eos>"]
 
@@ -56,7 +63,7 @@ def test_tokenizer_specials_are_distinct_single_tokens(saved_tokenizer):
     assert len(set(ids)) == len(SPECIALS)
     assert tokenizer.unk_token_id not in ids and None not in ids
     assert tokenizer.pad_token == "<pad>" and tokenizer.eos_token == "<eos>"
-    for token, token_id in zip(SPECIALS, ids):
+    for token, token_id in zip(SPECIALS, ids, strict=True):
         # a marker inside text is one token, not split into '<', 'bot', '>'
         assert tokenizer(f"1 + 2 = {token} 3", add_special_tokens=False)["input_ids"][4] == token_id
     number = tokenizer("12345", add_special_tokens=False)["input_ids"]

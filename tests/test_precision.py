@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_params_dict
 from safetensors.torch import load_file
 
-from conftest import tiny_params_dict
 from cocoracle.precision import autocast, maybe_compile, precision_of
 from cocoracle.train import train_stage
 
@@ -38,7 +38,8 @@ def _train(tmp_path, name: str, data_dir, steps: int, val_examples: int = 2, **s
     params = tiny_params_dict()
     params["model"]["tiny"]["dropout"] = 0.0
     params["model"]["precision"] = settings.get("precision", "fp32")
-    params["train"].update({"max_steps": steps, "val_examples": val_examples, "compile": settings.get("compile", False)})
+    params["train"].update({"max_steps": steps, "val_examples": val_examples,
+                            "compile": settings.get("compile", False)})
     train_stage(params, 0, data_dir, None, tmp_path / name, tmp_path / f"live-{name}", CPU)
     lines = (tmp_path / f"live-{name}" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
     return np.array([float(line.split("\t")[-1]) for line in lines])

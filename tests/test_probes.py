@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-
 from synthetic import synthetic_cache
 
 from cocoracle.cache_reader import ActivationCache
@@ -35,7 +34,8 @@ def test_run_probes_writes_table_heatmap_and_summary(tmp_path):
     run_probes({"probes": PROBES}, 1, {s: c.path for s, c in caches.items()}, out / "t.csv", out / "h.png",
                out / "m.json")
     assert (out / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "t.csv").read_text().splitlines()[0] == "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C"
+    header = (out / "t.csv").read_text().splitlines()[0]
+    assert header == "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C"
     summary = json.loads((out / "m.json").read_text())
     assert set(summary["best"]) == {"digit_written", "carry_out"}
 

@@ -38,7 +38,7 @@ def _oracle_csv(path: Path, stage: int) -> Path:
         for task in ("step", "answer"):
             for thought in ("0", "1", "all"):
                 best = 0.31 if thought == "all" else 0.5  # per-position baselines beat the "all" best: not used
-                ems = dict(zip(("oracle",) + BASELINES, (own, 0.10, 0.05, 0.08, 0.20, best)))
+                ems = dict(zip(("oracle",) + BASELINES, (own, 0.10, 0.05, 0.08, 0.20, best), strict=True))
                 lines += _oracle_rows(stage, oracle, task, thought, ems)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_params_dict
 from safetensors.torch import load_file
 
-from conftest import tiny_params_dict
 from cocoracle.config import InputError
 from cocoracle.model import MARKERS, initial_model, load_checkpoint
 from cocoracle.train import batch_stages, micro_batches, stage_optimizer_steps, train_stage
