@@ -1,4 +1,9 @@
-"""`cocoracle <step>`: one subcommand per pipeline step; each parses arguments and calls one function."""
+"""`cocoracle <step>`: one subcommand per pipeline step; each parses arguments and calls one function.
+
+Each handler `cmd_<command>` imports the modules it needs itself: a step's code dependencies are the
+import closure of this file's top level and its handler (cocoracle/codedeps.py), so a module a handler
+does not import cannot rerun that step.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from cocoracle.config import InputError, load_params
+from cocoracle.config import ORACLE_KINDS, SPLITS, THOUGHT_TASKS, InputError, load_params
 
 
 def _setup_logging(log_file: str | None) -> None:
@@ -77,8 +82,8 @@ def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
-    from cocoracle.oracle.ask import ask_problem
     from cocoracle.model import pick_device
+    from cocoracle.oracle.ask import ask_problem
     print(ask_problem(args.problem, args.checkpoint, args.oracle, args.task, pick_device(args.device)))
 
 
@@ -90,7 +95,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
     from cocoracle.dvc_yaml import write_dvc_yaml
-    write_dvc_yaml(load_params(args.params), args.config, args.out)
+    write_dvc_yaml(load_params(args.params), args.config, args.out, check=args.check)
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
@@ -98,90 +103,81 @@ def cmd_pull(args: argparse.Namespace) -> None:
     pull(remote=args.remote, fetch=not args.no_fetch)
 
 
+def _parent(flag: str, **spec) -> argparse.ArgumentParser:
+    """A parent parser holding one option that several subcommands share."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(flag, **spec)
+    return parent
+
+
+def _paths(parser: argparse.ArgumentParser, **helps: str) -> None:
+    """Required path options: `--name` (underscores become dashes) with its help."""
+    for name, help in helps.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", required=True, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cocoracle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    log = _parent("--log", help="also write the log to this file")
+    params = _parent("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    device = _parent("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    data = _parent("--data", default="data", help="directory of <split>.parquet (default: data)")
+    stage = _parent("--stage", type=int, required=True,
+                    help="curriculum stage (0: text chain of thought; k: the first k steps are latent thoughts)")
 
-    def step(name: str, func, help: str, params: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        if params:
-            p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
-        p.add_argument("--log", help="also write the log to this file")
+    def command(name: str, func, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[log, *parents])
         p.set_defaults(func=func)
         return p
 
-    step("check-params", cmd_check_params, "validate a parameter file and exit")
-    p = step("generate", cmd_generate, "write the addition problems as <split>.parquet")
+    command("check-params", cmd_check_params, "validate a parameter file and exit", params)
+    p = command("generate", cmd_generate, "write the addition problems as <split>.parquet", params)
     p.add_argument("--out", default="data", help="output directory")
-    for name, func, help in [("train", cmd_train, "train one Coconut curriculum stage"),
-                             ("evaluate", cmd_evaluate, "answer accuracy of one stage's checkpoint")]:
-        p = step(name, func, help)
-        p.add_argument("--stage", type=int, required=True, help="curriculum stage (0 = full text chain of thought)")
-        p.add_argument("--data", default="data", help="directory of <split>.parquet")
-        p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
-    train = sub.choices["train"]
-    train.add_argument("--init", help="checkpoint to start from (the previous stage's; not for stage 0)")
-    train.add_argument("--out", required=True, help="checkpoint directory to write")
-    train.add_argument("--live", required=True, help="dvclive directory for the training curves")
-    ev = sub.choices["evaluate"]
-    ev.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    ev.add_argument("--metrics", required=True, help="metrics JSON to write")
-    ev.add_argument("--predictions", required=True, help="per-problem predictions parquet to write")
-    p = step("collect", cmd_collect, "cache the activations at every latent thought of one split")
-    p.add_argument("--stage", type=int, required=True, help="curriculum stage (1..num_stages)")
-    p.add_argument("--split", required=True, choices=["train", "val", "test", "ood"])
-    p.add_argument("--data", default="data", help="directory of <split>.parquet")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    p.add_argument("--out", required=True, help="cache directory to write")
-    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
-    p = step("probe", cmd_probe, "linear probes over one stage's activation caches")
-    p.add_argument("--stage", type=int, required=True)
-    for split in ("train", "val", "test"):
-        p.add_argument(f"--{split}", required=True, help=f"{split} activation cache directory")
-    p.add_argument("--table", required=True, help="CSV of probe results to write")
-    p.add_argument("--heatmap", required=True, help="PNG heatmap to write")
-    p.add_argument("--metrics", required=True, help="JSON summary (best probe per label) to write")
-    p = step("train-oracle", cmd_train_oracle, "train the separate oracle or the self-oracle of one stage")
-    p.add_argument("--kind", required=True, choices=["separate", "self"])
-    p.add_argument("--stage", type=int, required=True, help="latent stage whose activations are read")
-    p.add_argument("--checkpoint", required=True, help="that stage's Coconut checkpoint")
+    p = command("train", cmd_train, "train one Coconut curriculum stage", params, device, data, stage)
+    p.add_argument("--init", help="checkpoint to start from (the previous stage's; not for stage 0)")
+    _paths(p, out="checkpoint directory to write", live="dvclive directory for the training curves")
+    p = command("evaluate", cmd_evaluate, "answer accuracy of one stage's checkpoint", params, device, data, stage)
+    _paths(p, checkpoint="checkpoint directory", metrics="metrics JSON to write",
+           predictions="per-problem predictions parquet to write")
+    p = command("collect", cmd_collect, "cache the activations at every latent thought of one split",
+                params, device, data, stage)
+    p.add_argument("--split", required=True, choices=SPLITS)
+    _paths(p, checkpoint="checkpoint directory", out="cache directory to write")
+    p = command("probe", cmd_probe, "linear probes over one stage's activation caches", params, stage)
+    _paths(p, train="train activation cache directory", val="val activation cache directory",
+           test="test activation cache directory", table="CSV of probe results to write",
+           heatmap="PNG heatmap to write", metrics="JSON summary (best probe per label) to write")
+    p = command("train-oracle", cmd_train_oracle, "train the separate oracle or the self-oracle of one stage",
+                params, device, data, stage)
+    p.add_argument("--kind", required=True, choices=ORACLE_KINDS)
     p.add_argument("--base", help="separate oracle's base model: a checkpoint directory or Hugging Face id")
-    p.add_argument("--train", required=True, help="train activation cache")
-    p.add_argument("--val", required=True, help="val activation cache")
-    p.add_argument("--data", default="data", help="directory of <split>.parquet (the self-oracle rehearses train)")
-    p.add_argument("--out", required=True, help="oracle directory to write")
-    p.add_argument("--live", required=True, help="dvclive directory for the training curves")
-    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
-    p = step("evaluate-oracle", cmd_evaluate_oracle, "score both oracles of one stage next to trivial baselines")
-    p.add_argument("--stage", type=int, required=True)
-    p.add_argument("--checkpoint", required=True, help="the stage's Coconut checkpoint (answer accuracy before)")
-    p.add_argument("--separate", required=True, help="separate oracle directory")
+    _paths(p, checkpoint="the stage's Coconut checkpoint", train="train activation cache",
+           val="val activation cache", out="oracle directory to write",
+           live="dvclive directory for the training curves")
+    p = command("evaluate-oracle", cmd_evaluate_oracle, "score both oracles of one stage next to trivial baselines",
+                params, device, data, stage)
     p.add_argument("--self", dest="self_oracle", required=True, help="self-oracle directory")
-    p.add_argument("--train", required=True, help="train activation cache (majority baselines)")
-    p.add_argument("--test", required=True, help="test activation cache (scored items)")
-    p.add_argument("--data", default="data", help="directory of <split>.parquet")
-    p.add_argument("--table", required=True, help="CSV: metrics per oracle, condition, task and thought")
-    p.add_argument("--metrics", required=True, help="JSON summary to write")
-    p.add_argument("--predictions", required=True, help="per-item answers parquet to write")
-    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
-    p = step("ask", cmd_ask, "solve a new problem and ask the oracle what each latent thought computed",
-             params=False)
+    _paths(p, checkpoint="the stage's Coconut checkpoint (answer accuracy before)",
+           separate="separate oracle directory", train="train activation cache (majority baselines)",
+           test="test activation cache (scored items)", table="CSV: metrics per oracle, condition, task and thought",
+           metrics="JSON summary to write", predictions="per-item answers parquet to write")
+    p = command("ask", cmd_ask, "solve a new problem and ask the oracle what each latent thought computed", device)
     p.add_argument("problem", help='a sum such as "347 + 285"')
     p.add_argument("--checkpoint", default="models/stage-3", help="Coconut checkpoint (default: models/stage-3)")
     p.add_argument("--oracle", default="models/oracle/self/stage-3", help="oracle directory (default: the self-oracle)")
-    p.add_argument("--task", default="step", choices=["step", "digit", "carry"], help="question asked per thought")
-    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
-    p = step("report", cmd_report, "results/report.md and its plots from the pipeline's outputs", params=False)
+    p.add_argument("--task", default="step", choices=THOUGHT_TASKS, help="question asked per thought")
+    p = command("report", cmd_report, "results/report.md and its plots from the pipeline's outputs")
     for name, help in [("eval", "evaluation metrics JSON per stage"), ("probes", "probe summary JSON per stage"),
                        ("heatmaps", "probe heatmap PNG per stage"), ("oracle-tables", "oracle CSV per stage"),
                        ("oracle-metrics", "oracle JSON per stage"), ("train", "dvclive directories")]:
         p.add_argument(f"--{name}", nargs="*", default=[], help=help)
-    p.add_argument("--out", required=True, help="markdown report to write")
-    p.add_argument("--plots", required=True, help="directory for the report's PNG plots")
-    p = step("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml for the stages in the parameter file")
+    _paths(p, out="markdown report to write", plots="directory for the report's PNG plots")
+    p = command("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml from the step table for the parameter file", params)
     p.add_argument("--config", default="config.yaml", help="wiring file with the paths (default: config.yaml)")
     p.add_argument("--out", default="dvc.yaml", help="where to write (default: dvc.yaml)")
-    p = step("pull", cmd_pull, "dvc pull, check the outputs are current, record them for Snakemake", params=False)
+    p.add_argument("--check", action="store_true", help="write nothing; fail if the file is out of date")
+    p = command("pull", cmd_pull, "dvc pull, check the outputs are current, record them for Snakemake")
     p.add_argument("--remote", help="DVC remote to pull from (default: the default remote)")
     p.add_argument("--no-fetch", action="store_true", help="`dvc checkout` from the local cache instead of pulling")
     return parser

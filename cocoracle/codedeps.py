@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
+from cocoracle.config import InputError
+
 PACKAGE = "cocoracle"
 ROOT = Path(__file__).resolve().parent.parent  # the directory that holds this package's sources
 
@@ -70,7 +72,8 @@ def import_closure(modules: set[str], root: Path = ROOT) -> set[str]:
 
 def _cli_tree(root: Path) -> ast.Module:
     path = module_file(f"{PACKAGE}.cli", root)
-    assert path is not None
+    if path is None:
+        raise InputError(f"{root}: no {PACKAGE}/cli.py here; the step's code is read from the repository root")
     return ast.parse(path.read_text(), str(path))
 
 

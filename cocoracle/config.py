@@ -10,6 +10,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+SPLITS = ("train", "val", "test", "ood")  # the problem splits; ood has longer operands
+ORACLE_KINDS = ("separate", "self")  # params sections oracle.separate and oracle.self
+ORACLE_TASKS = ("step", "digit", "carry", "answer", "problem")  # what an oracle is asked (params oracle.tasks)
+THOUGHT_TASKS = ORACLE_TASKS[:3]  # the tasks about one latent thought; answer and problem are about the whole sum
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 

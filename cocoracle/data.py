@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 from cocoracle.atomic import atomic_path
 from cocoracle.config import InputError, split_counts, unique_problems
 
-SPLITS = ("train", "val", "test", "ood")
 COLUMN_LABELS = ("carry_in", "carry_out", "digit_written", "digit_sum", "a_digit", "b_digit")
 
 SCHEMA = pa.schema([

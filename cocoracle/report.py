@@ -10,13 +10,12 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from cocoracle.atomic import write_text
-from cocoracle.config import InputError
+from cocoracle.config import ORACLE_TASKS, InputError
 from cocoracle.plots import pyplot, save_png
 from cocoracle.summarize import accuracy_table
 
 T = TypeVar("T")
 SPLITS = ("val", "test", "ood")
-TASKS = ("step", "digit", "carry", "answer", "problem")
 PROBE_LABELS = ("digit_written", "carry_out", "carry_in", "digit_sum", "a_digit", "b_digit")
 ORACLE_COLUMNS = ["stage", "oracle", "condition", "task", "thought", "n", "exact_match", "token_f1", "number_f1"]
 
@@ -78,7 +77,7 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 def oracle_table(table: pd.DataFrame) -> str:
     """Markdown: per (stage, oracle, task), the oracle's scores over all thoughts against the best baseline."""
     overall = table[table["thought"] == "all"]
-    rank = {task: i for i, task in enumerate(_ordered(overall["task"], TASKS))}
+    rank = {task: i for i, task in enumerate(_ordered(overall["task"], ORACLE_TASKS))}
     groups = sorted(overall.groupby(["stage", "oracle", "task"]), key=lambda g: (g[0][0], g[0][1], rank[g[0][2]]))
     rows = []
     for (stage, oracle, task), group in groups:
@@ -147,7 +146,7 @@ def plot_oracle(table: pd.DataFrame, path: str | Path) -> None:
     positions = table[table["thought"] != "all"].assign(position=lambda t: t["thought"].astype(int))
     if positions.empty:
         return _placeholder("No per-thought oracle results.", path)
-    stages, tasks = sorted(positions["stage"].unique()), _ordered(positions["task"], TASKS)
+    stages, tasks = sorted(positions["stage"].unique()), _ordered(positions["task"], ORACLE_TASKS)
     fig, axes = pyplot().subplots(len(stages), len(tasks), figsize=(3.2 * len(tasks), 2.6 * len(stages) + 0.6),
                                   squeeze=False, sharey=True)
     for (stage, task), ax in zip([(s, t) for s in stages for t in tasks], axes.flat, strict=True):

@@ -18,11 +18,9 @@ from string import Formatter
 from typing import Any
 
 from cocoracle.codedeps import code_files
-from cocoracle.config import oracle_stages
-from cocoracle.data import SPLITS
+from cocoracle.config import ORACLE_KINDS, SPLITS, oracle_stages
 
 CACHE_SPLITS = ("train", "val", "test")  # the splits whose activations are collected
-ORACLE_KINDS = ("separate", "self")
 REPORT_PLOTS = ("accuracy", "oracle", "training")
 ORACLE_SHARED_KEYS = ["oracle.seed", "oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
 WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"stage": int, "split": str, "kind": str}
@@ -182,7 +180,8 @@ def train_stage(layout: Layout, out: Paths, stage: int) -> Job:
     processes = layout.train_processes
     return Job(f"--params {layout.params_file} --stage {stage} --data {layout.data}"
                + "".join(f" --init {path}" for path in init) + f" --out {out.checkpoint} --live {out.live}",
-               inputs={"train": f"{layout.data}/train.parquet", "val": f"{layout.data}/val.parquet", "init": init},
+               # trains on train, validates on val, and checks that every split fits the position table
+               inputs={"data": [f"{layout.data}/{split}.parquet" for split in SPLITS], "init": init},
                params=["model", "coconut", "train"],
                launcher=f"torchrun --standalone --nproc-per-node {processes} --no-python -- " if processes > 1 else "")
 

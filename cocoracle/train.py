@@ -14,8 +14,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from cocoracle.coconut import NO_TOKEN_LIMIT, CoconutBatch, Codec, coconut_forward, loss_fn, scored_tokens
-from cocoracle.config import InputError, stage_epochs
-from cocoracle.data import SPLITS, load_split
+from cocoracle.config import SPLITS, InputError, stage_epochs
+from cocoracle.data import load_split
 from cocoracle.distributed import DataParallel, data_parallel
 from cocoracle.evaluate import predict
 from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps

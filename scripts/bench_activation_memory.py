@@ -23,13 +23,13 @@ def collect(params_path: str, n: int, work: Path) -> None:
     """Generate n test problems, save an untrained checkpoint, collect its all-latent activations."""
     from cocoracle.activations import collect_activations
     from cocoracle.config import load_params
-    from cocoracle.data import generate, load_split
+    from cocoracle.data import load_split, write_splits
     from cocoracle.model import initial_model, save_checkpoint
 
     params = copy.deepcopy(load_params(params_path))
     params["data"].update(n_train=200, n_val=10, n_test=n, n_ood=0)
     params["activations"]["max_problems"] = None
-    generate(params["data"], work / "data")
+    write_splits(params["data"], work / "data")
     model, tokenizer = initial_model(params["model"], load_split(work / "data", "train"))
     stage = params["coconut"]["num_stages"]
     save_checkpoint(model, tokenizer, work / "ckpt", {**params, "stage": stage})
@@ -47,7 +47,8 @@ def read(work: Path) -> None:
     for tensor in cache.tensors:
         for _, block in cache.iter_batches(tensor):
             total += float(block.sum())
-    print(json.dumps({"seconds": time.perf_counter() - start, "rows": cache.manifest["rows"], "peak_rss_mb": _peak_mb()}))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "rows": cache.manifest["rows"], "peak_rss_mb": _peak_mb()}))
 
 
 def _peak_mb() -> float:
@@ -77,11 +78,12 @@ def main() -> None:
         for n in (args.problems, 10 * args.problems):
             work = Path(tmp) / str(n)
             work.mkdir()
-            results[n] = {"collect": measure("collect", args.params, n, work), "read": measure("read", args.params, n, work)}
+            results[n] = {step: measure(step, args.params, n, work) for step in ("collect", "read")}
     small, large = results[args.problems], results[10 * args.problems]
     for n, r in results.items():
         rows = r["read"]["rows"]
-        print(f"{n} problems, {rows} rows: collect {r['collect']['seconds']:.1f} s ({rows / r['collect']['seconds']:.0f} rows/s), "
+        print(f"{n} problems, {rows} rows: collect {r['collect']['seconds']:.1f} s "
+              f"({rows / r['collect']['seconds']:.0f} rows/s), "
               f"peak RSS {r['collect']['peak_rss_mb']:.0f} MB; read {r['read']['seconds']:.1f} s "
               f"({rows / r['read']['seconds']:.0f} rows/s), peak RSS {r['read']['peak_rss_mb']:.0f} MB")
     for mode in ("collect", "read"):

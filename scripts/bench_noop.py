@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(repo), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     print(f"{repo}: median of {args.runs} runs (min-max)")
     for name, (cmd, is_noop) in COMMANDS.items():
-        times, outs = zip(*(time_command(cmd, repo, env) for _ in range(args.runs)))
+        times, outs = zip(*(time_command(cmd, repo, env) for _ in range(args.runs)), strict=True)
         noop = all(is_noop(out) for out in outs)
         print(f"{name:14s} {statistics.median(times):6.2f} s ({min(times):.2f}-{max(times):.2f})"
               f"  {'no-op' if noop else 'NOT a no-op: it plans work'}")

@@ -7,9 +7,9 @@ import random
 
 import pytest
 import yaml
-from conftest import PARAMS_YAML, run_cli, tiny_params_dict
 
 from cocoracle.config import InputError, load_params, split_counts, stage_epochs, unique_problems, validate_params
+from conftest import PARAMS_YAML, run_cli, tiny_params_dict
 
 # ----------------------------------------------------------------------------------------------
 # in-process
@@ -206,15 +206,15 @@ def test_binary_params_file_gives_one_line(tmp_path):
     assert_one_line_naming_file(file)
 
 
-def test_float_valued_count_is_accepted_or_rejected_cleanly(tmp_path):
+def test_float_valued_count_is_rejected_with_its_key(tmp_path):
+    """Counts must be written as integers: 100.0 is refused, naming the key (JSON Schema alone would accept it)."""
     params = tiny_params_dict()
     params["data"]["n_train"] = 100.0
     file = tmp_path / "float.yaml"
     file.write_text(yaml.safe_dump(params))
     result = run_cli("check-params", "--params", file)
-    assert "Traceback" not in result.stderr
-    if result.returncode != 0:
-        _assert_one_line_error(result, str(file), {"data.n_train"})
+    assert result.returncode == 2
+    _assert_one_line_error(result, str(file), {"data.n_train"})
 
 
 def test_generate_with_bad_params_does_no_work(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import yaml
+
 from helpers_workflow import repo_copy, run, set_param
 
 pytestmark = pytest.mark.e2e

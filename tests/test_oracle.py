@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny_model, run_cli
-from synthetic import synthetic_cache
 
 from cocoracle.config import InputError
 from cocoracle.model import save_checkpoint
 from cocoracle.oracle.data import build_items
 from cocoracle.oracle.evaluate import majority_answers, score_oracle, shuffled_rows
 from cocoracle.oracle.train import load_oracle, train_oracle
+from conftest import make_tiny_model, run_cli
+from synthetic import synthetic_cache
 
 CPU = torch.device("cpu")
 D = 32  # the tiny model's width (conftest.TINY)

@@ -1,4 +1,4 @@
-"""The parameter files shipped beside params.yaml are valid and say what their comments claim."""
+"""The parameter files shipped beside params.yaml are valid and resolve to what their comments claim."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from cocoracle.config import load_params
 from cocoracle.oracle.train import oracle_layers
 
 REPO = Path(__file__).resolve().parents[1]
-GPT2_LARGE_LAYERS = 36
+GPT2_LARGE_LAYERS = 36  # hidden states 0..36 of gpt2-large: the embeddings and 36 blocks
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "params").glob("*.yaml")), ids=lambda p: p.name)
@@ -18,11 +18,10 @@ def test_every_shipped_params_file_validates(path):
     assert load_params(path)["model"]["name"]
 
 
-def test_gpt2_large_reproduces_the_reference_setting():
+def test_gpt2_large_reads_the_reference_layers():
+    """The reference read gpt2-large's hidden state 18 and injected at 17: the fractions must resolve there,
+    and the activation cache must hold the layer the oracle reads."""
     params = load_params(REPO / "params" / "gpt2-large.yaml")
-    assert params["model"]["name"] == "gpt2-large" and params["model"]["precision"] == "bf16-mixed"
-    assert params["coconut"] == {"num_stages": 3, "thoughts_per_step": 1}
-    assert oracle_layers(params["oracle"], GPT2_LARGE_LAYERS) == (18, [17])  # read at 18, injected at 17
-    assert params["oracle"]["self"]["alpha"] == 2.0 and params["oracle"]["self"]["mix"] == 0.3
-    assert params["oracle"]["self"]["train"]["epochs"] == 5
-    assert 18 in resolve_layers(params["activations"]["layers"], GPT2_LARGE_LAYERS)
+    source, inject = oracle_layers(params["oracle"], GPT2_LARGE_LAYERS)
+    assert (source, inject) == (18, [17])
+    assert source in resolve_layers(params["activations"]["layers"], GPT2_LARGE_LAYERS)

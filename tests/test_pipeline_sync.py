@@ -40,7 +40,7 @@ def test_dvc_yaml_is_current():
     assert (REPO / "dvc.yaml").read_text() == expected
 
 
-@pytest.mark.parametrize("params", ["params.yaml", "tests/smoke-params.yaml"])
+@pytest.mark.parametrize("params", ["params.yaml", "tests/smoke-params.yaml", "params/gpt2-large.yaml"])
 def test_engines_declare_the_same_steps(tmp_path, params):
     repo = repo_copy(tmp_path, REPO / params)
     smk, dvc = snakemake_jobs(repo), dvc_jobs(repo)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from synthetic import synthetic_cache
 
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.probes import best_probes, probe_caches, run_probes
+from synthetic import synthetic_cache
 
 PROBES = {"seed": 0, "C_grid": [0.1, 1.0], "max_iter": 300, "labels": ["digit_written", "carry_out"]}
 

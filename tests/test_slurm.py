@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers_workflow import REPO, repo_copy, run
 
 pytestmark = pytest.mark.e2e

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_params_dict
 from safetensors.torch import load_file
 
 from cocoracle.config import InputError
 from cocoracle.model import MARKERS, initial_model, load_checkpoint
 from cocoracle.train import batch_stages, micro_batches, stage_optimizer_steps, train_stage
+from conftest import tiny_params_dict
 
 CPU = torch.device("cpu")
 
@@ -75,7 +75,9 @@ def test_train_stage_writes_a_safe_checkpoint(stage0, train_rows):
     model, tokenizer = load_checkpoint(out, CPU, torch.float32)
     assert model.config.n_layer == params["model"]["tiny"]["n_layer"]
     assert model.config.n_embd == params["model"]["tiny"]["n_embd"]
-    assert None not in tokenizer.convert_tokens_to_ids(MARKERS)
+    ids = tokenizer.convert_tokens_to_ids(MARKERS)  # each marker is one token of its own, never split or unknown
+    assert len(set(ids)) == len(MARKERS) and tokenizer.unk_token_id not in ids
+    assert [tokenizer.encode(marker, add_special_tokens=False) for marker in MARKERS] == [[i] for i in ids]
     # training changed the weights of the seeded initial model
     initial, _ = initial_model(params["model"], train_rows)
     trained = load_file(out / "model.safetensors")

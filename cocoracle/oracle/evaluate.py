@@ -18,14 +18,14 @@ import torch
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import NO_TOKEN_LIMIT, Codec
-from cocoracle.config import InputError
+from cocoracle.config import ORACLE_KINDS, InputError
 from cocoracle.data import load_split
 from cocoracle.evaluate import predict
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.oracle.data import OracleCodec, build_items, item_vectors
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import score
-from cocoracle.oracle.train import KINDS, answer_prompts, load_oracle
+from cocoracle.oracle.train import answer_prompts, load_oracle
 from cocoracle.precision import autocast, precision_of
 
 METRICS = ["exact_match", "token_f1", "number_f1"]
@@ -133,8 +133,8 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
     """Score both oracles and all baselines; write the table (CSV), summary (JSON) and per-item predictions."""
     caches = {split: ActivationCache(path) for split, path in cache_dirs.items()}
     with autocast(precision_of(checkpoint_params(checkpoint)["model"]), device):
-        scored = pd.concat([score_oracle(kind, oracle_dirs[kind], caches, params, stage, device) for kind in KINDS],
-                           ignore_index=True)
+        scored = pd.concat([score_oracle(kind, oracle_dirs[kind], caches, params, stage, device)
+                            for kind in ORACLE_KINDS], ignore_index=True)
         accuracy = self_answer_accuracy(checkpoint, oracle_dirs["self"], data_dir, stage,
                                         params["oracle"]["batch_size"], device)
     table = aggregate(scored, stage)

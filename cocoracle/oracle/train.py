@@ -21,7 +21,7 @@ from cocoracle.activations import resolve_layers
 from cocoracle.atomic import atomic_dir
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import IGNORE, Codec, coconut_forward, loss_fn
-from cocoracle.config import InputError
+from cocoracle.config import ORACLE_KINDS, InputError
 from cocoracle.data import load_split
 from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
 from cocoracle.model import checkpoint_params, load_base, load_checkpoint, pick_dtype
@@ -32,7 +32,6 @@ from cocoracle.oracle.questions import ACT, vocabulary_texts
 from cocoracle.precision import autocast, precision_of
 
 log = logging.getLogger(__name__)
-KINDS = ("separate", "self")
 SPEC_FILE = "oracle.json"
 VAL_ITEMS = 500  # validation items scored (exact match) at each quarter of training
 
@@ -236,8 +235,8 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
                  base: str | Path | None, data_dir: str | Path, out_dir: str | Path, live_dir: str | Path,
                  device: torch.device) -> None:
     """Train one oracle on a stage's train cache, validating exact match on its val cache; save to out_dir."""
-    if kind not in KINDS:
-        raise InputError(f"--kind {kind}: one of {', '.join(KINDS)}")
+    if kind not in ORACLE_KINDS:
+        raise InputError(f"--kind {kind}: one of {', '.join(ORACLE_KINDS)}")
     oracle = params["oracle"]
     settings, hp = oracle[kind], oracle[kind]["train"]
     train_cache, val_cache = ActivationCache(caches["train"]), ActivationCache(caches["val"])
@@ -245,7 +244,7 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     d_model = train_cache.manifest["d_model"]
     model, tokenizer, spec = build_oracle(kind, params, stage, checkpoint, base, d_model, device)
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
-    rng = np.random.default_rng([oracle["seed"], stage, KINDS.index(kind)])
+    rng = np.random.default_rng([oracle["seed"], stage, ORACLE_KINDS.index(kind)])
     items = build_items(train_cache, oracle["tasks"], spec.source_layer, rng)
     vectors = item_vectors(train_cache, items, spec.source_layer)
     val = build_items(val_cache, oracle["tasks"], spec.source_layer, rng)

@@ -2,9 +2,11 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from cocoracle.config import InputError, load_params
+from cocoracle.dvc_yaml import render_dvc_yaml
 from cocoracle.steps import STEPS, Layout, jobs, param_values
 
 
@@ -18,6 +20,12 @@ except InputError as exc:
     sys.exit(f"cocoracle: error: {exc}")
 
 LAYOUT = Layout.from_config(config, PARAMS, Path(workflow.basedir).parent)
+DVC_YAML = LAYOUT.root / "dvc.yaml"  # DVC's copy of this DAG, brought up to date by `cocoracle dvc-yaml`
+if DVC_YAML.is_file() and DVC_YAML.read_text() != render_dvc_yaml(PARAMS, config, LAYOUT.root):
+    logger.warning(
+        f"cocoracle: {DVC_YAML} is out of date with the steps, the code's imports or the params; "
+        "run `cocoracle dvc-yaml` before `dvc repro`"
+    )
 BENCH = config["benchmarks_dir"]
 GPU_MODEL = os.environ.get("COCORACLE_GPU_MODEL", "")  # SLURM GPU type for the GPU rules; empty: any
 
