@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-from conftest import make_tiny_model
 
 from cocoracle.coconut import (
     IGNORE,
@@ -21,6 +20,7 @@ from cocoracle.coconut import (
     teacher_forced_correct,
 )
 from cocoracle.model import BOT, EOT
+from conftest import make_tiny_model
 
 K = 3  # num_stages used throughout
 C = 2  # thoughts_per_step

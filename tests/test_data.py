@@ -7,10 +7,10 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_params_dict
 
 from cocoracle.config import InputError
 from cocoracle.data import cot_steps, load_split, make_splits, write_splits
+from conftest import tiny_params_dict
 
 STEP = re.compile(r"^(\d)\+(\d)(?:\+(\d))?=(\d+) write (\d)(?: carry (\d))?$")
 FINAL = "carry 1 write 1"

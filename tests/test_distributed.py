@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_params_dict
 from safetensors.torch import load_file
+
+from conftest import tiny_params_dict
 
 BIN = Path(sys.executable).parent
 STEPS = 6

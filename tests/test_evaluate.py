@@ -7,7 +7,6 @@ import re
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_tiny_model, tiny_params_dict
 
 import cocoracle.evaluate as evaluate_module
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
@@ -15,6 +14,7 @@ from cocoracle.config import InputError
 from cocoracle.data import problems_table, write_splits
 from cocoracle.evaluate import evaluate_stage, parse_answer, predict, summarize
 from cocoracle.model import save_checkpoint
+from conftest import make_tiny_model, tiny_params_dict
 
 CPU = torch.device("cpu")
 LAYOUT = {"num_stages": 2, "thoughts_per_step": 1}

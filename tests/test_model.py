@@ -6,7 +6,6 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import make_tiny_model, run_cli, tiny_params_dict
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
@@ -20,6 +19,7 @@ from cocoracle.model import (
     pick_device,
     save_checkpoint,
 )
+from conftest import make_tiny_model, run_cli, tiny_params_dict
 
 SPECIALS = ["<bot>", "<eot>", "<thought>", "<pad>", "<eos>"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_params_dict
 from safetensors.torch import load_file
 
 from cocoracle.precision import autocast, maybe_compile, precision_of
 from cocoracle.train import train_stage
+from conftest import tiny_params_dict
 
 CPU = torch.device("cpu")
 
