@@ -4,7 +4,7 @@
 `cmd_<command>` imports what that step needs (cli.py keeps those imports inside the handlers, so each
 step depends on its own modules only). The closure follows every `import` of a package module anywhere
 in a module (a function-level import counts: it runs when the function does), and each package's
-`__init__.py` on the way.
+`__init__.py` on the way. Each command's closure is read once per process.
 """
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def handler_name(command: str) -> str:
     return "cmd_" + command.replace("-", "_")
 
 
-def command_modules(command: str, root: Path = ROOT) -> set[str]:
+@cache
+def command_modules(command: str, root: Path = ROOT) -> frozenset[str]:
     """The package modules `cocoracle <command>` imports: cli.py's top level and its handler's."""
     tree = _cli_tree(root)
     top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
@@ -92,7 +93,7 @@ def command_modules(command: str, root: Path = ROOT) -> set[str]:
         raise KeyError(f"cocoracle/cli.py has no {handler_name(command)} for `cocoracle {command}`")
     # cli.py itself runs, but only its top level and this handler: its other handlers' imports do not
     imported = _imported(top, PACKAGE, root) | _imported(handlers[:1], PACKAGE, root)
-    return import_closure(imported, root) | {f"{PACKAGE}.cli"}
+    return frozenset(import_closure(imported, root) | {f"{PACKAGE}.cli"})
 
 
 def code_files(command: str, root: str | Path = ROOT) -> list[str]:
