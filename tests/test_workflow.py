@@ -114,34 +114,49 @@ def _edited(repo, module):
         os.utime(path, ns=(mtime, mtime))
 
 
-def _code_jobs(repo, module) -> tuple[set[frozenset[str]], set[str]]:
-    """The jobs (by outputs) and DVC stages whose command imports module, per cocoracle/codedeps.py."""
+def _code_jobs(repo, module) -> tuple[set[frozenset[str]], set[frozenset[str]], set[str]]:
+    """Per cocoracle/codedeps.py: the jobs (by outputs) whose command imports module, those and every job
+    downstream of them, and the DVC stages whose command imports it."""
     layout = Layout.from_config(read_yaml(repo / "config.yaml"), load_params(repo / "params.yaml"), repo)
-    importing = [(step, wildcards) for step, wildcards in jobs(layout) if module in step.code(layout)]
-    return ({frozenset(step.output_paths(layout, wildcards).values()) for step, wildcards in importing},
-            {layout.fill(step.dvc_stage, wildcards) for step, wildcards in importing})
+    inputs, importing, stages = {}, set(), set()
+    for step, wildcards in jobs(layout):
+        key = frozenset(step.output_paths(layout, wildcards).values())
+        job, _ = step.resolve(layout, wildcards)
+        inputs[key] = {p for value in job.inputs.values() for p in ([value] if isinstance(value, str) else value)}
+        if module in step.code(layout):
+            importing.add(key)
+            stages.add(layout.fill(step.dvc_stage, wildcards))
+    rerun = set(importing)
+    while True:  # the jobs downstream of a rerun rerun too
+        more = {key for key in inputs if key not in rerun and any(inputs[key] & up for up in rerun)}
+        if not more:
+            return importing, rerun, stages
+        rerun |= more
 
 
-def _snakemake_code_reruns(repo, module) -> set[frozenset[str]]:
-    """The jobs a dry run plans because module, one of their inputs, changed (by their outputs)."""
+def _snakemake_plan(repo) -> dict[frozenset[str], set[str]]:
+    """The jobs of a dry run (by outputs) with their inputs."""
     out = run(["snakemake", "-n", "--cores", "1"], cwd=repo).stdout
-    planned = set()
+    planned = {}
     for block in out.split("\nrule ")[1:]:
-        updated = re.search(r"Updated input files: ([^;\n]*)", block)
-        if updated and module in updated.group(1).split(", "):
-            planned.add(frozenset(re.search(r"^\s+output: (.*)$", block, re.M).group(1).split(", ")))
+        fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
+        if not block.startswith("all:"):
+            planned[frozenset(fields["output"].split(", "))] = set(fields.get("input", "").split(", "))
     return planned
 
 
 def test_editing_a_module_reruns_exactly_the_steps_that_import_it(snakemake_repo, dvc_repo):
-    """Every package module: both engines plan exactly the jobs whose command imports it, and nothing else."""
+    """Every package module: DVC plans exactly the stages whose command imports it; Snakemake plans those
+    jobs, each with the module among its inputs, and the jobs downstream of them, and nothing else."""
     for module in MODULES:
-        expected_jobs, expected_stages = _code_jobs(snakemake_repo, module)
+        importing, rerun, stages = _code_jobs(snakemake_repo, module)
         with _edited(snakemake_repo, module):
-            assert _snakemake_code_reruns(snakemake_repo, module) == expected_jobs, module
+            planned = _snakemake_plan(snakemake_repo)
+        assert set(planned) == rerun, module
+        assert {job for job, inputs in planned.items() if module in inputs} == importing, module
         with _edited(dvc_repo, module):
             status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}")
-            assert set(status) == expected_stages, module
+        assert set(status) == stages, module
     assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
     assert json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}") == {}
 
