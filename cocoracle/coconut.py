@@ -189,6 +189,15 @@ def teacher_forced_correct(model: PreTrainedModel, batch: CoconutBatch) -> torch
     return hits.all(dim=1)
 
 
+def append_greedy(token: torch.Tensor, finished: torch.Tensor, out: list[list[int]], eos_id: int) -> bool:
+    """Append each unfinished row's token (not the end token), mark rows that ended; True once all have."""
+    for row in (~finished).nonzero().flatten().tolist():
+        if token[row].item() != eos_id:
+            out[row].append(int(token[row]))
+    finished |= token == eos_id
+    return bool(finished.all())
+
+
 @torch.no_grad()
 def generate(model: PreTrainedModel, batch: CoconutBatch, eos_id: int, max_new_tokens: int) -> list[list[int]]:
     """Greedy decoding after the thoughts and <eot>, batched and cached; ids up to (excluding) eos."""
@@ -219,11 +228,7 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
             states.append(tuple(h[:, :1] for h in hidden))
         next_pos = positions[:, -1:] + 1
         token = logits[:, -1].argmax(-1)
-        for row in (~finished).nonzero().flatten().tolist():
-            if token[row].item() != eos_id:
-                out[row].append(int(token[row]))
-        finished |= token == eos_id
-        if finished.all():
+        if append_greedy(token, finished, out, eos_id):
             break
         inputs = embed(token[:, None])
     per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states, strict=True)) if states else None

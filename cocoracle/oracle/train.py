@@ -20,7 +20,7 @@ from transformers import AddedToken, PreTrainedModel, PreTrainedTokenizerBase
 from cocoracle.activations import resolve_layers
 from cocoracle.atomic import atomic_dir
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.coconut import IGNORE, Codec, coconut_forward, loss_fn
+from cocoracle.coconut import IGNORE, Codec, append_greedy, coconut_forward, loss_fn
 from cocoracle.config import ORACLE_KINDS, InputError
 from cocoracle.data import load_split
 from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
@@ -86,11 +86,7 @@ def decode(model: PreTrainedModel, injector: Injector, batch: OracleBatch, vecto
     generated: list[list[int]] = [[] for _ in range(B)]
     token = out.logits[:, -1].argmax(-1)
     for _ in range(max_new_tokens):
-        for row in (~finished).nonzero().flatten().tolist():
-            if token[row].item() != eos:
-                generated[row].append(int(token[row]))
-        finished |= token == eos
-        if finished.all():
+        if append_greedy(token, finished, generated, eos):
             break
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
         positions = positions + 1
