@@ -20,6 +20,7 @@ from transformers import (
 
 from cocoracle.atomic import atomic_dir
 from cocoracle.config import InputError
+from cocoracle.numerics import deterministic_algorithms
 
 BOT, EOT = "<bot>", "<eot>"
 # "<thought>" is never used but stays: without it every token id of the tiny tokenizer (and any model's
@@ -30,7 +31,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """cuda when present (or asked for), else cpu."""
+    """cuda when present (or asked for), else cpu; torch switched to its deterministic algorithms."""
+    deterministic_algorithms()
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():

@@ -12,8 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# isort: off
+import cocoracle  # noqa: F401  first: it pins MKL's reproducible mode, which torch's first import fixes
 import torch
 
+# isort: on
 from cocoracle.config import read_yaml, validate_params
 
 # Tiny models are much faster on one thread, and a busy machine makes several threads slower still.

@@ -130,5 +130,5 @@ def test_slurm_results_equal_a_local_run(slurm, local):
                          for p in (slurm_repo / d).rglob("*") if p.is_file())
     assert files == slurm_files
     assert {"results/report.md", "results/probes/stage-2.csv", "results/oracle/stage-2.csv"} <= set(map(str, files))
-    for rel in files:
-        assert (slurm_repo / rel).read_bytes() == (local_repo / rel).read_bytes(), rel
+    differ = [str(rel) for rel in files if (slurm_repo / rel).read_bytes() != (local_repo / rel).read_bytes()]
+    assert not differ, f"{len(differ)} of {len(files)} files differ: {differ}"

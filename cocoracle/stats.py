@@ -1,0 +1,51 @@
+"""95 % intervals for the report's figures: Wilson for proportions, a paired bootstrap over problems for means
+and differences (items of one problem move together, so correlated items do not narrow the interval)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Z95 = 1.959963984540054
+BOOTSTRAP_DRAWS = 2000
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of successes / n; (nan, nan) when n == 0."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap(values: np.ndarray, groups: np.ndarray | None = None, seed: int = 0,
+              draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float]:
+    """Percentile 95 % interval of the mean of `values`, resampling whole groups (e.g. problem ids)."""
+    values = np.asarray(values, dtype=float)
+    if not len(values):
+        return math.nan, math.nan
+    keys = np.arange(len(values)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    sums, counts = np.bincount(keys, values), np.bincount(keys)
+    picks = np.random.default_rng(seed).integers(0, len(sums), (draws, len(sums)))
+    means = sums[picks].sum(1) / counts[picks].sum(1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, groups: np.ndarray | None = None, seed: int = 0
+                      ) -> tuple[float, float, float]:
+    """mean(a) - mean(b) on the same items, and its bootstrap 95 % interval."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    low, high = bootstrap(diff, groups, seed)
+    return float(diff.mean()) if len(diff) else math.nan, low, high
+
+
+def format_interval(value: float, low: float, high: float, percent: bool = True) -> str:
+    """'71.2 % [68.3, 74.0]' (or '0.712 [0.683, 0.740]')."""
+    if math.isnan(value):
+        return "n/a"
+    if percent:
+        return f"{100 * value:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"

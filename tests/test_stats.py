@@ -1,0 +1,43 @@
+"""Intervals: Wilson against known values, the bootstrap's coverage and its grouping."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cocoracle.stats import bootstrap, format_interval, paired_difference, wilson
+
+
+def test_wilson_matches_the_closed_form_and_stays_inside_0_1():
+    low, high = wilson(8, 10)
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)  # Wilson's interval for 8/10 (Newcombe 1998)
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
+    assert all(math.isnan(v) for v in wilson(0, 0))
+
+
+def test_bootstrap_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    hits = 0
+    for seed in range(200):
+        sample = rng.random(100) < 0.3
+        low, high = bootstrap(sample, seed=seed, draws=500)
+        hits += low <= 0.3 <= high
+    assert 0.88 <= hits / 200 <= 0.99
+
+
+def test_grouped_bootstrap_is_wider_when_items_of_a_problem_agree():
+    rng = np.random.default_rng(2)
+    per_problem = rng.random(50) < 0.5
+    values = np.repeat(per_problem, 4)  # four identical items per problem
+    groups = np.repeat(np.arange(50), 4)
+    naive, grouped = bootstrap(values), bootstrap(values, groups)
+    assert grouped[1] - grouped[0] > 1.5 * (naive[1] - naive[0])
+
+
+def test_paired_difference_and_formatting():
+    a, b = np.array([1, 1, 0, 1] * 25), np.array([0, 1, 0, 0] * 25)
+    diff, low, high = paired_difference(a, b)
+    assert diff == pytest.approx(0.5) and low < 0.5 < high
+    assert format_interval(0.5, 0.25, 0.75) == "50.0 % [25.0, 75.0]"
+    assert format_interval(math.nan, 0, 0) == "n/a"
