@@ -19,6 +19,7 @@ from tqdm import tqdm
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.plots import pyplot, save_png
+from cocoracle.stats import wilson
 
 COLUMNS = ["stage", "tensor", "thought", "label", "accuracy", "baseline", "val_accuracy", "n", "C"]
 
@@ -70,37 +71,61 @@ def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[st
 
 
 def heatmap(table: pd.DataFrame, stage: int, path: str | Path) -> None:
-    """PNG: tensor x label, mean over thoughts of accuracy above the majority baseline."""
-    gain = (table.assign(gain=table["accuracy"] - table["baseline"])
-            .pivot_table(index="tensor", columns="label", values="gain", aggfunc="mean"))
-    order = sorted(gain.index, key=lambda t: (t != "thought", int(t.split("_")[1]) if "_" in t else -1))
-    gain = gain.loc[order]
-    fig, ax = pyplot().subplots(figsize=(1.2 * len(gain.columns) + 2, 0.5 * len(gain.index) + 1.5))
-    image = ax.imshow(gain.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(gain.columns)), gain.columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(gain.index)), gain.index)
-    for (i, j), value in np.ndenumerate(gain.to_numpy()):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 else "black")
-    ax.set_title(f"Stage {stage}: probe accuracy above majority baseline (test, mean over thoughts)")
-    fig.colorbar(image, ax=ax)
+    """PNG: one panel per thought position, tensor x label, test accuracy above the majority baseline."""
+    gain = table.assign(gain=table["accuracy"] - table["baseline"])
+    thoughts = sorted(gain["thought"].unique())
+    tensors = sorted(gain["tensor"].unique(), key=lambda t: (t != "thought", int(t.split("_")[1]) if "_" in t else -1))
+    labels = list(dict.fromkeys(gain["label"]))
+    fig, axes = pyplot().subplots(1, max(len(thoughts), 1), squeeze=False,
+                                  figsize=(1.1 * len(labels) * max(len(thoughts), 1) + 2, 0.45 * len(tensors) + 2))
+    for thought, ax in zip(thoughts, axes.flat, strict=True):
+        panel = (gain[gain["thought"] == thought].pivot_table(index="tensor", columns="label", values="gain")
+                 .reindex(index=tensors, columns=labels))
+        image = ax.imshow(panel.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize="small")
+        ax.set_yticks(range(len(tensors)), tensors if ax is axes.flat[0] else [""] * len(tensors))
+        for (i, j), value in np.ndenumerate(panel.to_numpy()):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
+                        color="white" if value < 0.5 else "black")
+        ax.set_title(f"thought {thought}")
+    if thoughts:
+        fig.colorbar(image, ax=list(axes.flat))
+    fig.suptitle(f"Stage {stage}: probe test accuracy above the majority baseline, per thought position")
     save_png(fig, path)
 
 
 def best_probes(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per label, the probe (tensor, thought) with the best val accuracy, and its test accuracy."""
     best = table.loc[table.groupby("label")["val_accuracy"].idxmax()] if len(table) else table
-    return {row.label: {"accuracy": row.accuracy, "baseline": row.baseline, "tensor": row.tensor,
-                        "thought": row.thought} for row in best.itertuples()}
+    return {row.label: _summary(row) for row in best.itertuples()}
+
+
+def best_by_thought(table: pd.DataFrame) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per label and thought position, the tensor with the best val accuracy, and its test accuracy."""
+    best = table.loc[table.groupby(["label", "thought"])["val_accuracy"].idxmax()] if len(table) else table
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in best.itertuples():
+        out.setdefault(row.label, {})[str(row.thought)] = _summary(row)
+    return out
+
+
+def _summary(row: Any) -> dict[str, Any]:
+    """A chosen probe: test accuracy with its 95 % Wilson interval, the baseline on the same items, where it reads."""
+    low, high = wilson(round(row.accuracy * row.n), int(row.n))
+    return {"accuracy": row.accuracy, "low": low, "high": high, "baseline": row.baseline, "n": int(row.n),
+            "val_accuracy": row.val_accuracy, "tensor": row.tensor, "thought": int(row.thought)}
 
 
 def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | Path], table_path: str | Path,
                heatmap_path: str | Path, metrics_path: str | Path) -> pd.DataFrame:
-    """Probe one stage; writes the CSV table, the heatmap and a JSON summary (per label, the probe with the
-    best val accuracy, reported on test)."""
+    """Probe one stage; writes the CSV table, the heatmap and a JSON summary (per label, and per label and
+    thought, the probe with the best val accuracy, reported on test with its interval)."""
     caches = {split: ActivationCache(path) for split, path in cache_dirs.items()}
     table = probe_caches(caches, stage, params["probes"])
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     heatmap(table, stage, heatmap_path)
-    write_text(metrics_path, json.dumps({"stage": stage, "best": best_probes(table)}, indent=2) + "\n")
+    write_text(metrics_path, json.dumps({"stage": stage, "best": best_probes(table),
+                                             "by_thought": best_by_thought(table)}, indent=2) + "\n")
     return table

@@ -12,6 +12,7 @@ import pandas as pd
 from cocoracle.atomic import write_text
 from cocoracle.config import ORACLE_TASKS, InputError
 from cocoracle.plots import pyplot, save_png
+from cocoracle.stats import format_interval
 from cocoracle.summarize import accuracy_table
 
 T = TypeVar("T")
@@ -101,18 +102,21 @@ def forgetting_table(metrics: list[dict[str, Any]]) -> str:
     return _table(["stage", "answer accuracy before", "after", "change"], rows)
 
 
-def probe_table(metrics: list[dict[str, Any]]) -> str:
-    """Markdown: stage x label, the best probe's accuracy / majority baseline and where it reads."""
-    labels = _ordered([label for m in metrics for label in m["best"]], PROBE_LABELS)
+def probe_table(metrics: dict[str, Any]) -> str:
+    """Markdown for one stage: thought position x label, the val-chosen probe's test accuracy [95 % interval]
+    / majority baseline on the same items · the tensor it reads."""
+    by_thought = metrics["by_thought"]
+    labels = _ordered(by_thought, PROBE_LABELS)
+    thoughts = sorted({int(t) for label in labels for t in by_thought[label]})
     rows = []
-    for m in sorted(metrics, key=lambda m: m["stage"]):
-        cells = [m["stage"]]
+    for thought in thoughts:
+        cells: list[Any] = [thought]
         for label in labels:
-            best = m["best"].get(label)
-            cells.append(f"{best['accuracy']:.1%} / {best['baseline']:.1%} · {best['tensor']}@{best['thought']}"
-                         if best else "–")
+            probe = by_thought[label].get(str(thought))
+            cells.append(f"{format_interval(probe['accuracy'], probe['low'], probe['high'])} / "
+                         f"{probe['baseline']:.1%} · {probe['tensor']}" if probe else "–")
         rows.append(cells)
-    return _table(["stage"] + labels, rows)
+    return _table(["thought"] + labels, rows)
 
 
 def _placeholder(note: str, path: str | Path) -> None:
@@ -193,8 +197,11 @@ def _accuracy_section(evals: list[dict[str, Any]], plot: str) -> list[str]:
     """Markdown blocks: the accuracy table and its plot."""
     if not evals:
         return ["No evaluation metrics.\n"]
-    return [("Free-generation: greedy decoding from the question alone. Teacher-forced: the answer tokens are the "
-             "argmax given the gold text.\n"), accuracy_table(evals), f"![Coconut answer accuracy by stage]({plot})\n"]
+    return [("Free-generation: greedy decoding from the question alone, with its 95 % Wilson interval over the "
+             "split's problems. Teacher-forced: the answer tokens are the argmax given the gold text. Each stage's "
+             "final checkpoint (epochs fixed in params.yaml) is scored once per split; nothing was chosen on these "
+             "numbers. Truncated: generations the decoding budget cut off before the end token (val, test and ood "
+             "together).\n"), accuracy_table(evals), f"![Coconut answer accuracy by stage]({plot})\n"]
 
 
 def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot: str) -> list[str]:
@@ -212,9 +219,15 @@ def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot
 
 
 def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str]) -> list[str]:
-    """Markdown blocks: the best-probe table and the heatmap links."""
-    parts = ["Each cell: the best linear probe's test accuracy / majority baseline · tensor@thought.\n",
-             probe_table(probes)] if probes else ["No probe outputs.\n"]
+    """Markdown blocks: per stage, the per-thought probe table, and the heatmap links."""
+    if not probes:
+        return ["No probe outputs.\n"]
+    parts = [("Logistic-regression probes, fit on train; per thought position and label the tensor (hidden-state "
+              "layer, or the fed-back thought) and the regularisation are chosen on **val**, and the chosen probe "
+              "is scored once on **test**: accuracy [95 % Wilson interval] / majority-class baseline on the same "
+              "test items · tensor.\n")]
+    for m in sorted(probes, key=lambda m: m["stage"]):
+        parts += [f"### Stage {m['stage']}\n", probe_table(m)]
     return parts + [f"![{Path(link).stem} probe heatmap]({link})\n" for link in heatmaps]
 
 
@@ -224,7 +237,7 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     """Write the markdown report and accuracy.png, oracle.png and training.png, from the pipeline outputs."""
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     evals = [_json(p, ("stage",)) for p in eval_metrics]
-    probes = [_json(p, ("stage", "best")) for p in probe_metrics]
+    probes = [_json(p, ("stage", "by_thought")) for p in probe_metrics]
     oracle = _oracle_csv(oracle_tables)
     forgetting = [_json(p, ("stage", "self_answer_accuracy")) for p in oracle_metrics]
     curves = dict(zip(_run_labels(train_dirs), [_loss_curve(d) for d in train_dirs], strict=True)) if train_dirs else {}

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.probes import best_probes, probe_caches, run_probes
+from cocoracle.probes import best_by_thought, best_probes, probe_caches, run_probes
 from synthetic import synthetic_cache
 
 PROBES = {"seed": 0, "C_grid": [0.1, 1.0], "max_iter": 300, "labels": ["digit_written", "carry_out"]}
@@ -41,7 +41,12 @@ def test_run_probes_writes_table_heatmap_and_summary(tmp_path):
 
 
 def test_summary_picks_the_best_probe_on_val_not_test():
-    table = pd.DataFrame({"label": ["carry_out"] * 2, "tensor": ["layer_0", "layer_1"], "thought": [0, 0],
-                          "accuracy": [0.9, 0.7], "val_accuracy": [0.6, 0.8], "baseline": [0.5, 0.5]})
+    table = pd.DataFrame({"label": ["carry_out"] * 4, "tensor": ["layer_0", "layer_1"] * 2, "thought": [0, 0, 1, 1],
+                          "accuracy": [0.9, 0.7, 0.6, 0.4], "val_accuracy": [0.6, 0.8, 0.9, 0.5],
+                          "baseline": [0.5] * 4, "n": [100] * 4})
     best = best_probes(table)["carry_out"]
-    assert (best["tensor"], best["accuracy"]) == ("layer_1", 0.7)
+    assert (best["tensor"], best["thought"], best["accuracy"]) == ("layer_0", 1, 0.6)
+    per_thought = best_by_thought(table)["carry_out"]
+    assert {t: (p["tensor"], p["accuracy"]) for t, p in per_thought.items()} == {"0": ("layer_1", 0.7),
+                                                                                "1": ("layer_0", 0.6)}
+    assert per_thought["0"]["low"] < 0.7 < per_thought["0"]["high"]

@@ -60,14 +60,18 @@ def inputs(tmp_path: Path) -> dict:
     for heatmap in heatmaps:
         heatmap.parent.mkdir(parents=True, exist_ok=True)
         heatmap.write_bytes(PNG_MAGIC)
-    probe = {"accuracy": 0.914, "baseline": 0.552, "tensor": "layer_2", "thought": 1}
+    probe = {"accuracy": 0.914, "low": 0.895, "high": 0.930, "baseline": 0.552, "n": 1000, "val_accuracy": 0.92,
+             "tensor": "layer_2", "thought": 1}
+    weak = {**probe, "accuracy": 0.31, "low": 0.281, "high": 0.341, "tensor": "thought", "thought": 2}
     return {
         "eval_metrics": [_write_json(results / "eval/stage-0.json",
-                                     {"stage": 0, "val": _split(0.437, 0.512, 50), "test": _split(0.4, 0.5, 100)}),
+                                     {"stage": 0, "val": _split(0.44, 0.512, 50), "test": _split(0.4, 0.5, 100)}),
                          _write_json(results / "eval/stage-3.json",
                                      {"stage": 3, "val": _split(0.9, 0.95, 50), "test": _split(0.978, 0.99, 100)})],
         "probe_metrics": [_write_json(results / f"probes/stage-{k}.json",
-                                      {"stage": k, "best": {"carry_out": probe, "digit_written": probe}})
+                                      {"stage": k, "best": {"carry_out": probe, "digit_written": probe},
+                                       "by_thought": {"carry_out": {"1": probe, "2": weak},
+                                                      "digit_written": {"1": probe}}})
                           for k in (0, 3)],
         "probe_heatmaps": heatmaps,
         "oracle_tables": [_oracle_csv(results / f"oracle/stage-{k}.csv", k) for k in (1, 3)],
@@ -84,11 +88,13 @@ def inputs(tmp_path: Path) -> dict:
 def test_report_numbers_come_from_the_files(inputs: dict) -> None:
     write_report(**inputs)
     text = inputs["out_md"].read_text()
-    assert "43.7%" in text and "51.2%" in text  # stage-0 val free-gen and teacher-forced
+    assert "44.0 % [31.2, 57.7]" in text and "51.2%" in text  # stage-0 val free-gen (Wilson) and teacher-forced
     assert "| 3 | separate | step | 200 | 62.0% | 72.0% | 62.0% | majority_per_position | 31.0% | 2.00× |" in text
     assert "| 1 | self | answer | 200 | 35.0% | 45.0% | 35.0% | majority_per_position | 31.0% | 1.13× |" in text
     assert "| 3 | 97.8% | 85.3% | -12.5 pts |" in text
-    assert "91.4% / 55.2% · layer_2@1" in text
+    stage3 = text.split("### Stage 3\n")[1].split("\n\n")[0]
+    assert "| 1 | 91.4 % [89.5, 93.0] / 55.2% · layer_2 | 91.4 % [89.5, 93.0] / 55.2% · layer_2 |" in stage3
+    assert "| 2 | – | 31.0 % [28.1, 34.1] / 55.2% · thought |" in stage3  # every thought, not only the best
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections == ["## Coconut answer accuracy", "## Oracles", "## Probes", "## Training curves"]
 
