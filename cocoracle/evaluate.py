@@ -14,7 +14,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from cocoracle.atomic import atomic_path, write_text
-from cocoracle.coconut import Codec, generate, teacher_forced_correct
+from cocoracle.coconut import Codec, generate_with_thoughts, teacher_forced_correct
 from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
@@ -24,6 +24,7 @@ ANSWER_MARK = "###"
 PREDICTIONS_SCHEMA = pa.schema([
     ("split", pa.string()), ("id", pa.int64()), ("n_steps", pa.int8()), ("generated", pa.string()),
     ("predicted", pa.int64()), ("answer", pa.int64()), ("correct", pa.bool_()), ("teacher_forced", pa.bool_()),
+    ("truncated", pa.bool_()),
 ])
 
 
@@ -36,8 +37,14 @@ def parse_answer(text: str) -> int | None:
 
 
 def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], stage: int, coconut: dict[str, Any],
-            batch_size: int, max_new_tokens: int, desc: str = "eval") -> list[dict[str, Any]]:
-    """Per problem: generated text, parsed answer, free-generation and teacher-forced correctness."""
+            batch_size: int, extra_tokens: int, desc: str = "eval") -> list[dict[str, Any]]:
+    """Per problem: generated text, parsed answer, free-generation and teacher-forced correctness, truncation.
+
+    A problem may decode as many tokens as its gold solution needs (remaining steps, `###`, answer, end token)
+    plus `extra_tokens`, and never past the position table; a generation that has not ended by then is cut
+    there and marked truncated. Decoding is causal per row, so the budget of one problem does not depend on
+    the others in its batch.
+    """
     device = next(model.parameters()).device
     layout = (stage, coconut["num_stages"], coconut["thoughts_per_step"])
     results = []
@@ -45,22 +52,28 @@ def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], st
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
         chunk = rows[start:start + batch_size]
         prompt = codec.batch(chunk, *layout, with_targets=False).to(device)
-        generated = generate(model, prompt, codec.eos, max_new_tokens)
-        forced = teacher_forced_correct(model, codec.batch(chunk, *layout).to(device)).tolist()
-        for row, ids, tf in zip(chunk, generated, forced, strict=True):
-            text = codec.tokenizer.decode(ids)
+        gold = codec.batch(chunk, *layout).to(device)
+        budgets = (gold.suffix_mask.sum(1) - 1 + extra_tokens).tolist()  # <eot> is given, not generated
+        generated, output = generate_with_thoughts(model, prompt, codec.eos, max(budgets), return_states=False)
+        forced = teacher_forced_correct(model, gold).tolist()
+        for row, ids, tf, ended, budget in zip(chunk, generated, forced, output.finished.tolist(), budgets,
+                                               strict=True):
+            ended = ended and len(ids) < budget  # its end token was within its own budget
+            text = codec.tokenizer.decode(ids[:budget])
             answer = parse_answer(text)
             results.append({"id": row["id"], "n_steps": row["n_steps"], "generated": text, "predicted": answer,
-                            "answer": row["answer"], "correct": answer == row["answer"], "teacher_forced": tf})
+                            "answer": row["answer"], "correct": answer == row["answer"], "teacher_forced": tf,
+                            "truncated": not ended})
     return results
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall and by number of reasoning steps."""
+    """Accuracy overall and by number of reasoning steps, and how many generations were cut off."""
     def block(rs: list[dict[str, Any]]) -> dict[str, Any]:
         n = len(rs)
         return {"accuracy": sum(r["correct"] for r in rs) / max(n, 1),
-                "teacher_forced": sum(r["teacher_forced"] for r in rs) / max(n, 1), "n": n}
+                "teacher_forced": sum(r["teacher_forced"] for r in rs) / max(n, 1), "n": n,
+                "truncated": sum(r["truncated"] for r in rs)}
     by_steps: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_steps[r["n_steps"]].append(r)
@@ -87,7 +100,7 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
         if not rows:
             continue
         with autocast(precision_of(trained["model"]), device):
-            results = predict(model, codec, rows, stage, trained["coconut"], ev["batch_size"], ev["max_new_tokens"],
+            results = predict(model, codec, rows, stage, trained["coconut"], ev["batch_size"], ev["extra_tokens"],
                               desc=f"stage {stage} {split}")
         metrics[split] = summarize(results)
         predictions += [{"split": split, **r} for r in results]

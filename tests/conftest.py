@@ -40,7 +40,7 @@ def tiny_params_dict() -> dict:
     params["train"].update({"seed": 0, "batch_size": 8, "grad_accum": 1, "lr": 0.003, "weight_decay": 0.0,
                             "warmup_steps": 1, "schedule": "cosine", "grad_clip": 1.0, "epochs": 1,
                             "max_steps": 3, "mix_prob": 0.0, "val_examples": 3})
-    params["evaluate"].update({"batch_size": 16, "max_new_tokens": 48, "splits": ["val", "test", "ood"]})
+    params["evaluate"].update({"batch_size": 16, "extra_tokens": 8, "splits": ["val", "test", "ood"]})
     params["oracle"].update({"max_new_tokens": 16, "batch_size": 32})
     for kind in ("separate", "self"):
         params["oracle"][kind]["lora"].update({"r": 4, "alpha": 8})

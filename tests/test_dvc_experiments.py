@@ -137,7 +137,7 @@ def test_a_fresh_clone_pulls_from_the_remote_and_both_engines_are_up_to_date(exp
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
 
     # the recorded metadata keeps param changes rerunning exactly what they affect
-    set_param(clone, "evaluate", "max_new_tokens", 39)
+    set_param(clone, "evaluate", "extra_tokens", 5)
     assert _planned_jobs(run(["snakemake", "-n", "--cores", "1"], cwd=clone).stdout) == {
         "evaluate_stage", "report", "all"}
     assert set(json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout)) == {

@@ -55,22 +55,23 @@ def test_parse_answer_rejects_numbers_too_long_for_the_predictions_table():
 
 def test_summarize_hand_made():
     results = [
-        {"n_steps": 2, "correct": True, "teacher_forced": True},
-        {"n_steps": 3, "correct": False, "teacher_forced": True},
-        {"n_steps": 3, "correct": True, "teacher_forced": False},
-        {"n_steps": 3, "correct": True, "teacher_forced": True},
-        {"n_steps": 10, "correct": False, "teacher_forced": False},
+        {"n_steps": 2, "correct": True, "teacher_forced": True, "truncated": False},
+        {"n_steps": 3, "correct": False, "teacher_forced": True, "truncated": True},
+        {"n_steps": 3, "correct": True, "teacher_forced": False, "truncated": False},
+        {"n_steps": 3, "correct": True, "teacher_forced": True, "truncated": False},
+        {"n_steps": 10, "correct": False, "teacher_forced": False, "truncated": True},
     ]
     summary = summarize(results)
     assert summary["n"] == 5
     assert summary["accuracy"] == pytest.approx(3 / 5)
     assert summary["teacher_forced"] == pytest.approx(3 / 5)
+    assert summary["truncated"] == 2 and summary["by_steps"]["3"]["truncated"] == 1
     assert list(summary["by_steps"]) == ["2", "3", "10"]  # numeric order
-    assert summary["by_steps"]["2"] == {"accuracy": 1.0, "teacher_forced": 1.0, "n": 1}
+    assert summary["by_steps"]["2"] == {"accuracy": 1.0, "teacher_forced": 1.0, "n": 1, "truncated": 0}
     assert summary["by_steps"]["3"]["accuracy"] == pytest.approx(2 / 3)
     assert summary["by_steps"]["3"]["teacher_forced"] == pytest.approx(2 / 3)
     assert summary["by_steps"]["3"]["n"] == 3
-    assert summary["by_steps"]["10"] == {"accuracy": 0.0, "teacher_forced": 0.0, "n": 1}
+    assert summary["by_steps"]["10"] == {"accuracy": 0.0, "teacher_forced": 0.0, "n": 1, "truncated": 1}
     assert summarize([])["n"] == 0 and summarize([])["by_steps"] == {}
 
 
@@ -102,7 +103,7 @@ def overfit():
 
 def test_predict_on_overfit_model(overfit):
     model, codec, rows = overfit
-    results = predict(model, codec, rows, STAGE, LAYOUT, batch_size=3, max_new_tokens=60)
+    results = predict(model, codec, rows, STAGE, LAYOUT, batch_size=3, extra_tokens=30)
     assert [r["id"] for r in results] == [row["id"] for row in rows]
     for r, row in zip(results, rows, strict=True):
         assert r["answer"] == row["a"] + row["b"]
@@ -119,19 +120,30 @@ def test_predict_does_not_depend_on_batching(overfit):
     model, codec, rows = overfit
     other = problems_table([(21, 43), (6, 9), (555, 445)], 10).to_pylist()  # unseen: outputs may be wrong
     mixed = rows + other
-    one = predict(model, codec, mixed, STAGE, LAYOUT, batch_size=1, max_new_tokens=60)
-    all_at_once = predict(model, codec, mixed, STAGE, LAYOUT, batch_size=len(mixed), max_new_tokens=60)
+    one = predict(model, codec, mixed, STAGE, LAYOUT, batch_size=1, extra_tokens=30)
+    all_at_once = predict(model, codec, mixed, STAGE, LAYOUT, batch_size=len(mixed), extra_tokens=30)
     assert one == all_at_once
     for r in one:
         assert r["correct"] == (r["predicted"] == r["answer"])
         assert r["predicted"] == parse_answer(r["generated"])
 
 
+def test_predict_budget_is_each_problems_own_need_and_cut_offs_are_marked(overfit):
+    model, codec, rows = overfit
+    exact = predict(model, codec, rows, STAGE, LAYOUT, batch_size=4, extra_tokens=0)
+    assert all(r["correct"] and not r["truncated"] for r in exact)  # the gold solution fits its own budget exactly
+    short = [{**row, "answer": 7} for row in rows if row["answer"] >= 100]  # gold text 2+ tokens shorter
+    assert short
+    cut = predict(model, codec, short, STAGE, LAYOUT, batch_size=4, extra_tokens=0)
+    assert all(r["truncated"] and r["predicted"] != r["answer"] for r in cut)
+    assert predict(model, codec, short, STAGE, LAYOUT, batch_size=4, extra_tokens=30)[0]["truncated"] is False
+
+
 def test_predict_marks_wrong_answers(overfit):
     """The same problems with a falsified gold answer: predictions no longer count as correct."""
     model, codec, rows = overfit
     lying = [{**row, "answer": row["answer"] + 1} for row in rows]
-    results = predict(model, codec, lying, STAGE, LAYOUT, batch_size=4, max_new_tokens=60)
+    results = predict(model, codec, lying, STAGE, LAYOUT, batch_size=4, extra_tokens=30)
     assert not any(r["correct"] for r in results)
     assert [r["predicted"] for r in results] == [row["answer"] for row in rows]
 
@@ -144,7 +156,7 @@ def _params():
     params = tiny_params_dict()
     params["coconut"].update(LAYOUT)
     params["train"]["epochs"] = 1
-    params["evaluate"].update({"batch_size": 3, "max_new_tokens": 60, "splits": ["val", "test"]})
+    params["evaluate"].update({"batch_size": 3, "extra_tokens": 30, "splits": ["val", "test"]})
     return params
 
 

@@ -198,7 +198,7 @@ def _planned_jobs(dry_run: str) -> set[str]:
 
 
 def test_snakemake_reruns_only_evaluation_after_an_evaluate_param_change(snakemake_repo):
-    set_param(snakemake_repo, "evaluate", "max_new_tokens", 39)
+    set_param(snakemake_repo, "evaluate", "extra_tokens", 5)
     dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
     assert _planned_jobs(dry) == {"evaluate_stage", "report", "all"}, dry
     before = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES + EVAL)
@@ -220,7 +220,7 @@ def test_snakemake_reruns_only_probes_after_a_probe_param_change(snakemake_repo)
 
 
 def test_dvc_reruns_only_evaluation_after_an_evaluate_param_change(dvc_repo):
-    set_param(dvc_repo, "evaluate", "max_new_tokens", 39)
+    set_param(dvc_repo, "evaluate", "extra_tokens", 5)
     status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
     assert set(status) == {f"evaluate_stage_{k}" for k in STAGES}
     before = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES + EVAL)
