@@ -41,6 +41,9 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, parameters:
     optimizer.zero_grad(set_to_none=True)
 
 
-def live_logger(live_dir: str | Path) -> Live:
-    """A dvclive logger that writes its metric files only (no DVC experiment, dvc.yaml or report)."""
-    return Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+def live_logger(live_dir: str | Path, start_step: int = 0) -> Live:
+    """A dvclive logger that writes its metric files only (no DVC experiment, dvc.yaml or report); from
+    start_step > 0 it continues the curves already in live_dir (a resumed run)."""
+    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=start_step > 0)
+    live.step = start_step
+    return live

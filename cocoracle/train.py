@@ -14,6 +14,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from cocoracle.coconut import NO_TOKEN_LIMIT, CoconutBatch, Codec, coconut_forward, loss_fn, scored_tokens
+from cocoracle.codedeps import code_files
 from cocoracle.config import SPLITS, InputError, stage_epochs
 from cocoracle.data import load_split
 from cocoracle.distributed import DataParallel, data_parallel
@@ -21,6 +22,7 @@ from cocoracle.evaluate import predict
 from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
 from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_checkpoint
 from cocoracle.precision import autocast, maybe_compile
+from cocoracle.resume import Saver, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +118,18 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                                             broadcast_buffers=False)
     precision = params["model"]["precision"]
 
+    saver = None
+    if dp.world == 1:  # (under torchrun every process has its own RNG streams; they are not saved)
+        inputs = [Path(data_dir) / f"{split}.parquet" for split in SPLITS] + ([Path(init)] if init else [])
+        saver = Saver(out_dir, live_dir, fingerprint({**params, "stage": stage}, inputs, code_files("train")),
+                      params.get("resume", {}))
+    start = saver.restore(model, optimizer, scheduler) if saver else 0
+
     with contextlib.ExitStack() as stack:
-        live = stack.enter_context(live_logger(live_dir)) if dp.main else None
+        live = stack.enter_context(live_logger(live_dir, start)) if dp.main else None
         model.train()
-        progress = tqdm(range(steps), desc=f"stage {stage}", mininterval=2, disable=not dp.main)
+        progress = tqdm(range(start, steps), desc=f"stage {stage}", mininterval=2, disable=not dp.main,
+                        initial=start, total=steps)
         for step in progress:
             total = torch.zeros((), device=device)
             for k in range(train["grad_accum"]):
@@ -153,5 +163,9 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                          accuracy)
                 model.train()
             live.next_step()
+            if saver is not None and step + 1 < steps and saver.due(step + 1):
+                saver.save(step + 1, model, optimizer, scheduler)
     if dp.main:
         save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage})
+    if saver is not None:
+        saver.clear()

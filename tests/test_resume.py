@@ -1,0 +1,92 @@
+"""A training stage killed after a resume save continues from it: same checkpoint bytes, curves without gaps or
+duplicates; a state from other params is ignored; the state is gone once the checkpoint is written."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import cocoracle.resume as resume_module
+from cocoracle.resume import resume_dir
+from cocoracle.train import train_stage
+
+CPU = torch.device("cpu")
+
+
+class Killed(Exception):
+    """Stands for kill -9 right after a resume save."""
+
+
+def _params(tiny_params: dict) -> dict:
+    tiny_params["train"].update({"max_steps": 6, "val_examples": 2, "batch_size": 4})
+    tiny_params["model"]["tiny"]["dropout"] = 0.1  # the RNG state matters
+    tiny_params["resume"] = {"every_steps": 2, "every_minutes": None}
+    return tiny_params
+
+
+def _train(params: dict, data_dir: Path, out: Path) -> None:
+    train_stage(params, 0, data_dir, None, out / "model", out / "live", CPU)
+
+
+def _steps(out: Path) -> list[int]:
+    return pd.read_csv(out / "live/plots/metrics/train/loss.tsv", sep="\t")["step"].tolist()
+
+
+@pytest.fixture()
+def kill_after(monkeypatch):
+    """Make the run die right after saving its resume state at `step`."""
+    def arm(step: int) -> None:
+        save = resume_module.Saver.save
+
+        def save_then_die(self, at, *args):
+            save(self, at, *args)
+            if at == step:
+                raise Killed
+        monkeypatch.setattr(resume_module.Saver, "save", save_then_die)
+    return arm
+
+
+def test_a_killed_stage_resumes_to_the_same_bytes(tiny_params, data_dir, tmp_path, kill_after, monkeypatch):
+    params = _params(tiny_params)
+    _train(params, data_dir, tmp_path / "whole")
+    kill_after(4)
+    with pytest.raises(Killed):
+        _train(params, data_dir, tmp_path / "resumed")
+    assert not (tmp_path / "resumed/model").exists() and resume_dir(tmp_path / "resumed/model").is_dir()
+    assert _steps(tmp_path / "resumed") == [0, 1, 2, 3]
+    monkeypatch.undo()
+    restarts = []
+    monkeypatch.setattr(resume_module.Saver, "restore",
+                        lambda self, *a, _r=resume_module.Saver.restore: restarts.append(_r(self, *a)) or restarts[-1])
+    _train(params, data_dir, tmp_path / "resumed")
+    assert restarts == [4]
+    whole, resumed = tmp_path / "whole/model", tmp_path / "resumed/model"
+    for name in ("model.safetensors", "params.json"):
+        assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
+    assert _steps(tmp_path / "resumed") == _steps(tmp_path / "whole") == list(range(6))
+    assert not resume_dir(resumed).exists()
+
+
+def test_a_state_from_other_params_is_ignored(tiny_params, data_dir, tmp_path, kill_after, monkeypatch, caplog):
+    params = _params(tiny_params)
+    kill_after(4)
+    with pytest.raises(Killed):
+        _train(params, data_dir, tmp_path)
+    monkeypatch.undo()
+    params["train"]["lr"] *= 2
+    with caplog.at_level(logging.WARNING):
+        _train(params, data_dir, tmp_path)
+    assert "made by other params, inputs or code; ignored, training starts over" in caplog.text
+    assert _steps(tmp_path) == list(range(6))
+
+
+def test_resume_settings_change_no_result(tiny_params, data_dir, tmp_path):
+    params = _params(tiny_params)
+    _train(params, data_dir, tmp_path / "a")
+    params["resume"] = {"every_steps": None, "every_minutes": None}
+    _train(params, data_dir, tmp_path / "b")
+    weights = [(tmp_path / run / "model/model.safetensors").read_bytes() for run in ("a", "b")]
+    assert weights[0] == weights[1]
