@@ -6,6 +6,9 @@ its dvclive directory, in `<out>.resume/` beside the step's output: no engine de
 incomplete output. Rerunning the same command continues from it and gives the bytes an uninterrupted run
 gives; a state made by other params, inputs or code is refused in one line and training starts over. It is
 removed when the step's output is written. Everything is safetensors or JSON (no pickles).
+
+SIGTERM (SLURM's time limit, preemption, `kill`) and SIGUSR1 (what the SLURM profile asks for ahead of the
+limit) make the loop save after the optimizer step in progress and stop with `Preempted`.
 """
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,11 @@ from cocoracle.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 SUFFIX = ".resume"
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class Preempted(SystemExit):
+    """The run was asked to stop and its resume state is saved: exits with status 1 and this one line."""
 
 
 def resume_dir(out_dir: str | Path) -> Path:
@@ -56,6 +66,28 @@ class Saver:
         self.path, self.live_dir, self.fingerprint = resume_dir(out_dir), Path(live_dir), fingerprint
         self.every_steps, self.every_minutes = settings.get("every_steps"), settings.get("every_minutes")
         self.last_save = time.monotonic()
+        self.stop_signal: int | None = None
+
+    @contextmanager
+    def watching_signals(self) -> Iterator[None]:
+        """While inside, SIGTERM and SIGUSR1 only ask the loop to stop (see `stop`)."""
+        def ask(signum: int, _frame: Any) -> None:
+            self.stop_signal = signum
+        previous = {sig: signal.signal(sig, ask) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop_if_asked(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      scheduler: Any) -> None:
+        """After a stop signal: save the state after `step` optimizer steps and raise Preempted."""
+        if self.stop_signal is None:
+            return
+        self.save(step, model, optimizer, scheduler)
+        raise Preempted(f"{signal.Signals(self.stop_signal).name}: stopped after step {step}; the resume state is "
+                        f"in {self.path}, rerun the same command to continue")
 
     def due(self, step: int) -> bool:
         """Whether to save after `step` optimizer steps."""

@@ -126,6 +126,8 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
     start = saver.restore(model, optimizer, scheduler) if saver else 0
 
     with contextlib.ExitStack() as stack:
+        if saver is not None:
+            stack.enter_context(saver.watching_signals())
         live = stack.enter_context(live_logger(live_dir, start)) if dp.main else None
         model.train()
         progress = tqdm(range(start, steps), desc=f"stage {stage}", mininterval=2, disable=not dp.main,
@@ -163,8 +165,10 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                          accuracy)
                 model.train()
             live.next_step()
-            if saver is not None and step + 1 < steps and saver.due(step + 1):
-                saver.save(step + 1, model, optimizer, scheduler)
+            if saver is not None and step + 1 < steps:
+                if saver.due(step + 1):
+                    saver.save(step + 1, model, optimizer, scheduler)
+                saver.stop_if_asked(step + 1, model, optimizer, scheduler)
     if dp.main:
         save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage})
     if saver is not None:

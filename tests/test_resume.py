@@ -3,6 +3,8 @@ duplicates; a state from other params is ignored; the state is gone once the che
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -90,3 +92,24 @@ def test_resume_settings_change_no_result(tiny_params, data_dir, tmp_path):
     _train(params, data_dir, tmp_path / "b")
     weights = [(tmp_path / run / "model/model.safetensors").read_bytes() for run in ("a", "b")]
     assert weights[0] == weights[1]
+
+
+def test_sigterm_saves_and_stops_and_the_rerun_finishes_the_same(tiny_params, data_dir, tmp_path, monkeypatch):
+    params = _params(tiny_params)
+    params["resume"] = {"every_steps": None, "every_minutes": None}  # only the signal saves
+    _train(params, data_dir, tmp_path / "whole")
+    due = resume_module.Saver.due
+
+    def signal_at_step_3(self, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return due(self, step)
+    monkeypatch.setattr(resume_module.Saver, "due", signal_at_step_3)
+    with pytest.raises(SystemExit, match=r"SIGTERM: stopped after step 3; the resume state is in .*model\.resume"):
+        _train(params, data_dir, tmp_path / "resumed")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the loop
+    monkeypatch.undo()
+    _train(params, data_dir, tmp_path / "resumed")
+    assert (tmp_path / "whole/model/model.safetensors").read_bytes() == \
+        (tmp_path / "resumed/model/model.safetensors").read_bytes()
+    assert _steps(tmp_path / "resumed") == list(range(6))
