@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from cocoracle.atomic import atomic_dir
-from cocoracle.coconut import NO_TOKEN_LIMIT, Codec, generate_with_thoughts, stage_layout
+from cocoracle.coconut import NO_TOKEN_LIMIT, Codec, generate_with_thoughts, layout_options, thought_steps
 from cocoracle.config import InputError
 from cocoracle.data import COLUMN_LABELS, column_additions, load_split
 from cocoracle.evaluate import parse_answer
@@ -58,13 +58,13 @@ def resolve_layers(spec: str | list[int | float], n_layer: int) -> list[int]:
 
 
 def index_rows(row: dict[str, Any], stage: int, coconut: dict[str, Any], correct: bool) -> list[dict[str, Any]]:
-    """One index row per thought: the step it replaced (thought t stands for step t // c) and its labels."""
-    c = coconut["thoughts_per_step"]
-    n_thoughts, replaced = stage_layout(stage, coconut["num_stages"], c, len(row["steps"]))
+    """One index row per thought: the step it replaced (coconut.order `first`: thought t stands for step t // c;
+    `last`: for step n - replaced + t // c) and its labels."""
+    steps = thought_steps(stage, coconut["num_stages"], coconut["thoughts_per_step"], len(row["steps"]),
+                          layout_options(coconut)["order"])
     columns = column_additions(row["a"], row["b"])
     out = []
-    for t in range(n_thoughts):
-        step = t // c if t // c < replaced else None
+    for t, step in enumerate(steps):
         labels = columns[step] if step is not None else dict.fromkeys(COLUMN_LABELS)
         out.append({"problem_id": row["id"], "stage": stage, "thought": t, "step": step,
                     "step_text": row["steps"][step] if step is not None else None, **labels,
@@ -123,7 +123,7 @@ def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Pa
         n_rows = 0
         for start in tqdm(range(0, len(rows), act["batch_size"]), desc=f"collect stage {stage} {split}"):
             chunk = rows[start:start + act["batch_size"]]
-            batch = codec.batch(chunk, *layout, with_targets=False).to(device)
+            batch = codec.batch(chunk, *layout, with_targets=False, **layout_options(coconut)).to(device)
             with autocast(precision_of(trained["model"]), device):
                 ids, out = generate_with_thoughts(model, batch, codec.eos, NO_TOKEN_LIMIT)
             B, T, d = out.thoughts.shape

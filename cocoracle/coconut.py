@@ -1,13 +1,22 @@
 """Coconut (Hao et al. 2024): batched latent passes with a KV cache, loss, and greedy generation.
 
 A batch is laid out as  [left pad | question <bot>] [T thoughts] [<eot> remaining steps ### answer <eos> | right pad],
-so every row's thoughts sit in the same columns. The prefix is one pass, each thought one
-single-position pass that reuses the cache (its input is the last layer's final hidden state at the
-previous position), and the rest one more pass. Position ids skip the left padding.
+so every row's thoughts sit in the same columns (order `first`: stage k replaces the first k steps). With order
+`last` stage k replaces the last k steps, and the remaining steps are input, before <bot>:
+[left pad | question remaining steps <bot>] [T thoughts] [<eot> ### answer <eos> | right pad].
+The prefix is one pass, each thought one single-position pass that reuses the cache (its input is the last
+layer's final hidden state at the previous position), and the rest one more pass. Position ids skip the left
+padding.
+
+With answer_sees_question false the *blind* positions (<eot>, ###, the answer and <eos>) cannot attend to the
+question's columns (question tokens and <bot>): they see the thoughts, the text steps and themselves, so at the
+all-latent stage the question reaches the answer only through the thoughts. Text steps still see the question.
+In greedy generation a generated token is blind from the first `###` token on (a text step before it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -18,12 +27,33 @@ from cocoracle.model import BOT, EOT
 
 IGNORE = -100  # label of a token the loss does not score
 NO_TOKEN_LIMIT = 10_000  # max_new_tokens that decodes to the end token (or the end of the position table)
+ORDERS = ("first", "last")  # coconut.order: which steps stage k replaces
+ANSWER_MARK = " ###"  # text between the steps and the answer
 
 
 def stage_layout(stage: int, num_stages: int, thoughts_per_step: int, n_steps: int) -> tuple[int, int]:
     """(thoughts, steps replaced) at a stage: the first k steps become k*c thoughts; stage K replaces all."""
     replaced = n_steps if stage >= num_stages else min(stage, n_steps)
     return stage * thoughts_per_step, replaced
+
+
+def thought_steps(stage: int, num_stages: int, thoughts_per_step: int, n_steps: int,
+                  order: str = "first") -> list[int | None]:
+    """The step each thought stands for, in chain order (None: a thought beyond the replaced steps)."""
+    n_thoughts, replaced = stage_layout(stage, num_stages, thoughts_per_step, n_steps)
+    start = n_steps - replaced if order == "last" else 0
+    return [start + t // thoughts_per_step if t // thoughts_per_step < replaced else None for t in range(n_thoughts)]
+
+
+def kept_steps(steps: list[str], replaced: int, order: str) -> list[str]:
+    """The steps that stay text when `replaced` of them are latent."""
+    return steps[:len(steps) - replaced] if order == "last" else steps[replaced:]
+
+
+def layout_options(coconut: dict[str, Any]) -> dict[str, Any]:
+    """Codec.batch's layout keywords from a params `coconut` section (defaults for checkpoints older than them)."""
+    return {"order": coconut.get("order", "first"),
+            "answer_sees_question": coconut.get("answer_sees_question", True)}
 
 
 @dataclass
@@ -35,6 +65,9 @@ class CoconutBatch:
     suffix_mask: torch.Tensor  # (B, S)
     labels: torch.Tensor       # (B, S) suffix ids that are scored, else IGNORE
     answer_mask: torch.Tensor  # (B, S) answer digits and the end token
+    question: torch.Tensor | None = None  # (B, P) bool: question and <bot> columns; None: the answer sees them
+    blind: torch.Tensor | None = None     # (B, S) bool: suffix positions that cannot see `question`
+    marker: int | None = None             # first token of ###: generated tokens from it on are blind
 
     def to(self, device: torch.device) -> CoconutBatch:
         return CoconutBatch(**{f.name: (v.to(device) if torch.is_tensor(v) else v)
@@ -46,6 +79,7 @@ class CoconutOutput:
     logits: torch.Tensor                 # (B, S, V): logits[:, j] predicts suffix token j+1
     thoughts: torch.Tensor               # (B, T, d): the vectors fed back as thought inputs
     thought_states: tuple[torch.Tensor, ...] | None = None  # per layer (B, T, d), when asked
+    finished: torch.Tensor | None = None  # (B,) bool after generation: the row emitted the end token
 
 
 class Codec:
@@ -59,44 +93,97 @@ class Codec:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def suffix(self, steps: list[str], answer: int) -> tuple[list[int], list[int]]:
-        """Ids after the thoughts and the mask of answer tokens: <eot> steps | ... ### answer <eos>."""
+    def suffix(self, steps: list[str], answer: int) -> tuple[list[int], list[int], list[int]]:
+        """Ids after the thoughts, the mask of answer tokens and the mask of blind tokens (all but the steps):
+        <eot> steps | ... ### answer <eos>."""
         head = [self.eot] + self.encode(" " + " ".join([*(f"{s} |" for s in steps), "###"]))
+        mark = self.encode(ANSWER_MARK)
+        if head[-len(mark):] != mark:
+            raise ValueError(f"the tokenizer does not split '{ANSWER_MARK}' off the steps")
         tail = self.encode(f" {answer}") + [self.eos]
-        return head + tail, [0] * len(head) + [1] * len(tail)
+        blind = [1] + [0] * (len(head) - 1 - len(mark)) + [1] * (len(mark) + len(tail))
+        return head + tail, [0] * len(head) + [1] * len(tail), blind
+
+    def prefix(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
+        """Ids before the thoughts (question, given steps, <bot>) and the mask of the question and <bot>."""
+        ids = self.encode(question)
+        text = self.encode(" " + " ".join(f"{s} |" for s in steps)) if steps else []
+        return ids + text + [self.bot], [1] * len(ids) + [0] * len(text) + [1]
 
     def batch(self, rows: list[dict[str, Any]], stage: int, num_stages: int, thoughts_per_step: int,
-              with_targets: bool = True) -> CoconutBatch:
-        """Left-padded prefixes, thoughts for `stage`, and (with_targets) the gold remaining text."""
-        prefixes, suffixes, answers, n_thoughts = [], [], [], None
+              with_targets: bool = True, order: str = "first", answer_sees_question: bool = True) -> CoconutBatch:
+        """Left-padded prefixes, thoughts for `stage`, and (with_targets) the gold remaining text.
+
+        order: which steps stage k replaces (`first`, or `last`: the others are given before <bot>);
+        answer_sees_question false: the batch carries the masks that hide the question from the answer.
+        """
+        if order not in ORDERS:
+            raise ValueError(f"order: one of {', '.join(ORDERS)}, got {order!r}")
+        prefixes, questions, suffixes, answers, blinds = [], [], [], [], []
         for row in rows:
-            t, replaced = stage_layout(stage, num_stages, thoughts_per_step, len(row["steps"]))
-            n_thoughts = t
-            prefixes.append(self.encode(row["question"]) + [self.bot])
-            ids, ans = self.suffix(row["steps"][replaced:], row["answer"]) if with_targets else ([self.eot], [0])
+            replaced = stage_layout(stage, num_stages, thoughts_per_step, len(row["steps"]))[1]
+            kept = kept_steps(row["steps"], replaced, order)
+            ids, question = self.prefix(row["question"], kept if order == "last" else [])
+            prefixes.append(ids)
+            questions.append(question)
+            ids, answer, blind = (self.suffix(kept if order == "first" else [], row["answer"]) if with_targets
+                                  else ([self.eot], [0], [1]))
             suffixes.append(ids)
-            answers.append(ans)
-        P, S, B = max(map(len, prefixes)), max(map(len, suffixes)), len(rows)
-        prefix_ids = torch.full((B, P), self.pad, dtype=torch.long)
-        prefix_mask = torch.zeros((B, P), dtype=torch.long)
-        suffix_ids = torch.full((B, S), self.pad, dtype=torch.long)
-        suffix_mask = torch.zeros((B, S), dtype=torch.long)
-        answer_mask = torch.zeros((B, S), dtype=torch.bool)
-        for i, (p, s, a) in enumerate(zip(prefixes, suffixes, answers, strict=True)):
-            prefix_ids[i, P - len(p):] = torch.tensor(p)
-            prefix_mask[i, P - len(p):] = 1
-            suffix_ids[i, :len(s)] = torch.tensor(s)
-            suffix_mask[i, :len(s)] = 1
-            answer_mask[i, :len(a)] = torch.tensor(a, dtype=torch.bool)
+            answers.append(answer)
+            blinds.append(blind)
+        suffix_ids = _padded(suffixes, self.pad, left=False)
+        suffix_mask = _padded([[1] * len(s) for s in suffixes], 0, left=False)
         labels = suffix_ids.masked_fill(suffix_mask == 0, IGNORE)
         labels[:, 0] = IGNORE  # <eot> is given, not predicted
-        return CoconutBatch(prefix_ids, prefix_mask, n_thoughts or 0, suffix_ids, suffix_mask, labels, answer_mask)
+        prefix_mask = _padded([[1] * len(p) for p in prefixes], 0, left=True)
+        batch = CoconutBatch(_padded(prefixes, self.pad, left=True), prefix_mask, stage * thoughts_per_step,
+                             suffix_ids, suffix_mask, labels, _padded(answers, 0, left=False).bool())
+        if answer_sees_question:
+            return batch
+        return replace(batch, question=_padded(questions, 0, left=True).bool(),
+                       blind=_padded(blinds, 0, left=False).bool(), marker=self.encode(ANSWER_MARK)[0])
+
+
+def _padded(seqs: list[list[int]], fill: int, left: bool) -> torch.Tensor:
+    """(B, longest) long tensor of `seqs`, padded with `fill` on the left or on the right."""
+    width = max(map(len, seqs))
+    out = torch.full((len(seqs), width), fill, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        start = width - len(seq) if left else 0
+        out[i, start:start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
 
 
 def _step(model: PreTrainedModel, embeds, mask, positions, cache):
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=True, output_hidden_states=True)
     return out.logits, out.hidden_states, out.cache
+
+
+def _attention(model: PreTrainedModel, batch: CoconutBatch, mask: torch.Tensor, blind: torch.Tensor | None,
+               dtype: torch.dtype) -> torch.Tensor:
+    """The attention mask of a pass whose queries are the last q columns of `mask` (B, kv): `mask` itself when
+    the answer sees the question, else a 4-D causal mask in which `blind` (B, q) queries cannot see the question.
+
+    Every query sees its own column, so that no row (naive_forward's left padding) attends to nothing, which
+    some attention kernels turn into NaN.
+    """
+    if batch.question is None:
+        return mask
+    kv, q = mask.shape[1], blind.shape[1]
+    question = F.pad(batch.question, (0, kv - batch.question.shape[1]))
+    keys = torch.arange(kv, device=mask.device)
+    queries = torch.arange(kv - q, kv, device=mask.device)[:, None]
+    allowed = (keys <= queries) & mask.bool()[:, None] & ~(blind[:, :, None] & question[:, None])
+    allowed = (allowed | (keys == queries))[:, None]
+    if model.config._attn_implementation == "eager":  # eager adds the mask to the scores
+        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return allowed
+
+
+def _after_thoughts(batch: CoconutBatch, n_extra: int) -> torch.Tensor | None:
+    """(B, n_extra + S) blind flags of a pass over n_extra thought columns and the suffix (None: none is blind)."""
+    return None if batch.blind is None else F.pad(batch.blind, (n_extra, 0))
 
 
 def latent_prefix(model: PreTrainedModel, batch: CoconutBatch, return_states: bool = False):
@@ -135,8 +222,9 @@ def coconut_forward(model: PreTrainedModel, batch: CoconutBatch, return_states: 
         rest_mask = torch.cat([rest_mask.new_ones(rest_mask.shape[0], 1), rest_mask], dim=1)
     mask = torch.cat([mask, rest_mask], dim=1)
     positions = next_pos + torch.arange(rest.shape[1], device=rest.device)
-    logits, hidden, _ = _step(model, rest, mask, positions, cache)
     offset = 1 if last is not None else 0
+    attention = _attention(model, batch, mask, _after_thoughts(batch, offset), rest.dtype)
+    logits, hidden, _ = _step(model, rest, attention, positions, cache)
     if return_states and last is not None:
         states.append(tuple(h[:, :1] for h in hidden))
     per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states, strict=True)) if states else None
@@ -144,15 +232,20 @@ def coconut_forward(model: PreTrainedModel, batch: CoconutBatch, return_states: 
     return CoconutOutput(logits[:, offset:], stacked, per_layer)
 
 
-def naive_forward(model: PreTrainedModel, batch: CoconutBatch) -> CoconutOutput:
-    """Reference implementation: recompute the full sequence for every thought, no cache."""
+def naive_forward(model: PreTrainedModel, batch: CoconutBatch,
+                  feed: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> CoconutOutput:
+    """Reference implementation: recompute the full sequence for every thought, no cache.
+
+    feed(t, h) (tests) gives the vector fed back as thought t instead of the computed h.
+    """
     embed = model.get_input_embeddings()
     seq, mask = embed(batch.prefix_ids), batch.prefix_mask
     thoughts = []
-    for _ in range(batch.n_thoughts):
+    for t in range(batch.n_thoughts):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(inputs_embeds=seq, attention_mask=mask, position_ids=positions, output_hidden_states=True)
         h = out.hidden_states[-1][:, -1:]
+        h = feed(t, h) if feed is not None else h
         thoughts.append(h)
         seq = torch.cat([seq, h], dim=1)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
@@ -160,7 +253,9 @@ def naive_forward(model: PreTrainedModel, batch: CoconutBatch) -> CoconutOutput:
     mask = torch.cat([mask, batch.suffix_mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # suffix padding sits on the right, so its positions need not continue; only valid ones are compared
-    logits = model(inputs_embeds=seq, attention_mask=mask, position_ids=positions).logits
+    attention = _attention(model, batch, mask, _after_thoughts(batch, mask.shape[1] - batch.suffix_mask.shape[1]),
+                           seq.dtype)
+    logits = model(inputs_embeds=seq, attention_mask=attention, position_ids=positions).logits
     stacked = torch.cat(thoughts, dim=1) if thoughts else seq.new_zeros(seq.shape[0], 0, seq.shape[-1])
     return CoconutOutput(logits[:, -batch.suffix_ids.shape[1]:], stacked)
 
@@ -215,6 +310,8 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
     eot = embed(batch.suffix_ids[:, :1])
     inputs = eot if last is None else torch.cat([last, eot], dim=1)
     finished = torch.zeros(B, dtype=torch.bool, device=mask.device)
+    text = torch.ones(B, 1, dtype=torch.bool, device=mask.device)  # generated tokens are text steps until ###
+    blind = F.pad(text, (inputs.shape[1] - 1, 0))  # the last thought (if any) sees the question, <eot> does not
     out: list[list[int]] = [[] for _ in range(B)]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None:  # never run past the position table
@@ -223,7 +320,8 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
         n = inputs.shape[1]
         mask = torch.cat([mask, mask.new_ones(B, n)], dim=1)
         positions = next_pos + torch.arange(n, device=mask.device)
-        logits, hidden, cache = _step(model, inputs, mask, positions, cache)
+        logits, hidden, cache = _step(model, inputs, _attention(model, batch, mask, blind, inputs.dtype), positions,
+                                      cache)
         if i == 0 and return_states and last is not None:  # the last thought sits first in this pass
             states.append(tuple(h[:, :1] for h in hidden))
         next_pos = positions[:, -1:] + 1
@@ -231,6 +329,9 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
         if append_greedy(token, finished, out, eos_id):
             break
         inputs = embed(token[:, None])
+        if batch.marker is not None:
+            text &= token[:, None] != batch.marker
+        blind = ~text
     per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states, strict=True)) if states else None
     stacked = torch.cat(thoughts, dim=1) if thoughts else inputs.new_zeros(B, 0, inputs.shape[-1])
-    return out, CoconutOutput(logits=logits, thoughts=stacked, thought_states=per_layer)
+    return out, CoconutOutput(logits=logits, thoughts=stacked, thought_states=per_layer, finished=finished)

@@ -12,8 +12,9 @@ import yaml
 
 SPLITS = ("train", "val", "test", "ood")  # the problem splits; ood has longer operands
 ORACLE_KINDS = ("separate", "self")  # params sections oracle.separate and oracle.self
-ORACLE_TASKS = ("step", "digit", "carry", "answer", "problem")  # what an oracle is asked (params oracle.tasks)
-THOUGHT_TASKS = ORACLE_TASKS[:3]  # the tasks about one latent thought; answer and problem are about the whole sum
+# the tasks about one latent thought (the column step it stands for); answer and problem are about the whole sum
+THOUGHT_TASKS = ("step", "digit", "carry", "a_digit", "b_digit", "operands")
+ORACLE_TASKS = (*THOUGHT_TASKS, "answer", "problem")  # what an oracle is asked (params oracle.tasks)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from cocoracle.atomic import atomic_path, write_text
-from cocoracle.coconut import Codec, generate_with_thoughts, teacher_forced_correct
+from cocoracle.coconut import Codec, generate_with_thoughts, layout_options, teacher_forced_correct
 from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
@@ -51,8 +51,8 @@ def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], st
     model.eval()
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
         chunk = rows[start:start + batch_size]
-        prompt = codec.batch(chunk, *layout, with_targets=False).to(device)
-        gold = codec.batch(chunk, *layout).to(device)
+        prompt = codec.batch(chunk, *layout, with_targets=False, **layout_options(coconut)).to(device)
+        gold = codec.batch(chunk, *layout, **layout_options(coconut)).to(device)
         budgets = (gold.suffix_mask.sum(1) - 1 + extra_tokens).tolist()  # <eot> is given, not generated
         generated, output = generate_with_thoughts(model, prompt, codec.eos, max(budgets), return_states=False)
         forced = teacher_forced_correct(model, gold).tolist()

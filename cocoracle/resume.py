@@ -18,7 +18,7 @@ import logging
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,8 @@ class Saver:
         self.every_steps, self.every_minutes = settings.get("every_steps"), settings.get("every_minutes")
         self.last_save = time.monotonic()
         self.stop_signal: int | None = None
+        self.extra: dict[str, Any] = {}
+        self.extra_tensors: dict[str, torch.Tensor] = {}
 
     @contextmanager
     def watching_signals(self) -> Iterator[None]:
@@ -81,11 +83,12 @@ class Saver:
                 signal.signal(sig, handler)
 
     def stop_if_asked(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                      scheduler: Any) -> None:
+                      scheduler: Any, extra: Callable[[], tuple[dict[str, Any], dict[str, torch.Tensor]]] | None = None
+                      ) -> None:
         """After a stop signal: save the state after `step` optimizer steps and raise Preempted."""
         if self.stop_signal is None:
             return
-        self.save(step, model, optimizer, scheduler)
+        self.save(step, model, optimizer, scheduler, *(extra() if extra else ()))
         raise Preempted(f"{signal.Signals(self.stop_signal).name}: stopped after step {step}; the resume state is "
                         f"in {self.path}, rerun the same command to continue")
 
@@ -95,9 +98,12 @@ class Saver:
         by_time = bool(self.every_minutes) and time.monotonic() - self.last_save >= 60 * self.every_minutes
         return by_steps or by_time
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        """Write the state after `step` optimizer steps (atomically: a kill mid-save keeps the previous one)."""
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             extra: dict[str, Any] | None = None, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the state after `step` optimizer steps, with the loop's own `extra` (JSON) and `extra_tensors`
+        (a kill mid-save leaves the previous state or none, never a partial one)."""
         with atomic_dir(self.path) as tmp:
+            save_file({k: v.contiguous() for k, v in (extra_tensors or {}).items()}, str(tmp / "extra.safetensors"))
             save_model(model, str(tmp / "model.safetensors"))
             tensors, rest = _split_optimizer(optimizer.state_dict())
             save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -105,12 +111,14 @@ class Saver:
             if self.live_dir.is_dir():
                 shutil.copytree(self.live_dir, tmp / "live")
             (tmp / "state.json").write_text(json.dumps({"fingerprint": self.fingerprint, "step": step,
-                                                        "optimizer": rest, "scheduler": scheduler.state_dict()}))
+                                                        "optimizer": rest, "scheduler": scheduler.state_dict(),
+                                                        "extra": extra or {}}))
         self.last_save = time.monotonic()
         log.info("resume state after step %d saved to %s", step, self.path)
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-        """Load a matching state and return the step it reached (0 when there is none or it does not match)."""
+        """Load a matching state and return the step it reached (0 when there is none or it does not match);
+        the loop's own state is then in `extra` and `extra_tensors`."""
         state_file = self.path / "state.json"
         if not state_file.is_file():
             return 0
@@ -124,6 +132,7 @@ class Saver:
                                                   state["optimizer"]))
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_states(load_file(str(self.path / "rng.safetensors")))
+        self.extra, self.extra_tensors = state["extra"], load_file(str(self.path / "extra.safetensors"))
         if self.live_dir.exists():
             shutil.rmtree(self.live_dir)
         if (self.path / "live").is_dir():

@@ -13,7 +13,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from cocoracle.coconut import NO_TOKEN_LIMIT, CoconutBatch, Codec, coconut_forward, loss_fn, scored_tokens
+from cocoracle.coconut import (
+    NO_TOKEN_LIMIT,
+    CoconutBatch,
+    Codec,
+    coconut_forward,
+    layout_options,
+    loss_fn,
+    scored_tokens,
+)
 from cocoracle.codedeps import code_files
 from cocoracle.config import SPLITS, InputError, stage_epochs
 from cocoracle.data import load_split
@@ -51,7 +59,7 @@ def stage_optimizer_steps(train: dict[str, Any], stage: int, n_rows: int) -> int
 def _check_fits(model, codec: Codec, rows: list[dict[str, Any]], coconut: dict[str, Any]) -> None:
     """Fail early when the longest problem (of any split) would not fit the position table."""
     longest = max(rows, key=lambda r: len(codec.encode(r["question"] + " " + " | ".join(r["steps"]))))
-    batch = codec.batch([longest], 0, coconut["num_stages"], coconut["thoughts_per_step"])
+    batch = codec.batch([longest], 0, coconut["num_stages"], coconut["thoughts_per_step"], **layout_options(coconut))
     thoughts = coconut["num_stages"] * coconut["thoughts_per_step"]
     length = batch.prefix_ids.shape[1] + thoughts + batch.suffix_ids.shape[1]
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -137,7 +145,8 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
             for k in range(train["grad_accum"]):
                 i = step * train["grad_accum"] + k
                 batch = codec.batch([rows[j] for j in batches[i][dp.rank::dp.world]], layouts[i],
-                                    coconut["num_stages"], coconut["thoughts_per_step"]).to(device)
+                                    coconut["num_stages"], coconut["thoughts_per_step"],
+                                    **layout_options(coconut)).to(device)
                 normalizer = None
                 if dp.world > 1:  # this share's summed loss over the global batch's tokens, times world (DDP averages)
                     tokens = dp.sum(torch.tensor(float(scored_tokens(batch)), device=device))

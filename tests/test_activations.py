@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cocoracle.activations import collect_activations, resolve_layers
+from cocoracle.activations import collect_activations, index_rows, resolve_layers
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.coconut import Codec, naive_forward
+from cocoracle.coconut import Codec, naive_forward, thought_steps
 from cocoracle.config import InputError
-from cocoracle.data import column_additions, cot_steps, write_splits
+from cocoracle.data import column_additions, cot_steps, problems_table, write_splits
 from cocoracle.model import initial_model, save_checkpoint
 
 STAGE = 2
@@ -119,3 +119,38 @@ def test_index_labels_agree_with_the_chain_of_thought(a, b):
         assert f"write {labels['digit_written']}" in text
         assert f"={labels['digit_sum']} " in text or text.startswith("carry 1")
         assert (" carry 1" in text and not text.startswith("carry")) == bool(labels["carry_out"])
+
+
+@pytest.mark.parametrize("order, wanted", [("first", [0, 0, 1, 1]), ("last", [2, 2, 3, 3])])
+def test_index_rows_label_the_step_each_thought_replaced(order, wanted):
+    row = problems_table([(905, 187)], 0).to_pylist()[0]  # four steps
+    coconut = {"num_stages": 3, "thoughts_per_step": 2, "order": order, "answer_sees_question": True}
+    entries = index_rows(row, 2, coconut, True)
+    columns = column_additions(row["a"], row["b"])
+    assert [e["step"] for e in entries] == wanted
+    assert [e["step_text"] for e in entries] == [row["steps"][s] for s in wanted]
+    assert [e["digit_written"] for e in entries] == [columns[s]["digit_written"] for s in wanted]
+    short = problems_table([(4, 3)], 0).to_pylist()[0]  # one step: the second thought stands for none
+    assert [e["step"] for e in index_rows(short, 2, coconut, True)] == [0, 0, None, None]
+
+
+def test_collection_follows_the_checkpoints_layout(collected, tmp_path):
+    """A checkpoint trained with order last and a blind answer: each thought is labelled with one of the last
+    steps, and the thoughts are those of that layout (the other steps given before <bot>), not the default's."""
+    params, root, model, tokenizer = collected
+    coconut = {**params["coconut"], "order": "last", "answer_sees_question": False}
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt", {**params, "coconut": coconut, "stage": STAGE})
+    collect_activations(params, STAGE, tmp_path / "ckpt", root / "data", "test", tmp_path / "cache",
+                        torch.device("cpu"))
+    cache, rows = ActivationCache(tmp_path / "cache"), load_rows(root)
+    wanted = [s for r in rows for s in thought_steps(STAGE, coconut["num_stages"], 1, len(r["steps"]), "last")]
+    assert [None if np.isnan(s) else int(s) for s in cache.index["step"]] == wanted
+    assert any(s not in (None, t) for s, t in zip(wanted, list(range(STAGE)) * len(rows), strict=True))
+    batch = Codec(tokenizer).batch(rows, STAGE, coconut["num_stages"], 1, with_targets=False, order="last",
+                                   answer_sees_question=False)
+    with torch.no_grad():
+        reference = naive_forward(model.double(), batch)
+    model.float()
+    got = cache.load("thought").reshape(len(rows), STAGE, -1)
+    assert np.allclose(got, reference.thoughts.float().numpy(), atol=1e-4)
+    assert not np.allclose(got, ActivationCache(root / "cache").load("thought").reshape(got.shape), atol=1e-3)

@@ -1,29 +1,37 @@
 """Coconut layout, cached vs naive forward, padding independence, gradients, loss and greedy generation."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 
 from cocoracle.coconut import (
     IGNORE,
+    ORDERS,
     CoconutBatch,
-    CoconutOutput,
     Codec,
     coconut_forward,
     generate,
+    kept_steps,
     loss_fn,
     naive_forward,
     stage_layout,
     teacher_forced_correct,
+    thought_steps,
 )
+from cocoracle.data import problems_table
 from cocoracle.model import BOT, EOT
 from conftest import make_tiny_model
 
 K = 3  # num_stages used throughout
 C = 2  # thoughts_per_step
+LAYOUTS = {"default": {}, "blind": {"answer_sees_question": False}, "last": {"order": "last"},
+           "last-blind": {"order": "last", "answer_sees_question": False}}  # Codec.batch layout keywords
 
 
 def test_stage_layout():
@@ -35,6 +43,25 @@ def test_stage_layout():
             assert stage_layout(K, K, c, n) == (K * c, n)  # the last stage replaces every step
 
 
+def test_thought_steps_and_kept_steps_for_both_orders():
+    steps = ["s0", "s1", "s2", "s3"]
+    # first: stage k's thoughts stand for steps 0..k-1, the later steps stay text
+    assert thought_steps(1, K, 2, 4, "first") == [0, 0]
+    assert thought_steps(2, K, 2, 4, "first") == [0, 0, 1, 1]
+    assert kept_steps(steps, 2, "first") == ["s2", "s3"]
+    # last: stage k's thoughts stand for the last k steps, in chain order; the earlier steps stay text
+    assert thought_steps(1, K, 2, 4, "last") == [3, 3]
+    assert thought_steps(2, K, 1, 4, "last") == [2, 3]
+    assert kept_steps(steps, 2, "last") == ["s0", "s1"]
+    # the last stage replaces every step in both orders; thoughts beyond a short chain stand for none
+    for order in ORDERS:
+        assert kept_steps(steps, 4, order) == []
+        assert thought_steps(K, K, 1, 4, order) == [0, 1, 2]
+        assert thought_steps(K, K, 1, 2, order) == [0, 1, None]
+        assert thought_steps(2, K, 1, 1, order) == [0, None]
+        assert thought_steps(0, K, 1, 4, order) == []
+
+
 def _valid(ids, mask):
     return ids[mask.bool()].tolist()
 
@@ -43,11 +70,12 @@ def _squash(text: str) -> str:
     return re.sub(r"\s", "", text)
 
 
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("stage", range(K + 1))
-def test_codec_batch_layout(tiny_model, mixed_rows, stage):
+def test_codec_batch_layout(tiny_model, mixed_rows, stage, order):
     _, tokenizer = tiny_model
     codec = Codec(tokenizer)
-    batch = codec.batch(mixed_rows, stage, K, C)
+    batch = codec.batch(mixed_rows, stage, K, C, order=order)
     B = len(mixed_rows)
     assert batch.n_thoughts == stage * C
     assert batch.prefix_ids.shape[0] == batch.suffix_ids.shape[0] == B
@@ -62,9 +90,12 @@ def test_codec_batch_layout(tiny_model, mixed_rows, stage):
         assert sm[:n_suffix].all() and sm[n_suffix:].sum() == 0
         prefix, suffix = _valid(batch.prefix_ids[i], pm), _valid(batch.suffix_ids[i], sm)
         assert prefix[-1] == bot and suffix[0] == eot
-        assert _squash(tokenizer.decode(prefix[:-1])) == _squash(row["question"])
-        replaced = stage_layout(stage, K, C, len(row["steps"]))[1]
-        wanted = "".join(f"{s}|" for s in row["steps"][replaced:]) + "###" + str(row["answer"])
+        # the remaining steps: written after <eot> (first), or given before <bot> (last)
+        kept = kept_steps(row["steps"], stage_layout(stage, K, C, len(row["steps"]))[1], order)
+        remaining = "".join(f"{s}|" for s in kept)
+        given, written = (remaining, "") if order == "last" else ("", remaining)
+        assert _squash(tokenizer.decode(prefix[:-1])) == _squash(row["question"] + given)
+        wanted = written + "###" + str(row["answer"])
         assert suffix[-1] == tokenizer.eos_token_id
         assert _squash(tokenizer.decode(suffix[1:-1])) == _squash(wanted)
         # labels: everything after <eot> that is not padding
@@ -83,6 +114,35 @@ def test_codec_batch_layout(tiny_model, mixed_rows, stage):
     assert len(prefix_lengths) > 1 and len(suffix_lengths) > 1
 
 
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("stage", [0, 1, K])
+def test_blind_batch_marks_the_question_and_the_answer(tiny_model, mixed_rows, stage, order):
+    """answer_sees_question false: the same ids, plus the question's columns (question tokens and <bot>, not the
+    given steps) and the blind suffix positions (<eot>, then ### and everything after it, not the text steps)."""
+    _, tokenizer = tiny_model
+    codec = Codec(tokenizer)
+    seen = codec.batch(mixed_rows, stage, K, C, order=order)
+    batch = codec.batch(mixed_rows, stage, K, C, order=order, answer_sees_question=False)
+    assert seen.question is None and seen.blind is None and seen.marker is None
+    for name in ("prefix_ids", "prefix_mask", "suffix_ids", "suffix_mask", "labels", "answer_mask"):
+        assert torch.equal(getattr(seen, name), getattr(batch, name)), name
+    assert batch.n_thoughts == seen.n_thoughts and batch.marker == tokenizer.convert_tokens_to_ids("###")
+    text_steps = 0
+    for i, row in enumerate(mixed_rows):
+        assert batch.prefix_ids[i][batch.question[i]].tolist() == codec.encode(row["question"]) + [codec.bot]
+        n = int(batch.suffix_mask[i].sum())
+        suffix = batch.suffix_ids[i, :n].tolist()
+        mark = suffix.index(batch.marker)
+        assert batch.blind[i].tolist() == [True] + [False] * (mark - 1) + [True] * (n - mark) + [False] * (
+            batch.blind.shape[1] - n)
+        kept = kept_steps(row["steps"], stage_layout(stage, K, C, len(row["steps"]))[1], order)
+        assert (mark > 1) == (order == "first" and bool(kept))
+        text_steps += mark - 1
+    assert text_steps > 0 or stage == K or order == "last"
+    prompt = codec.batch(mixed_rows, stage, K, C, with_targets=False, order=order, answer_sees_question=False)
+    assert prompt.blind.tolist() == [[True]] * len(mixed_rows)  # <eot>
+
+
 def test_codec_prompt_without_targets(tiny_model, mixed_rows):
     _, tokenizer = tiny_model
     batch = Codec(tokenizer).batch(mixed_rows, 1, K, C, with_targets=False)
@@ -98,12 +158,14 @@ def test_codec_prompt_without_targets(tiny_model, mixed_rows):
 # cached == naive, and padding independence (float64)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stage", range(K + 1))
-def test_cached_forward_equals_naive(tiny_model, mixed_rows, stage):
+def test_cached_forward_equals_naive(tiny_model, mixed_rows, stage, layout):
     model, tokenizer = tiny_model
-    batch = Codec(tokenizer).batch(mixed_rows, stage, K, C)
+    batch = Codec(tokenizer).batch(mixed_rows, stage, K, C, **LAYOUTS[layout])
     with torch.no_grad():
         cached, naive = coconut_forward(model, batch), naive_forward(model, batch)
+    assert torch.isfinite(cached.logits).all() and torch.isfinite(naive.logits).all()
     valid = batch.suffix_mask.bool()
     assert cached.logits.shape == naive.logits.shape == (*batch.suffix_ids.shape, len(tokenizer))
     assert cached.logits.dtype == torch.float64
@@ -121,20 +183,21 @@ def test_naive_forward_detects_a_wrong_thought(tiny_model, mixed_rows):
     batch = Codec(tokenizer).batch(mixed_rows, 1, K, 1)
     with torch.no_grad():
         normal = naive_forward(model, batch)
-        zero_thought = _naive_with_thoughts(model, batch, lambda h: torch.zeros_like(h))
+        zero_thought = naive_forward(model, batch, lambda t, h: torch.zeros_like(h))
     valid = batch.suffix_mask.bool()
     assert (normal.logits[valid] - zero_thought.logits[valid]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("stage", [0, 1, K])
-def test_row_logits_do_not_depend_on_batch(tiny_model, mixed_rows, stage):
+def test_row_logits_do_not_depend_on_batch(tiny_model, mixed_rows, stage, layout):
     model, tokenizer = tiny_model
     codec = Codec(tokenizer)
-    batch = codec.batch(mixed_rows, stage, K, C)
+    batch = codec.batch(mixed_rows, stage, K, C, **LAYOUTS[layout])
     with torch.no_grad():
         together = coconut_forward(model, batch)
         for i, row in enumerate(mixed_rows):
-            alone_batch = codec.batch([row], stage, K, C)
+            alone_batch = codec.batch([row], stage, K, C, **LAYOUTS[layout])
             alone = coconut_forward(model, alone_batch)
             n = int(alone_batch.suffix_mask.sum())
             assert int(batch.suffix_mask[i].sum()) == n
@@ -143,27 +206,88 @@ def test_row_logits_do_not_depend_on_batch(tiny_model, mixed_rows, stage):
 
 
 # ----------------------------------------------------------------------------------------------
+# answer_sees_question false: the question reaches the answer only through the thoughts (and text steps)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("stage", [0, 1, K])
+def test_blind_answer_changes_the_suffix_not_the_thoughts(tiny_model, mixed_rows, stage, order):
+    model, tokenizer = tiny_model
+    codec = Codec(tokenizer)
+    with torch.no_grad():
+        seen = coconut_forward(model, codec.batch(mixed_rows, stage, K, C, order=order))
+        blind = coconut_forward(model, codec.batch(mixed_rows, stage, K, C, order=order, answer_sees_question=False))
+    torch.testing.assert_close(blind.thoughts, seen.thoughts, atol=0, rtol=0)  # thoughts see the question
+    valid = codec.batch(mixed_rows, stage, K, C, order=order).suffix_mask.bool()
+    assert (blind.logits[valid] - seen.logits[valid]).abs().max() > 1e-6
+
+
+def _two_questions(stage: int, order: str, answer_sees_question: bool, tokenizer):
+    """Batches of 38 + 64 and of the same row with the question 37 + 65: same lengths, steps and answer."""
+    row = problems_table([(38, 64)], 0).to_pylist()[0]
+    other = {**row, "question": problems_table([(37, 65)], 0).to_pylist()[0]["question"]}
+    codec = Codec(tokenizer)
+    return [codec.batch([r], stage, K, C, order=order, answer_sees_question=answer_sees_question)
+            for r in (row, other)]
+
+
+@contextlib.contextmanager
+def _thought_states(model, batch: CoconutBatch, saved: list[torch.Tensor] | None = None):
+    """During naive_forward's full-sequence pass, record every block's output at the thought columns (yielded
+    list), or replace them by `saved`: the thoughts' states at every layer, not only the fed-back vectors."""
+    first, n = batch.prefix_ids.shape[1], batch.n_thoughts
+    full = first + n + batch.suffix_ids.shape[1]
+    record: list[torch.Tensor] = []
+
+    def hook(layer, block, args, out):
+        if out.shape[1] != full:  # a pass that computes a thought
+            return None
+        if saved is None:
+            record.append(out[:, first:first + n].clone())
+            return None
+        out = out.clone()
+        out[:, first:first + n] = saved[layer]
+        return out
+
+    handles = [block.register_forward_hook(functools.partial(hook, i)) for i, block in enumerate(model.transformer.h)]
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("answer_sees_question", [False, True])
+@pytest.mark.parametrize("stage", [1, K])
+def test_question_reaches_the_answer_only_through_thoughts_and_text(tiny_model, stage, answer_sees_question, order):
+    """Give question B question A's thoughts (fed-back vectors and their states at every layer, which attend to
+    the question): with answer_sees_question false a suffix position's logits equal A's as long as no text step
+    (which sees the question) precedes it, at the all-latent stage all of them; with true they all change."""
+    model, tokenizer = tiny_model
+    a, b = _two_questions(stage, order, answer_sees_question, tokenizer)
+    assert not torch.equal(a.prefix_ids, b.prefix_ids) and torch.equal(a.suffix_ids, b.suffix_ids)
+    with torch.no_grad():
+        with _thought_states(model, a) as states:
+            out_a = naive_forward(model, a)
+        assert len(states) == model.config.n_layer
+        with _thought_states(model, b, states):
+            swapped = naive_forward(model, b, lambda t, h: out_a.thoughts[:, t:t + 1])
+        own = naive_forward(model, b)
+    change = (swapped.logits - out_a.logits).abs().amax(-1)[0]
+    text = ~a.blind[0] if a.blind is not None else torch.ones_like(a.suffix_mask[0], dtype=torch.bool)
+    given = a.question is not None and bool((a.prefix_mask.bool() & ~a.question).any())  # steps before <bot>
+    isolated = ~((text.cumsum(0) > 0) | given)  # no text step at or before the position
+    assert bool(isolated.any()) == (not answer_sees_question and (stage == K or order == "first"))
+    assert bool(isolated.all()) == (not answer_sees_question and stage == K)
+    assert (change[isolated] < 1e-12).all(), change
+    assert (change[~isolated] > 1e-9).all(), change
+    # the question changes the thoughts, and through them the answer
+    assert (own.logits - out_a.logits).abs().max() > 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
 # loss and gradients
-
-
-def _naive_with_thoughts(model, batch: CoconutBatch, transform) -> CoconutOutput:
-    """naive_forward re-implemented with a hook on each fed-back thought (e.g. detach)."""
-    embed = model.get_input_embeddings()
-    seq, mask = embed(batch.prefix_ids), batch.prefix_mask
-    thoughts = []
-    for _ in range(batch.n_thoughts):
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(inputs_embeds=seq, attention_mask=mask, position_ids=positions, output_hidden_states=True)
-        h = transform(out.hidden_states[-1][:, -1:])
-        thoughts.append(h)
-        seq = torch.cat([seq, h], dim=1)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-    seq = torch.cat([seq, embed(batch.suffix_ids)], dim=1)
-    mask = torch.cat([mask, batch.suffix_mask], dim=1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(inputs_embeds=seq, attention_mask=mask, position_ids=positions).logits
-    stacked = torch.cat(thoughts, dim=1) if thoughts else seq.new_zeros(seq.shape[0], 0, seq.shape[-1])
-    return CoconutOutput(logits[:, -batch.suffix_ids.shape[1]:], stacked)
 
 
 def _grads(model, forward, batch):
@@ -188,18 +312,14 @@ def test_loss_is_mean_cross_entropy_over_labels(tiny_model, mixed_rows):
     torch.testing.assert_close(loss.double(), torch.stack(terms).mean(), atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_flow_through_thoughts(tiny_model, mixed_rows):
+@pytest.mark.parametrize("layout", ["default", "last-blind"])
+def test_gradients_flow_through_thoughts(tiny_model, mixed_rows, layout):
     model, tokenizer = tiny_model
-    codec = Codec(tokenizer)
 
     def detached(m, b):
-        return _naive_with_thoughts(m, b, lambda h: h.detach())
+        return naive_forward(m, b, lambda t, h: h.detach())
 
-    # sanity of the manual variant: without thoughts it is the reference itself
-    b0 = codec.batch(mixed_rows, 0, K, C)
-    torch.testing.assert_close(_grads(model, detached, b0), _grads(model, naive_forward, b0), atol=1e-12, rtol=0)
-
-    batch = codec.batch(mixed_rows, 2, K, C)
+    batch = Codec(tokenizer).batch(mixed_rows, 2, K, C, **LAYOUTS[layout])
     cached = _grads(model, coconut_forward, batch)
     naive = _grads(model, naive_forward, batch)
     cut = _grads(model, detached, batch)
@@ -264,15 +384,24 @@ def noisy_model(mixed_rows):
     return model, tokenizer
 
 
+def _greedy_reference(model, prompt: CoconutBatch, tokens: list[int]) -> list[int]:
+    """The argmax after <eot> and each of `tokens` under naive_forward (no cache) for a one-row prompt, the
+    generated tokens blind (answer_sees_question false) from the prompt's marker on: `tokens` when they are
+    the greedy continuation."""
+    suffix = torch.tensor([[prompt.suffix_ids[0, 0].item(), *tokens]])
+    blind = None
+    if prompt.question is not None:
+        marked = torch.tensor(tokens, dtype=torch.long) == (-1 if prompt.marker is None else prompt.marker)
+        blind = torch.cat([torch.ones(1, dtype=torch.bool), marked.cumsum(0) > 0])[None]
+    batch = replace(prompt, suffix_ids=suffix, suffix_mask=torch.ones_like(suffix), labels=suffix.clone(),
+                    answer_mask=torch.zeros_like(suffix, dtype=torch.bool), blind=blind)
+    with torch.no_grad():
+        return naive_forward(model, batch).logits[0, :-1].argmax(-1).tolist()
+
+
 def _reference_greedy_check(model, codec, row, stage, tokens):
     """Check `tokens` is the greedy continuation of `row`'s prompt under naive_forward (no cache, no batch)."""
-    prompt = codec.batch([row], stage, K, C, with_targets=False)
-    suffix = torch.tensor([[codec.eot, *tokens]])
-    batch = CoconutBatch(prompt.prefix_ids, prompt.prefix_mask, prompt.n_thoughts, suffix, torch.ones_like(suffix),
-                         suffix.clone(), torch.zeros_like(suffix, dtype=torch.bool))
-    with torch.no_grad():
-        logits = naive_forward(model, batch).logits[0]
-    assert logits[:-1].argmax(-1).tolist() == list(tokens)
+    assert _greedy_reference(model, codec.batch([row], stage, K, C, with_targets=False), tokens) == list(tokens)
 
 
 @pytest.mark.parametrize("stage", [0, 1, K])
@@ -301,3 +430,47 @@ def test_batched_generation_is_greedy_and_batch_independent(noisy_model, mixed_r
         assert stopped[i] == (seq if cut is None else seq[:cut])
         alone = generate(model, codec.batch([mixed_rows[i]], stage, K, C, with_targets=False), eos, steps)
         assert alone == [stopped[i]]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("stage", [0, 1, K])
+def test_blind_generation_is_greedy_and_batch_independent(noisy_model, mixed_rows, stage, order):
+    """answer_sees_question false in greedy generation: <eot> and every token from the marker (###) on are blind,
+    the tokens before it are text steps. A token the rows emit at different times stands in for ###."""
+    model, tokenizer = noisy_model
+    codec = Codec(tokenizer)
+    steps = 10
+
+    def prompt(rows, marker=None):
+        batch = codec.batch(rows, stage, K, C, with_targets=False, order=order, answer_sees_question=False)
+        return batch if marker is None else replace(batch, marker=marker)
+
+    free = generate(model, prompt(mixed_rows), eos_id=-1, max_new_tokens=steps)
+    firsts = {t: {seq.index(t) for seq in free if t in seq[:-1]} for seq in free for t in seq}
+    marker = max(firsts, key=lambda t: len(firsts[t]))
+    assert len(firsts[marker]) > 1, "no token to stand in for ###"
+    full = generate(model, prompt(mixed_rows, marker), eos_id=-1, max_new_tokens=steps)
+    seen = generate(model, codec.batch(mixed_rows, stage, K, C, with_targets=False, order=order), -1, steps)
+    assert full != seen  # the mask reaches generation
+    rule_matters = False
+    for i, row in enumerate(mixed_rows):
+        alone = prompt([row], marker)
+        assert generate(model, alone, -1, steps) == [full[i]]
+        assert _greedy_reference(model, alone, full[i]) == full[i]
+        rule_matters |= _greedy_reference(model, replace(alone, marker=None), full[i]) != full[i]
+    assert rule_matters  # treating every generated token as a text step would not reproduce the generation
+
+
+@pytest.mark.parametrize("layout", ["blind", "last-blind"])
+def test_blind_layout_under_eager_attention(mixed_rows, layout):
+    """Eager attention adds the mask to the scores: the additive form gives the same logits as sdpa's boolean one."""
+    model, tokenizer = make_tiny_model(mixed_rows)
+    batch = Codec(tokenizer).batch(mixed_rows, 1, K, C, **LAYOUTS[layout])
+    with torch.no_grad():
+        sdpa = coconut_forward(model, batch)
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "eager"
+        cached, naive = coconut_forward(model, batch), naive_forward(model, batch)
+    valid = batch.suffix_mask.bool()
+    torch.testing.assert_close(cached.logits[valid], naive.logits[valid], atol=1e-10, rtol=0)
+    torch.testing.assert_close(cached.logits[valid], sdpa.logits[valid], atol=1e-10, rtol=0)

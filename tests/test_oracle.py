@@ -1,5 +1,6 @@
 """Oracle training and evaluation: items, baselines on the same items, learning a linearly encoded label,
-LoRA adapters round trip, and `cocoracle ask`."""
+the best-on-val weights, LoRA adapters and their trainable token rows round trip, the written tables, and
+`cocoracle ask`."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from cocoracle.config import InputError
 from cocoracle.model import save_checkpoint
-from cocoracle.oracle.data import build_items
-from cocoracle.oracle.evaluate import majority_answers, score_oracle, shuffled_rows
-from cocoracle.oracle.train import load_oracle, train_oracle
+from cocoracle.oracle import train as oracle_train
+from cocoracle.oracle.data import OracleCodec, build_items
+from cocoracle.oracle.evaluate import (
+    COLUMNS,
+    CONDITIONS,
+    evaluate_oracles,
+    majority_answers,
+    score_oracle,
+    shuffled_rows,
+)
+from cocoracle.oracle.injection import Injector
+from cocoracle.oracle.metrics import METRICS
+from cocoracle.oracle.questions import prompt
+from cocoracle.oracle.train import build_oracle, load_oracle, oracle_loss, save_oracle, train_oracle
+from cocoracle.report import ORACLE_COLUMNS
 from conftest import make_tiny_model, run_cli
 from synthetic import synthetic_cache
 
@@ -95,7 +109,41 @@ def test_majority_baselines_hand_made():
     assert answers["majority_per_position"] == ["3", "5"]
 
 
-def test_separate_oracle_saves_a_lora_adapter_and_reloads_it(tmp_path, checkpoint, tiny_params, data_dir):
+def _scripted_validation(monkeypatch, exact_matches: list[float]) -> list[dict[str, torch.Tensor]]:
+    """Replace the validation scorer: it returns `exact_matches` in turn and records the trainable weights it saw."""
+    seen, scores = [], iter(exact_matches)
+
+    def fake(model, *args):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return next(scores)
+    monkeypatch.setattr(oracle_train, "validation_exact_match", fake)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["self", "separate"])
+def test_training_saves_the_best_validation_weights_not_the_last(tmp_path, checkpoint, tiny_params, data_dir,
+                                                                   monkeypatch, kind):
+    seen = _scripted_validation(monkeypatch, [0.2, 0.6, 0.6, 0.4])  # best at step 4; step 6 only ties it
+    caches = _caches(tmp_path, encoded=True)
+    params = _oracle_params(tiny_params, steps=8)
+    params["oracle"]["separate"]["train"].update({"max_steps": 8, "lr": 0.003})
+    out = tmp_path / kind
+    train_oracle(kind, params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, checkpoint, data_dir,
+                 out, tmp_path / "live", CPU)
+    assert len(seen) == 4  # validated at each quarter: steps 2, 4, 6, 8
+    model, _, _ = load_oracle(out, CPU)
+    saved = {n: p for n, p in model.named_parameters() if n in seen[1]}
+    assert saved.keys() == seen[1].keys()
+    assert all(torch.equal(saved[n], seen[1][n]) for n in saved)
+    assert not all(torch.equal(saved[n], seen[3][n]) for n in saved)  # training went on after step 4
+    record = json.loads((out / "validation.json").read_text())
+    assert record == {"selected_step": 4, "selected_val_exact_match": 0.6, "steps": 8,
+                      "curve": {"2": 0.2, "4": 0.6, "6": 0.6, "8": 0.4}}
+
+
+def test_separate_oracle_saves_a_lora_adapter_and_reloads_it(tmp_path, checkpoint, tiny_params, data_dir,
+                                                             monkeypatch):
+    _scripted_validation(monkeypatch, [0.1, 0.2, 0.3, 0.4])  # improving: the last (trained) weights are kept
     caches = _caches(tmp_path, encoded=True)
     params = _oracle_params(tiny_params, steps=3)
     out = tmp_path / "separate"
@@ -112,8 +160,69 @@ def test_separate_oracle_saves_a_lora_adapter_and_reloads_it(tmp_path, checkpoin
     assert lora and any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_separate_oracle_trains_exactly_its_new_token_rows_and_reloads_them(tmp_path, checkpoint, tiny_params):
+    params = _oracle_params(tiny_params, steps=3)
+    model, tokenizer, spec = build_oracle("separate", params, 1, checkpoint, checkpoint, D, CPU)
+    vocabulary = torch.arange(len(tokenizer))
+    new = vocabulary >= len(AutoTokenizer.from_pretrained(checkpoint))  # the placeholder and question words
+
+    def rows(m):
+        return m.get_input_embeddings()(vocabulary).detach().clone()
+    before = rows(model)
+    codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
+    batch = codec.batch([prompt(1, "What digit does this step write ?"), prompt(1, "What is the final answer ?")],
+                        ["7", "1 2"])
+    vectors = torch.randn(2, D)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.train()
+    for _ in range(3):
+        oracle_loss(model, injector, batch, vectors).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    injector.remove()
+    changed = (rows(model) != before).any(-1)
+    assert new.any() and changed[new].all() and not changed[~new].any()
+    save_oracle(model, tokenizer, spec, checkpoint, tmp_path / "oracle", {})
+    loaded, _, _ = load_oracle(tmp_path / "oracle", CPU)
+    model.eval()
+    assert torch.equal(rows(loaded), rows(model))
+    logits = [m(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids).logits for m in (model, loaded)]
+    assert torch.allclose(logits[0], logits[1], atol=1e-6)
+
+
+def test_evaluate_oracles_writes_every_metric_with_intervals(tmp_path, checkpoint, tiny_params, data_dir):
+    caches = _caches(tmp_path, encoded=True)
+    params = _oracle_params(tiny_params, steps=2)
+    params["oracle"]["tasks"] = ["digit", "operands"]
+    dirs = {kind: tmp_path / kind for kind in ("separate", "self")}
+    for kind, out in dirs.items():
+        train_oracle(kind, params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, checkpoint,
+                     data_dir, out, tmp_path / f"live-{kind}", CPU)
+    paths = {name: tmp_path / f"stage-1{suffix}" for name, suffix in
+             [("table", ".csv"), ("metrics", ".json"), ("predictions", "-predictions.parquet")]}
+    evaluate_oracles(params, 1, checkpoint, dirs, {s: caches[s].path for s in ("train", "test")}, data_dir,
+                     paths["table"], paths["metrics"], paths["predictions"], CPU)
+    table = pd.read_csv(paths["table"], dtype={"thought": str})
+    assert list(table.columns) == COLUMNS and set(ORACLE_COLUMNS) <= set(table.columns)  # the report still reads it
+    cells = table.groupby(["oracle", "task", "thought"])["condition"].agg(sorted)
+    assert len(cells) == 2 * 2 * 3 and all(c == sorted(CONDITIONS) for c in cells)  # thoughts 0, 1 and all
+    bounds = [f"{m}_{end}" for m in METRICS for end in ("low", "high")]
+    assert table[[*METRICS, *bounds]].notna().all().all()
+    assert table.loc[table["condition"] == "oracle", "exact_match_diff_low"].notna().all()
+    assert table.loc[table["condition"] != "oracle", "exact_match_diff"].isna().all()
+    metrics = json.loads(paths["metrics"].read_text())
+    assert metrics["stage"] == 1 and set(metrics["self_answer_accuracy"]) == {"before", "after"}
+    for kind in dirs:
+        assert metrics[kind]["selected_step"] in (1, 2)
+        assert {"exact_match_any_order_low", "token_f1_diff_high", "best_baseline"} <= set(metrics[kind]["operands"])
+    assert set(METRICS) <= set(pd.read_parquet(paths["predictions"]).columns)
+
+
 def test_ask_rejects_bad_problems_in_one_line(checkpoint, tmp_path):
-    for problem, message in [("hello", "not a sum"), ("12345 + 1", "at most 3 digits")]:
+    outside = "outside what the checkpoint was trained on (two operands of 1 or 2 or 3 digits each)"
+    for problem, message in [("hello", "not a sum"), ("12345 + 1", outside), ("999 + 1", outside),
+                             ("1234 + 5678", outside)]:
         result = run_cli("ask", problem, "--checkpoint", checkpoint, "--oracle", tmp_path / "none")
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr

@@ -113,3 +113,50 @@ def test_sigterm_saves_and_stops_and_the_rerun_finishes_the_same(tiny_params, da
     assert (tmp_path / "whole/model/model.safetensors").read_bytes() == \
         (tmp_path / "resumed/model/model.safetensors").read_bytes()
     assert _steps(tmp_path / "resumed") == list(range(6))
+
+
+@pytest.fixture
+def oracle_setup(tmp_path, mixed_rows, tiny_params, data_dir):
+    """A tiny stage-1 checkpoint, synthetic caches and oracle params that rehearse (the RNG matters)."""
+    from cocoracle.model import save_checkpoint
+    from conftest import make_tiny_model
+    from synthetic import synthetic_cache
+
+    model, tokenizer = make_tiny_model(mixed_rows, dtype=torch.float32)
+    checkpoint = tmp_path / "stage-1"
+    save_checkpoint(model, tokenizer, checkpoint, {**tiny_params, "stage": 1})
+    caches = {split: synthetic_cache(tmp_path / split, n, True, seed, d=32, layer="layer_1", noise=0.3).path
+              for split, n, seed in [("train", 200, 0), ("val", 30, 1)]}
+    params = _params(tiny_params)
+    params["resume"] = {"every_steps": 4, "every_minutes": None}
+    params["oracle"].update({"tasks": ["digit"], "source_layer": 1, "inject_layers": None})
+    params["oracle"]["self"].update({"finetune": "full", "mix": 0.3})
+    for kind in ("self", "separate"):
+        params["oracle"][kind]["train"].update({"batch_size": 16, "max_steps": 12, "warmup_steps": 2})
+    return checkpoint, caches, params
+
+
+@pytest.mark.parametrize("kind", ["self", "separate"])
+def test_a_killed_oracle_training_resumes_to_the_same_bytes(kind, oracle_setup, data_dir, tmp_path, kill_after,
+                                                            monkeypatch):
+    from cocoracle.oracle.train import train_oracle
+
+    checkpoint, caches, params = oracle_setup
+
+    def train(out: Path) -> None:
+        train_oracle(kind, params, 1, caches, checkpoint, checkpoint, data_dir, out / "oracle", out / "live", CPU)
+    train(tmp_path / "whole")
+    kill_after(8)  # after validating at steps 3 and 6: the best-on-val weights are part of the state
+    with pytest.raises(Killed):
+        train(tmp_path / "resumed")
+    monkeypatch.undo()
+    train(tmp_path / "resumed")
+    whole, resumed = tmp_path / "whole/oracle", tmp_path / "resumed/oracle"
+    files = sorted(p.name for p in whole.iterdir())
+    assert files == sorted(p.name for p in resumed.iterdir()) and "validation.json" in files
+    for name in files:
+        assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
+    curves = tmp_path / "resumed/live/plots/metrics/train"
+    steps = [s for tsv in curves.glob("*loss.tsv") for s in pd.read_csv(tsv, sep="\t")["step"]]
+    assert sorted(steps) == list(range(12))  # each step logged once, as an oracle or a rehearsal loss
+    assert not resume_dir(resumed).exists()

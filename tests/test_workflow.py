@@ -44,11 +44,14 @@ def _check_outputs(repo):
             oracle = repo / "models" / "oracle" / kind / f"stage-{k}"
             assert (oracle / "oracle.json").is_file() and list(oracle.glob("*.safetensors"))
         table = (repo / "results" / "oracle" / f"stage-{k}.csv").read_text().splitlines()
-        assert table[0] == "stage,oracle,condition,task,thought,n,exact_match,token_f1,number_f1"
+        assert table[0].startswith("stage,oracle,condition,task,thought,n,exact_match,exact_match_any_order,"
+                                   "token_f1,number_f1,exact_match_low,exact_match_high")
         conditions = {line.split(",")[2] for line in table[1:]}
         assert conditions == {"oracle", "shuffled", "random", "no_injection", "majority", "majority_per_position"}
         summary = json.loads((repo / "results" / "oracle" / f"stage-{k}.json").read_text())
-        assert set(summary["self"]) == set(summary["separate"]) == {"step", "digit", "carry", "answer", "problem"}
+        tasks = {"step", "digit", "carry", "operands", "answer", "problem"}
+        for kind in ("self", "separate"):
+            assert set(summary[kind]) == tasks | {"selected_step", "selected_val_exact_match"}
     report = (repo / "results" / "report.md").read_text()
     assert all(f"\n| {k} |" in report for k in STAGES)  # accuracy table rows
     assert "| 2 | self | step |" in report and "| 1 | separate | carry |" in report  # oracle table rows

@@ -3,7 +3,14 @@
 Conditions: the real activation (`oracle`), an activation from a different problem at the same thought
 position (`shuffled`), a random vector of the same norm (`random`), no injection (`no_injection`), the
 most common training target (`majority`) and the most common one per thought position
-(`majority_per_position`). Per item: exact match, multiset token F1, number F1.
+(`majority_per_position`). Per item, every condition: every metric of `metrics.METRICS`.
+
+The table has one row per (oracle, condition, task, thought), thought 'all' pooling the positions: each
+metric's mean and 95 % interval (`{metric}_low`, `{metric}_high`: Wilson for the exact matches, a bootstrap
+over problems for the F1 means). The oracle's rows also hold, per metric, the best baseline on that metric
+(`{metric}_best_baseline`; ties: the earlier in CONDITIONS) and oracle − it on the same items
+(`{metric}_diff`, with a paired bootstrap interval over problems `{metric}_diff_low`, `{metric}_diff_high`).
+The best baseline is picked on the test items themselves, which favours the baseline.
 """
 from __future__ import annotations
 
@@ -24,13 +31,18 @@ from cocoracle.evaluate import predict
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.oracle.data import OracleCodec, build_items, item_vectors
 from cocoracle.oracle.injection import Injector
-from cocoracle.oracle.metrics import score
-from cocoracle.oracle.train import answer_prompts, load_oracle
+from cocoracle.oracle.metrics import EXACT_METRICS, METRICS, score
+from cocoracle.oracle.train import answer_prompts, load_oracle, read_validation
 from cocoracle.precision import autocast, precision_of
+from cocoracle.stats import bootstrap, paired_difference, wilson
 
-METRICS = ["exact_match", "token_f1", "number_f1"]
 CONDITIONS = ["oracle", "shuffled", "random", "no_injection", "majority", "majority_per_position"]
-COLUMNS = ["stage", "oracle", "condition", "task", "thought", "n", *METRICS]
+BASELINES = CONDITIONS[1:]
+KEYS = ["oracle", "condition", "task", "thought"]
+INTERVALS = [f"{m}_{end}" for m in METRICS for end in ("low", "high")]
+DIFFERENCES = [f"{m}_{part}" for m in METRICS for part in ("diff", "diff_low", "diff_high")]
+BEST = [f"{m}_best_baseline" for m in METRICS]
+COLUMNS = ["stage", *KEYS, "n", *METRICS, *INTERVALS, *BEST, *DIFFERENCES]
 
 
 def shuffled_rows(items: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
@@ -58,28 +70,63 @@ def majority_answers(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, list[
                                       for t, h in zip(test["task"], test["thought"], strict=True)]}
 
 
-def aggregate(scored: pd.DataFrame, stage: int) -> pd.DataFrame:
-    """Mean metrics per (oracle, condition, task, thought), plus thought == 'all'."""
-    keys = ["oracle", "condition", "task"]
+def with_all_thoughts(scored: pd.DataFrame) -> pd.DataFrame:
+    """Scored items with thought as a string, followed by all of them again with thought 'all'."""
     per_thought = scored.assign(thought=scored["thought"].astype(str))
-    both = pd.concat([per_thought, per_thought.assign(thought="all")])
-    table = both.groupby(keys + ["thought"], sort=False)[METRICS].agg("mean").reset_index()
-    table["n"] = both.groupby(keys + ["thought"], sort=False).size().to_numpy()
-    return table.assign(stage=stage)[COLUMNS]
+    return pd.concat([per_thought, per_thought.assign(thought="all")], ignore_index=True)
 
 
-def summary(table: pd.DataFrame, stage: int, accuracy: dict[str, float]) -> dict[str, Any]:
-    """Per oracle and task: its metrics over all positions and the best baseline's exact match."""
+def intervals(cell: pd.DataFrame) -> pd.Series:
+    """95 % intervals of one cell's metrics: Wilson for exact matches, a bootstrap over problems for the rest."""
+    bounds = {m: wilson(round(cell[m].sum()), len(cell)) if m in EXACT_METRICS
+              else bootstrap(cell[m].to_numpy(), cell["problem_id"].to_numpy()) for m in METRICS}
+    return pd.Series({f"{m}_{end}": value for m, pair in bounds.items()
+                      for end, value in zip(("low", "high"), pair, strict=True)})
+
+
+def differences(cell: pd.DataFrame) -> pd.Series:
+    """Per metric, on one (oracle, task, thought) cell: the best baseline and oracle − it over the same items."""
+    wide = cell.pivot(index="row", columns="condition", values=list(METRICS))
+    problems = cell[cell["condition"] == "oracle"].set_index("row")["problem_id"].reindex(wide.index).to_numpy()
+    out = {}
+    for m in METRICS:
+        best = wide[m][BASELINES].mean().idxmax()
+        diff, low, high = paired_difference(wide[m]["oracle"].to_numpy(), wide[m][best].to_numpy(), problems)
+        out |= {f"{m}_best_baseline": best, f"{m}_diff": diff, f"{m}_diff_low": low, f"{m}_diff_high": high}
+    return pd.Series(out)
+
+
+def aggregate(scored: pd.DataFrame, stage: int) -> pd.DataFrame:
+    """Per (oracle, condition, task, thought), plus thought 'all': n, metric means and intervals; on the
+    oracle's rows, per metric the best baseline and the paired difference (see the module docstring)."""
+    cells = with_all_thoughts(scored)
+    grouped = cells.groupby(KEYS, sort=False)
+    table = grouped[list(METRICS)].mean().join(grouped.size().rename("n"))
+    table = table.join(grouped[[*METRICS, "problem_id"]].apply(intervals)).reset_index()
+    paired = cells.groupby(["oracle", "task", "thought"], sort=False)[["row", "problem_id", "condition", *METRICS]]
+    diffs = paired.apply(differences).reset_index().assign(condition="oracle")
+    return table.merge(diffs, how="left", on=KEYS).assign(stage=stage)[COLUMNS]
+
+
+def task_summary(rows: pd.DataFrame) -> dict[str, Any]:
+    """One task's rows over all thoughts: the oracle's n, metrics, intervals and differences, and the best
+    baseline by exact match with its interval."""
+    mine = rows[rows["condition"] == "oracle"].iloc[0]
+    baselines = rows[rows["condition"] != "oracle"]
+    best = baselines.loc[baselines["exact_match"].idxmax()]
+    return {"n": int(mine["n"]), **{c: float(mine[c]) for c in [*METRICS, *INTERVALS, *DIFFERENCES]},
+            "best_baseline": best["condition"],
+            **{f"best_baseline_{c}": float(best[c]) for c in ("exact_match", "exact_match_low", "exact_match_high")}}
+
+
+def summary(table: pd.DataFrame, stage: int, accuracy: dict[str, float],
+            validation: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per oracle: the training step kept and its val exact match, and per task its summary over all positions."""
     out: dict[str, Any] = {"stage": stage, "self_answer_accuracy": accuracy}
     overall = table[table["thought"] == "all"]
-    for kind, rows in overall.groupby("oracle"):
-        out[kind] = {}
-        for task, task_rows in rows.groupby("task"):
-            mine = task_rows[task_rows["condition"] == "oracle"].iloc[0]
-            baselines = task_rows[task_rows["condition"] != "oracle"]
-            best = baselines.loc[baselines["exact_match"].idxmax()]
-            out[kind][task] = {**{m: float(mine[m]) for m in METRICS}, "best_baseline": best["condition"],
-                               "best_baseline_exact_match": float(best["exact_match"])}
+    for kind, rows in overall.groupby("oracle", sort=False):
+        kept = {key: validation[kind][key] for key in ("selected_step", "selected_val_exact_match")}
+        out[kind] = {**kept, **{task: task_summary(task_rows) for task, task_rows in rows.groupby("task", sort=False)}}
     return out
 
 
@@ -138,9 +185,10 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
         accuracy = self_answer_accuracy(checkpoint, oracle_dirs["self"], data_dir, stage,
                                         params["oracle"]["batch_size"], device)
     table = aggregate(scored, stage)
+    validation = {kind: read_validation(oracle_dirs[kind]) for kind in ORACLE_KINDS}
     with atomic_path(predictions_path) as tmp:
         scored.to_parquet(tmp, index=False)
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    write_text(metrics_path, json.dumps(summary(table, stage, accuracy), indent=2) + "\n")
+    write_text(metrics_path, json.dumps(summary(table, stage, accuracy, validation), indent=2) + "\n")
     return table

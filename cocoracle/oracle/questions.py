@@ -1,5 +1,8 @@
 """The activation oracles' language: the placeholder token, the prompt, and one template family per task.
 
+Tasks about one thought (the column step it stands for): step, digit, carry, a_digit and b_digit (each
+operand's digit in that column) and operands (both, 'a + b'); about the whole sum: answer and problem.
+
 Training and evaluation draw questions from the same templates. The tiny tokenizer is built over these
 texts too, so every word of a question is a token of its own.
 """
@@ -14,6 +17,11 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
              "Write out the step of the sum this thought stands for ."),
     "digit": ("Which digit is written at this step ?", "What digit does this step write ?"),
     "carry": ("What is the carry out of this step ?", "Which carry does this step pass on ?"),
+    "a_digit": ("Which digit of the first number is added here ?",
+                "What digit does the first number give this step ?"),
+    "b_digit": ("Which digit of the second number is added here ?",
+                "What digit does the second number give this step ?"),
+    "operands": ("Which two digits are added here ?", "What digits does this step add ?"),
     "answer": ("What is the final answer ?", "What will the sum be ?"),
     "problem": ("What problem is being solved ?", "Which two numbers are being added ?"),
 }
@@ -32,6 +40,10 @@ def target(task: str, item: dict[str, Any]) -> str:
         return str(int(item["digit_written"]))  # index columns may be floats (a thought without a step is NaN)
     if task == "carry":
         return str(int(item["carry_out"]))
+    if task in ("a_digit", "b_digit"):
+        return str(int(item[task]))
+    if task == "operands":
+        return f"{int(item['a_digit'])} + {int(item['b_digit'])}"
     if task == "answer":
         return str(int(item["answer"]))
     if task == "problem":

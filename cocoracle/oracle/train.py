@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -20,7 +21,8 @@ from transformers import AddedToken, PreTrainedModel, PreTrainedTokenizerBase
 from cocoracle.activations import resolve_layers
 from cocoracle.atomic import atomic_dir
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.coconut import IGNORE, Codec, append_greedy, coconut_forward, loss_fn
+from cocoracle.coconut import IGNORE, Codec, append_greedy, coconut_forward, layout_options, loss_fn
+from cocoracle.codedeps import code_files
 from cocoracle.config import ORACLE_KINDS, InputError
 from cocoracle.data import load_split
 from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
@@ -30,9 +32,11 @@ from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import score
 from cocoracle.oracle.questions import ACT, vocabulary_texts
 from cocoracle.precision import autocast, precision_of
+from cocoracle.resume import Saver, fingerprint
 
 log = logging.getLogger(__name__)
 SPEC_FILE = "oracle.json"
+VALIDATION_FILE = "validation.json"  # the validation curve and the step whose weights were kept
 VAL_ITEMS = 500  # validation items scored (exact match) at each quarter of training
 
 
@@ -114,8 +118,8 @@ def _cannot_spell(tokenizer: PreTrainedTokenizerBase, word: str) -> bool:
     return unk is not None and unk in tokenizer(word, add_special_tokens=False)["input_ids"]
 
 
-def add_oracle_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Add the placeholder, and every question word the tokenizer cannot spell, as tokens.
+def add_oracle_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Add the placeholder, and every question word the tokenizer cannot spell, as tokens; their ids.
 
     New embedding rows are drawn from the old rows' mean and spread with a fixed seed, so that loading an
     adapter over a freshly extended base model gives the very rows it was trained with.
@@ -123,9 +127,10 @@ def add_oracle_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     words = sorted({w for text in vocabulary_texts() for w in text.split() if w != ACT and _cannot_spell(tokenizer, w)})
     tokenizer.add_tokens([ACT], special_tokens=True)
     tokenizer.add_tokens([AddedToken(w, single_word=True) for w in words])
+    new_ids = tokenizer.convert_tokens_to_ids([ACT, *words])
     old = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) <= old:
-        return
+        return new_ids
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     generator = torch.Generator().manual_seed(0)
     embeddings = (model.get_input_embeddings(), model.get_output_embeddings())
@@ -136,17 +141,23 @@ def add_oracle_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
             noise = torch.randn(weight.shape[0] - old, weight.shape[1], generator=generator)
             fresh = rows.mean(0) + rows.std(0) * noise
             weight[old:] = fresh.to(weight.dtype)
+    return new_ids
 
 
-def with_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
+def with_lora(model: PreTrainedModel, lora: dict[str, Any], token_ids: list[int]) -> PreTrainedModel:
+    """A LoRA adapter that also trains the embedding rows of `token_ids` (and, tied, their output rows)."""
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                        target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+                        target_modules=lora["target_modules"], trainable_token_indices=token_ids,
+                        task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
 def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str | Path, base: str | Path | None,
                  d_model: int, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, OracleSpec]:
-    """The model to train: LoRA over `base` (separate), or the checkpoint itself, full or LoRA (self)."""
+    """The model to train: LoRA over `base` (separate), or the checkpoint itself, full or LoRA (self).
+
+    A LoRA oracle also trains the embedding rows of the tokens added for it; a full fine-tune trains every row.
+    """
     oracle, trained = params["oracle"], checkpoint_params(checkpoint)
     dtype = pick_dtype(trained["model"]["dtype"], device)
     settings = oracle[kind]
@@ -158,12 +169,12 @@ def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str 
     else:
         model, tokenizer = load_checkpoint(checkpoint, device, dtype)
         finetune, base_name = settings["finetune"], str(checkpoint)
-    add_oracle_tokens(model, tokenizer)
+    new_ids = add_oracle_tokens(model, tokenizer)
     if model.config.hidden_size != d_model:
         raise InputError(f"oracle.{kind}: {base_name} has width {model.config.hidden_size}, activations have {d_model}")
     source, inject = oracle_layers(oracle, model.config.num_hidden_layers)
     if finetune == "lora":
-        model = with_lora(model, settings["lora"])
+        model = with_lora(model, settings["lora"], new_ids)
     spec = OracleSpec(kind, stage, source, inject, settings["alpha"], finetune, base_name)
     return model, tokenizer, spec
 
@@ -177,13 +188,15 @@ def _sort_target_modules(adapter_config: Path) -> None:
 
 
 def save_oracle(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: OracleSpec,
-                checkpoint: str | Path, out_dir: str | Path) -> None:
-    """Adapter (LoRA) or full safetensors weights, tokenizer, the spec and the checkpoint's params; atomic."""
+                checkpoint: str | Path, out_dir: str | Path, validation: dict[str, Any]) -> None:
+    """Adapter (LoRA) or full safetensors weights, tokenizer, the spec, the validation record and the
+    checkpoint's params; atomic."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         _sort_target_modules(tmp / "adapter_config.json")
         tokenizer.save_pretrained(tmp)
         (tmp / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2))
+        (tmp / VALIDATION_FILE).write_text(json.dumps(validation, indent=2))
         (tmp / "params.json").write_text(json.dumps(checkpoint_params(checkpoint), indent=2, sort_keys=True))
 
 
@@ -200,9 +213,59 @@ def load_oracle(path: str | Path, device: torch.device
         model, tokenizer = load_checkpoint(path, device, dtype)
     else:
         model, tokenizer = load_base(spec.base, device, dtype)
-        add_oracle_tokens(model, tokenizer)  # the same rows the adapter was trained over
+        add_oracle_tokens(model, tokenizer)  # the rows the adapter started from; it holds the trained ones
         model = PeftModel.from_pretrained(model, str(path)).to(device)
     return model.eval(), tokenizer, spec
+
+
+def read_validation(path: str | Path) -> dict[str, Any]:
+    """The validation record save_oracle wrote: selected_step, selected_val_exact_match, steps, curve."""
+    file = Path(path) / VALIDATION_FILE
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
+
+
+class BestOnVal:
+    """The trainable weights (on the CPU) at the best validation exact match so far; a tie keeps the earlier."""
+
+    def __init__(self) -> None:
+        self.step, self.exact_match = 0, -math.inf
+        self.curve: dict[str, float] = {}
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def offer(self, model: PreTrainedModel, step: int, exact_match: float) -> None:
+        self.curve[str(step)] = exact_match
+        if exact_match > self.exact_match:
+            self.step, self.exact_match = step, exact_match
+            self.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    def restore(self, model: PreTrainedModel) -> None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.weights:
+                    param.copy_(self.weights[name])
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What a resume state keeps of it: the scalars (JSON) and the weights."""
+        return {"step": self.step, "exact_match": self.exact_match, "curve": self.curve}, self.weights
+
+    def load(self, scalars: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+        self.step, self.exact_match, self.curve = scalars["step"], scalars["exact_match"], scalars["curve"]
+        self.weights = weights
+
+    def record(self, steps: int) -> dict[str, Any]:
+        return {"selected_step": self.step, "selected_val_exact_match": self.exact_match, "steps": steps,
+                "curve": self.curve}
+
+
+def validation_exact_match(model: PreTrainedModel, injector: Injector, codec: OracleCodec, val: pd.DataFrame,
+                           vectors: torch.Tensor, oracle: dict[str, Any]) -> float:
+    """Mean exact match of the oracle's answers on the validation items."""
+    answers = answer_prompts(model, injector, codec, val["prompt"].tolist(), vectors, oracle["max_new_tokens"],
+                             oracle["batch_size"])
+    return float(np.mean([score(a, t)["exact_match"] for a, t in zip(answers, val["target"], strict=True)]))
 
 
 def oracle_optimizer_steps(hp: dict[str, Any], n_items: int, mix: float) -> int:
@@ -222,7 +285,8 @@ def rehearsal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data_d
 
     def loss() -> torch.Tensor:
         chunk = [rows[i] for i in rng.integers(0, len(rows), batch_size)]
-        batch = codec.batch(chunk, stage, coconut["num_stages"], coconut["thoughts_per_step"]).to(device)
+        batch = codec.batch(chunk, stage, coconut["num_stages"], coconut["thoughts_per_step"],
+                            **layout_options(coconut)).to(device)
         return loss_fn(coconut_forward(model, batch), batch)
     return loss
 
@@ -230,7 +294,8 @@ def rehearsal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data_d
 def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str, str | Path], checkpoint: str | Path,
                  base: str | Path | None, data_dir: str | Path, out_dir: str | Path, live_dir: str | Path,
                  device: torch.device) -> None:
-    """Train one oracle on a stage's train cache, validating exact match on its val cache; save to out_dir."""
+    """Train one oracle on a stage's train cache, validating exact match on its val cache at each quarter;
+    save the weights of the best validation point (ties: the earlier) to out_dir."""
     if kind not in ORACLE_KINDS:
         raise InputError(f"--kind {kind}: one of {', '.join(ORACLE_KINDS)}")
     oracle = params["oracle"]
@@ -244,6 +309,8 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     items = build_items(train_cache, oracle["tasks"], spec.source_layer, rng)
     vectors = item_vectors(train_cache, items, spec.source_layer)
     val = build_items(val_cache, oracle["tasks"], spec.source_layer, rng)
+    if val.empty:
+        raise InputError(f"{caches['val']}: no thought stands for a step, nothing to validate on")
     val = val.iloc[rng.permutation(len(val))[:VAL_ITEMS]]
     val_vectors = item_vectors(val_cache, val, spec.source_layer)
     mix = settings.get("mix", 0.0)
@@ -253,11 +320,25 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = adamw_with_schedule(trainable, hp, steps)
     order = epoch_order(len(items), steps * hp["batch_size"], rng)
-    eval_at = validation_steps(steps)
+    eval_at, best = validation_steps(steps), BestOnVal()
     cursor, precision = 0, precision_of(checkpoint_params(checkpoint)["model"])
-    with live_logger(live_dir) as live:
+    inputs = [caches["train"], caches["val"], checkpoint, *([base] if base and Path(base).exists() else []),
+              *([Path(data_dir) / "train.parquet"] if mix else [])]
+    saver = Saver(out_dir, live_dir, fingerprint({**params, "kind": kind, "stage": stage}, inputs,
+                                                 code_files("train-oracle")), params.get("resume", {}))
+    start = saver.restore(model, optimizer, scheduler)
+    if start:
+        rng.bit_generator.state, cursor = saver.extra["rng"], saver.extra["cursor"]
+        best.load(saver.extra["best"], saver.extra_tensors)
+
+    def loop_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        scalars, weights = best.state()
+        return {"rng": rng.bit_generator.state, "cursor": cursor, "best": scalars}, weights
+
+    with saver.watching_signals(), live_logger(live_dir, start) as live:
         model.train()
-        for step in tqdm(range(steps), desc=f"{kind} oracle stage {stage}", mininterval=2):
+        for step in tqdm(range(start, steps), desc=f"{kind} oracle stage {stage}", mininterval=2, initial=start,
+                         total=steps):
             with autocast(precision, device):
                 if rehearse is not None and rng.random() < mix:
                     loss, name = rehearse(), "train/rehearsal_loss"
@@ -271,14 +352,20 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
             live.log_metric(name, loss.item())
             if step + 1 in eval_at:
                 with autocast(precision, device):
-                    answers = answer_prompts(model, injector, codec, val["prompt"].tolist(), val_vectors,
-                                             oracle["max_new_tokens"], oracle["batch_size"])
-                scores = [score(a, t)["exact_match"] for a, t in zip(answers, val["target"], strict=True)]
-                exact = float(np.mean(scores))
+                    exact = validation_exact_match(model, injector, codec, val, val_vectors, oracle)
+                best.offer(model, step + 1, exact)
                 live.log_metric("val/exact_match", exact)
                 log.info("%s oracle stage %d step %d/%d loss %.4f val exact match %.3f", kind, stage, step + 1,
                          steps, loss.item(), exact)
                 model.train()
             live.next_step()
+            if step + 1 < steps:
+                if saver.due(step + 1):
+                    saver.save(step + 1, model, optimizer, scheduler, *loop_state())
+                saver.stop_if_asked(step + 1, model, optimizer, scheduler, loop_state)
     injector.remove()
-    save_oracle(model, tokenizer, spec, checkpoint, out_dir)
+    best.restore(model)
+    log.info("%s oracle stage %d: keeping the weights of step %d/%d (best val exact match %.3f)", kind, stage,
+             best.step, steps, best.exact_match)
+    save_oracle(model, tokenizer, spec, checkpoint, out_dir, best.record(steps))
+    saver.clear()
