@@ -7,7 +7,6 @@ a temporary directory and renamed into place, so a killed run never leaves a cac
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,13 +18,14 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from cocoracle.atomic import atomic_dir
+from cocoracle.atomic import atomic_dir, sha256
 from cocoracle.coconut import NO_TOKEN_LIMIT, Codec, generate_with_thoughts, layout_options, thought_steps
 from cocoracle.config import InputError
 from cocoracle.data import COLUMN_LABELS, column_additions, load_split
 from cocoracle.evaluate import parse_answer
 from cocoracle.model import DTYPES, checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.precision import autocast, precision_of
+from cocoracle.provenance import describe
 
 THOUGHT = "thought"  # name of the fed-back thought vectors in the shards
 INDEX_SCHEMA = pa.schema([
@@ -34,14 +34,6 @@ INDEX_SCHEMA = pa.schema([
     ("digit_written", pa.int8()), ("digit_sum", pa.int8()), ("a_digit", pa.int8()), ("b_digit", pa.int8()),
     ("n_steps", pa.int8()), ("question", pa.string()), ("answer", pa.int64()), ("correct", pa.bool_()),
 ])
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_layers(spec: str | list[int | float], n_layer: int) -> list[int]:
@@ -141,5 +133,6 @@ def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Pa
                     "split": split, "layers": layers, "tensors": [THOUGHT] + [f"layer_{layer}" for layer in layers],
                     "d_model": model.config.hidden_size, "dtype": act["dtype"], "rows": n_rows,
                     "shards": writer.shards, "index_sha256": sha256(tmp / "index.parquet"),
-                    "params": {"activations": act, "coconut": coconut}}
+                    "params": {"activations": act, "coconut": coconut},
+                    "provenance": describe({"activations": act}, [checkpoint, Path(data_dir) / f"{split}.parquet"])}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

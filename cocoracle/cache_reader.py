@@ -11,8 +11,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 from safetensors import safe_open
 
-from cocoracle.activations import sha256
+from cocoracle.atomic import is_temporary, sha256
 from cocoracle.config import InputError
+
+MANIFEST_KEYS = ("shards", "rows", "tensors", "index_sha256")
+SHARD_KEYS = {"file", "rows", "sha256"}
 
 
 class ActivationCache:
@@ -20,16 +23,7 @@ class ActivationCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest = self.path / "manifest.json"
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{manifest}: missing (the cache is incomplete; rerun its collection)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(f"{manifest}: truncated or not JSON (rerun the collection)") from None
-        for key in ("shards", "rows", "tensors", "index_sha256"):
-            if key not in self.manifest:
-                raise InputError(f"{manifest}: no '{key}' entry (truncated or from another tool)")
+        self.manifest: dict[str, Any] = self._read_manifest()
         self._verify()
         self.index: pd.DataFrame = pq.read_table(self.path / "index.parquet").to_pandas()
         if len(self.index) != self.manifest["rows"]:
@@ -37,14 +31,35 @@ class ActivationCache:
                              f"manifest says {self.manifest['rows']}")
         self._starts = np.cumsum([0] + [s["rows"] for s in self.manifest["shards"]])
 
+    def _read_manifest(self) -> dict[str, Any]:
+        """manifest.json, checked for the entries the reader needs; refuses a leftover temporary directory."""
+        if is_temporary(self.path):
+            raise InputError(f"{self.path}: a temporary directory of an unfinished or killed write, not a cache")
+        if not self.path.is_dir():
+            raise InputError(f"{self.path}: no such cache directory (run its collection)")
+        file = self.path / "manifest.json"
+        try:
+            manifest = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{file}: missing (the cache is incomplete; rerun its collection)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(f"{file}: truncated or not JSON (rerun the collection)") from None
+        missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
+        if missing:
+            raise InputError(f"{file}: no '{missing[0]}' entry (truncated or from another tool)")
+        shards = manifest["shards"]
+        if not isinstance(shards, list) or not all(isinstance(s, dict) and SHARD_KEYS <= s.keys() for s in shards):
+            raise InputError(f"{file}: a shard entry lacks file, rows or sha256 (truncated or from another tool)")
+        return manifest
+
     def _verify(self) -> None:
         files = [(s["file"], s["sha256"]) for s in self.manifest["shards"]]
         for name, expected in files + [("index.parquet", self.manifest["index_sha256"])]:
             path = self.path / name
             if not path.is_file():
-                raise InputError(f"{path}: missing shard listed in the manifest")
+                raise InputError(f"{path}: missing (listed in the manifest; rerun the collection)")
             if sha256(path) != expected:
-                raise InputError(f"{path}: checksum mismatch (corrupt or modified)")
+                raise InputError(f"{path}: checksum mismatch (truncated, corrupt or modified; rerun the collection)")
 
     @property
     def tensors(self) -> list[str]:

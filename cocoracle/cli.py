@@ -9,10 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from cocoracle.config import ORACLE_KINDS, SPLITS, THOUGHT_TASKS, InputError, load_params
+from cocoracle.engine_lock import check_free
+
+# the commands the pipeline's steps run (cocoracle/steps.py): they refuse while another engine's run holds the
+# workspace (cocoracle/engine_lock.py)
+STEP_COMMANDS = {"generate", "train", "evaluate", "collect", "probe", "train-oracle", "evaluate-oracle", "report"}
 
 
 def _setup_logging(log_file: str | None) -> None:
@@ -103,9 +110,35 @@ def cmd_pull(args: argparse.Namespace) -> None:
     pull(remote=args.remote, fetch=not args.no_fetch)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage itself is under --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _stage(text: str) -> int:
+    """--stage: a curriculum stage number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a stage: 0, 1, 2, ...")
+    return int(text)
+
+
+def _device(text: str) -> str:
+    """--device: auto, cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a device: auto, cpu, cuda or cuda:N")
+    return text
+
+
+def cmd_provenance(args: argparse.Namespace) -> None:
+    from cocoracle.provenance import format_record, read
+    print(format_record(read(args.path)))
+
+
 def _parent(flag: str, **spec) -> argparse.ArgumentParser:
     """A parent parser holding one option that several subcommands share."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     parent.add_argument(flag, **spec)
     return parent
 
@@ -117,13 +150,14 @@ def _paths(parser: argparse.ArgumentParser, **helps: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cocoracle", description=__doc__)
+    parser = _Parser(prog="cocoracle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     log = _parent("--log", help="also write the log to this file")
     params = _parent("--params", default="params.yaml", help="parameter file (default: params.yaml)")
-    device = _parent("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    device = _parent("--device", type=_device, default="auto",
+                     help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     data = _parent("--data", default="data", help="directory of <split>.parquet (default: data)")
-    stage = _parent("--stage", type=int, required=True,
+    stage = _parent("--stage", type=_stage, required=True,
                     help="curriculum stage (0: text chain of thought; k: the first k steps are latent thoughts)")
 
     def command(name: str, func, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -180,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pull", cmd_pull, "dvc pull, check the outputs are current, record them for Snakemake")
     p.add_argument("--remote", help="DVC remote to pull from (default: the default remote)")
     p.add_argument("--no-fetch", action="store_true", help="`dvc checkout` from the local cache instead of pulling")
+    p = command("provenance", cmd_provenance, "what made a checkpoint, oracle, cache or metrics file")
+    p.add_argument("path", help="a checkpoint or oracle directory, a cache directory or a metrics JSON")
     return parser
 
 
@@ -187,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log)
     try:
+        if args.command in STEP_COMMANDS:
+            check_free()
         args.func(args)
     except InputError as exc:
         print(f"cocoracle {args.command}: error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,18 @@ def _key_of(error: jsonschema.ValidationError) -> str:
     return ".".join(path) or "<root>"
 
 
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """The error in one line, saying what is allowed where jsonschema does not (alternatives, keys, the root)."""
+    if not error.absolute_path and error.validator == "type":
+        got = "an empty file" if error.instance is None else f"a {type(error.instance).__name__}"
+        return f"must be a mapping with the sections {', '.join(error.schema['required'])}, got {got}"
+    if error.validator == "oneOf" and "description" in error.schema:
+        return f"{error.instance!r} is not allowed: {error.schema['description']}"
+    if error.validator == "additionalProperties":
+        return f"unknown key (allowed: {', '.join(error.schema['properties'])})"
+    return error.message.splitlines()[0]
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file, with a one-line error naming it when missing or malformed."""
     path = Path(path)
@@ -66,8 +79,7 @@ def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         error = jsonschema.exceptions.best_match(errors)
-        message = error.message.splitlines()[0]
-        raise InputError(f"{source}: {_key_of(error)}: {message}")
+        raise InputError(f"{source}: {_key_of(error)}: {_schema_message(error)}")
     for key, message in _semantic_errors(params):
         raise InputError(f"{source}: {key}: {message}")
     return params
@@ -103,8 +115,14 @@ def _semantic_errors(p: dict[str, Any]):
             yield "model.tiny", "required when model.name is 'tiny'"
         elif tiny["n_embd"] % tiny["n_head"]:
             yield "model.tiny.n_head", f"must divide model.tiny.n_embd ({tiny['n_embd']})"
-    elif not Path(name).is_dir() and (name.startswith((".", "/", "~")) or not HUB_ID.match(name)):
+        else:
+            yield from _depth_errors(p, tiny["n_layer"])
+    elif not _is_model_ref(name):
         yield "model.name", f"'{name}' is not 'tiny', an existing local directory, or a Hugging Face model id"
+    base = p["oracle"]["separate"]["base"]
+    if base != "stage-0" and not _is_model_ref(base):
+        yield "oracle.separate.base", (f"'{base}' is not 'stage-0', an existing local directory, "
+                                       "or a Hugging Face model id")
     stages = p["oracle"]["stages"]
     if stages != "all" and max(stages) > coconut["num_stages"]:
         yield "oracle.stages", f"latent stages are 1..coconut.num_stages ({coconut['num_stages']}), got {max(stages)}"
@@ -112,6 +130,36 @@ def _semantic_errors(p: dict[str, Any]):
     if isinstance(epochs, list) and len(epochs) != coconut["num_stages"] + 1:
         yield "train.epochs", (f"needs one entry per stage (coconut.num_stages + 1 = {coconut['num_stages'] + 1}), "
                                f"got {len(epochs)}")
+
+
+def _is_model_ref(name: str) -> bool:
+    """An existing local directory, or something shaped like a Hugging Face model id."""
+    return Path(name).is_dir() or (not name.startswith((".", "/", "~")) and bool(HUB_ID.match(name)))
+
+
+def _hidden_state(spec: int | float, n_layer: int) -> int:
+    """A hidden-state index, or a fraction of depth resolved as cocoracle.activations.resolve_layers does."""
+    return round(spec * n_layer) if isinstance(spec, float) else spec
+
+
+def _depth_errors(p: dict[str, Any], n_layer: int) -> Iterator[tuple[str, str]]:
+    """Layers beyond a model of known depth (the tiny one), and an oracle source layer that is not collected."""
+    act, oracle = p["activations"], p["oracle"]
+    states = f"hidden states are 0..model.tiny.n_layer ({n_layer}; 0 = embeddings)"
+    layers = list(range(n_layer + 1)) if act["layers"] == "all" else [_hidden_state(x, n_layer) for x in act["layers"]]
+    for layer in layers:
+        if layer > n_layer:
+            yield "activations.layers", f"{layer} is beyond the model's depth: {states}"
+    source = _hidden_state(oracle["source_layer"], n_layer)
+    if source > n_layer:
+        yield "oracle.source_layer", f"{source} is beyond the model's depth: {states}"
+    elif oracle_stages(p) and source not in layers:
+        yield "oracle.source_layer", (f"hidden state {source} is not collected: activations.layers gives "
+                                      f"{sorted(set(layers))}")
+    for layer in oracle["inject_layers"] or []:
+        if layer >= n_layer:
+            yield "oracle.inject_layers", (f"{layer} is beyond the model's depth: activations are added before "
+                                           f"blocks 0..{n_layer - 1} (model.tiny.n_layer - 1)")
 
 
 def unique_problems(digits: int) -> int:

@@ -130,6 +130,12 @@ def load_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path}: file not found (run `cocoracle generate` first)")
     try:
-        return pq.read_table(path, schema=SCHEMA).to_pylist()
+        table = pq.read_table(path)
+        missing = [name for name in SCHEMA.names if name not in table.column_names]
+        if missing:
+            raise InputError(f"{path}: no column '{missing[0]}'; a split written by `cocoracle generate` has "
+                             f"{', '.join(SCHEMA.names)}")
+        return table.select(SCHEMA.names).cast(SCHEMA).to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path}: unreadable parquet ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: unreadable parquet ({str(exc).splitlines()[0]}); rerun `cocoracle generate`"
+                         ) from None

@@ -19,6 +19,7 @@ from cocoracle.config import InputError
 from cocoracle.data import load_split
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.precision import autocast, precision_of
+from cocoracle.provenance import describe
 
 ANSWER_MARK = "###"
 PREDICTIONS_SCHEMA = pa.schema([
@@ -94,6 +95,7 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
     if not 0 <= stage <= trained["coconut"]["num_stages"]:
         raise InputError(f"--stage {stage}: {checkpoint} was trained with stages 0..{trained['coconut']['num_stages']}")
     metrics: dict[str, Any] = {"stage": stage}
+    inputs = [checkpoint, *(Path(data_dir) / f"{split}.parquet" for split in ev["splits"])]
     predictions: list[dict[str, Any]] = []
     for split in ev["splits"]:
         rows = load_split(data_dir, split)
@@ -106,5 +108,6 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
         predictions += [{"split": split, **r} for r in results]
     with atomic_path(predictions_path) as tmp:
         pq.write_table(pa.Table.from_pylist(predictions, schema=PREDICTIONS_SCHEMA), tmp)
+    metrics["provenance"] = describe({"evaluate": ev}, inputs)
     write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,21 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from cocoracle.atomic import atomic_dir
+from cocoracle.atomic import atomic_dir, is_temporary, sha256
 from cocoracle.config import InputError
 from cocoracle.numerics import deterministic_algorithms
+from cocoracle.provenance import FILE as PROVENANCE_FILE
 
 BOT, EOT = "<bot>", "<eot>"
 # "<thought>" is never used but stays: without it every token id of the tiny tokenizer (and any model's
 # vocabulary size) would change, and existing checkpoints would no longer match their tokenizer.
 MARKERS = [BOT, EOT, "<thought>"]
 TINY_SPECIALS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
+CHECKSUMS = "checksums.json"  # in a checkpoint directory: the sha256 of every other file in it
+TINY_SHAPE = ("n_embd", "n_layer", "n_head", "n_positions")  # model.tiny keys that fix the weights' shapes
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -101,12 +107,49 @@ def initial_model(model_params: dict[str, Any], train_rows: list[dict[str, Any]]
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
-                    params: dict[str, Any]) -> None:
-    """safetensors weights, config, tokenizer and the params used, written atomically."""
+                    params: dict[str, Any], provenance: dict[str, Any] | None = None) -> None:
+    """safetensors weights, config, tokenizer, the params used, what made it (provenance.json) and
+    checksums.json, written atomically.
+
+    Refuses (before writing) a model whose shape disagrees with params' model section, e.g. one trained
+    from an --init checkpoint of another width.
+    """
+    mismatch = _shape_mismatch(model.config, params.get("model", {}))
+    if mismatch:
+        raise InputError(f"{out_dir}: not written: {mismatch} (was --init a checkpoint of another model?)")
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
+        if provenance is not None:
+            (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        write_checksums(tmp)
+
+
+def write_checksums(directory: Path) -> None:
+    """checksums.json: the sha256 of every other file in `directory`."""
+    sums = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+
+
+def verify_checksums(directory: Path) -> None:
+    """Check every file listed in checksums.json; a directory without one (written before it) passes unverified."""
+    file = directory / CHECKSUMS
+    if not file.is_file():
+        log.debug("%s: no %s (an older checkpoint or an oracle directory): files not verified", directory, CHECKSUMS)
+        return
+    try:
+        sums = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        sums = None
+    if not isinstance(sums, dict):
+        raise InputError(f"{file}: truncated or not JSON (rewrite the checkpoint)")
+    for name, expected in sums.items():
+        path = directory / name
+        if not path.is_file():
+            raise InputError(f"{path}: missing (listed in {CHECKSUMS})")
+        if sha256(path) != expected:
+            raise InputError(f"{path}: checksum mismatch (truncated, corrupt or modified)")
 
 
 def checkpoint_params(path: str | Path) -> dict[str, Any]:
@@ -118,18 +161,65 @@ def checkpoint_params(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
 
 
-def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype
+def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype, expect: dict[str, Any] | None = None
                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A checkpoint written by save_checkpoint; one-line error naming a missing or corrupt one."""
+    """A checkpoint written by save_checkpoint; one-line error naming a missing, corrupt or mismatched one.
+
+    Checks checksums.json, that the tokenizer fits the embeddings, that the weights have the shape its
+    params.json says and, with `expect` (a run's params model section), the shape that run expects.
+    """
     path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+    if is_temporary(path) or not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise InputError(f"{path}: not a checkpoint (config.json or model.safetensors missing)")
+    verify_checksums(path)
+    if expect is not None:
+        _check_expected(path, expect)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
         raise InputError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
+    _check_vocabulary(path, model, tokenizer)
+    mismatch = _shape_mismatch(model.config, _own_model_params(path))
+    if mismatch:
+        raise InputError(f"{path / 'params.json'}: {mismatch} (params.json and weights of different models)")
     return model.to(device), tokenizer
+
+
+def _own_model_params(path: Path) -> dict[str, Any]:
+    """The model section of the checkpoint's params.json; empty without one (a Hugging Face directory)."""
+    return checkpoint_params(path).get("model", {}) if (path / "params.json").is_file() else {}
+
+
+def _check_expected(path: Path, expect: dict[str, Any]) -> None:
+    """The checkpoint was trained as the model `expect` describes (name and, for tiny, the shape)."""
+    trained = _own_model_params(path)
+    if trained.get("name") != expect["name"]:
+        raise InputError(f"{path}: a checkpoint of model.name {trained.get('name')!r}, this run's params say "
+                         f"{expect['name']!r}")
+    if expect["name"] == "tiny":
+        for key in TINY_SHAPE:
+            if trained["tiny"][key] != expect["tiny"][key]:
+                raise InputError(f"{path}: a checkpoint with model.tiny.{key} {trained['tiny'][key]}, this run's "
+                                 f"params say {expect['tiny'][key]}")
+
+
+def _shape_mismatch(config: Any, model_params: dict[str, Any]) -> str | None:
+    """How `config` differs from the tiny architecture in `model_params`; None if it agrees or is not tiny."""
+    if model_params.get("name") != "tiny":
+        return None
+    for key in TINY_SHAPE:
+        if getattr(config, key) != model_params["tiny"][key]:
+            return f"model.tiny.{key} is {model_params['tiny'][key]}, the weights have {getattr(config, key)}"
+    return None
+
+
+def _check_vocabulary(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Every token id has an embedding row."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise InputError(f"{path}: the tokenizer has {len(tokenizer)} tokens, the weights {rows} embedding rows "
+                         "(tokenizer and model.safetensors of different checkpoints)")
 
 
 def load_base(name: str | Path, device: torch.device, dtype: torch.dtype

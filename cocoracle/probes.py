@@ -19,6 +19,7 @@ from tqdm import tqdm
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.plots import pyplot, save_png
+from cocoracle.provenance import describe
 from cocoracle.stats import wilson
 
 COLUMNS = ["stage", "tensor", "thought", "label", "accuracy", "baseline", "val_accuracy", "n", "C"]
@@ -126,6 +127,7 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     heatmap(table, stage, heatmap_path)
-    write_text(metrics_path, json.dumps({"stage": stage, "best": best_probes(table),
-                                             "by_thought": best_by_thought(table)}, indent=2) + "\n")
+    summary = {"stage": stage, "best": best_probes(table), "by_thought": best_by_thought(table),
+               "provenance": describe({"probes": params["probes"]}, cache_dirs.values())}
+    write_text(metrics_path, json.dumps(summary, indent=2) + "\n")
     return table

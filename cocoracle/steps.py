@@ -18,12 +18,15 @@ from string import Formatter
 from typing import Any
 
 from cocoracle.codedeps import code_files
-from cocoracle.config import ORACLE_KINDS, SPLITS, oracle_stages
+from cocoracle.config import ORACLE_KINDS, SPLITS, InputError, oracle_stages
 
 CACHE_SPLITS = ("train", "val", "test")  # the splits whose activations are collected
 REPORT_PLOTS = ("accuracy", "oracle", "training")
 ORACLE_SHARED_KEYS = ["oracle.seed", "oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
 WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"stage": int, "split": str, "kind": str}
+# config.yaml's keys and their types (workflow/schemas/config.schema.yaml): paths, and processes per training stage
+CONFIG_KEYS: dict[str, type] = {"params_file": str, "data_dir": str, "models_dir": str, "results_dir": str,
+                                "logs_dir": str, "benchmarks_dir": str, "train_processes": int}
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,27 @@ class Out:
     pattern: str
     kind: str = "out"  # curves: a dvclive directory, plotted against its `step` column
     directory: bool = False
+
+
+def _check_config(config: Any, params: dict[str, Any]) -> None:
+    """config.yaml as workflow/schemas/config.schema.yaml describes it, and train.batch_size split evenly over
+    its train_processes."""
+    if not isinstance(config, dict):
+        raise InputError(f"config: must be a mapping of {', '.join(CONFIG_KEYS)}, got {type(config).__name__}")
+    for key in config:
+        if key not in CONFIG_KEYS:
+            raise InputError(f"config: {key}: unknown key (allowed: {', '.join(CONFIG_KEYS)})")
+    for key, kind in CONFIG_KEYS.items():
+        if key not in config:
+            raise InputError(f"config: {key}: missing (required: {', '.join(CONFIG_KEYS)})")
+        value = config[key]
+        if kind is str and not (isinstance(value, str) and value):
+            raise InputError(f"config: {key}: must be a non-empty path, got {value!r}")
+        if kind is int and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise InputError(f"config: {key}: must be an integer >= 1, got {value!r}")
+    processes, batch = config["train_processes"], params["train"]["batch_size"]
+    if batch % processes:
+        raise InputError(f"train.batch_size: {batch} is not divisible by config train_processes ({processes})")
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,8 @@ class Layout:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], params: dict[str, Any], root: str | Path) -> Layout:
+        """The layout of config.yaml's values; InputError (one line naming the key) for a bad one."""
+        _check_config(config, params)
         return cls(config["params_file"], config["data_dir"], config["models_dir"], config["results_dir"],
                    config["logs_dir"], config["train_processes"], params, Path(root))
 

@@ -30,6 +30,7 @@ from cocoracle.evaluate import predict
 from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
 from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_checkpoint
 from cocoracle.precision import autocast, maybe_compile
+from cocoracle.provenance import describe
 from cocoracle.resume import Saver, fingerprint
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
         model, tokenizer = initial_model(params["model"], rows)
         model = model.to(device=device, dtype=dtype)
     else:
-        model, tokenizer = load_checkpoint(init, device, dtype)
+        model, tokenizer = load_checkpoint(init, device, dtype, expect=params["model"])
     codec = Codec(tokenizer)
     _check_fits(model, codec, [r for split_rows in splits.values() for r in split_rows], coconut)
 
@@ -127,8 +128,8 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
     precision = params["model"]["precision"]
 
     saver = None
+    inputs = [Path(data_dir) / f"{split}.parquet" for split in SPLITS] + ([Path(init)] if init else [])
     if dp.world == 1:  # (under torchrun every process has its own RNG streams; they are not saved)
-        inputs = [Path(data_dir) / f"{split}.parquet" for split in SPLITS] + ([Path(init)] if init else [])
         saver = Saver(out_dir, live_dir, fingerprint({**params, "stage": stage}, inputs, code_files("train")),
                       params.get("resume", {}))
     start = saver.restore(model, optimizer, scheduler) if saver else 0
@@ -179,6 +180,8 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                     saver.save(step + 1, model, optimizer, scheduler)
                 saver.stop_if_asked(step + 1, model, optimizer, scheduler)
     if dp.main:
-        save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage})
+        read = {key: params[key] for key in ("model", "coconut", "train")}
+        save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage},
+                        describe({**read, "stage": stage}, inputs))
     if saver is not None:
         saver.clear()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers_workflow import REPO, repo_copy, run
 
@@ -132,3 +133,34 @@ def test_slurm_results_equal_a_local_run(slurm, local):
     assert {"results/report.md", "results/probes/stage-2.csv", "results/oracle/stage-2.csv"} <= set(map(str, files))
     differ = [str(rel) for rel in files if (slurm_repo / rel).read_bytes() != (local_repo / rel).read_bytes()]
     assert not differ, f"{len(differ)} of {len(files)} files differ: {differ}"
+
+
+TIME_LIMITED = ["--set-resources", "train_stage:runtime=1", "train_stage:slurm_extra='--signal=TERM@20'"]
+
+
+def test_a_stage_longer_than_its_time_limit_finishes_by_rerunning(cluster, tmp_path):
+    """Stage 1 needs more than its 1-minute limit: SLURM signals it, it saves and stops; reruns continue it and
+    end with a local run's bytes."""
+    repos = {}
+    for name in ("local", "slurm"):
+        repos[name] = repo_copy(tmp_path / name)
+        params = yaml.safe_load((repos[name] / "params.yaml").read_text())
+        params["train"]["epochs"] = [1, 150, 1]  # stage 1: about 1050 optimizer steps, over a minute
+        params["resume"] = {"every_steps": None, "every_minutes": None}  # only the signal saves
+        (repos[name] / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["snakemake", "--cores", str(THREADS), "models/stage-1"], cwd=repos["local"], timeout=1500)
+    cmd = ["env", *(f"{k}={v}" for k, v in ENV.items()), "snakemake", "--workflow-profile", "workflow/profiles/slurm",
+           "--cores", str(THREADS), "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks",
+           "2", *TIME_LIMITED, "train_stage:mem_mb=1000", "generate:mem_mb=1000", "models/stage-1"]
+    outcomes, resumed = [], []
+    for _ in range(6):
+        proc = run(cmd, cwd=repos["slurm"], check=False, timeout=400)
+        outcomes.append(proc.returncode)
+        log = repos["slurm"] / "logs/train/stage-1.log"
+        resumed += re.findall(r"resuming from \S+ after step (\d+)", log.read_text()) if log.is_file() else []
+        if proc.returncode == 0:
+            break
+    assert outcomes[0] != 0 and outcomes[-1] == 0, outcomes  # the limit stopped it, a rerun finished it
+    assert resumed and all(int(step) > 0 for step in resumed), resumed
+    for rel in ("models/stage-1/model.safetensors", "models/stage-0/model.safetensors"):
+        assert (repos["slurm"] / rel).read_bytes() == (repos["local"] / rel).read_bytes(), rel

@@ -34,6 +34,7 @@ from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import EXACT_METRICS, METRICS, score
 from cocoracle.oracle.train import answer_prompts, load_oracle, read_validation
 from cocoracle.precision import autocast, precision_of
+from cocoracle.provenance import describe
 from cocoracle.stats import bootstrap, paired_difference, wilson
 
 CONDITIONS = ["oracle", "shuffled", "random", "no_injection", "majority", "majority_per_position"]
@@ -190,5 +191,8 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
         scored.to_parquet(tmp, index=False)
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    write_text(metrics_path, json.dumps(summary(table, stage, accuracy, validation), indent=2) + "\n")
+    inputs = [checkpoint, *oracle_dirs.values(), *cache_dirs.values(), Path(data_dir) / "test.parquet"]
+    record = describe({"oracle": params["oracle"], "stage": stage}, inputs)
+    write_text(metrics_path, json.dumps({**summary(table, stage, accuracy, validation), "provenance": record},
+                                        indent=2) + "\n")
     return table

@@ -26,12 +26,21 @@ from cocoracle.codedeps import code_files
 from cocoracle.config import ORACLE_KINDS, InputError
 from cocoracle.data import load_split
 from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
-from cocoracle.model import checkpoint_params, load_base, load_checkpoint, pick_dtype
+from cocoracle.model import (
+    checkpoint_params,
+    load_base,
+    load_checkpoint,
+    pick_dtype,
+    verify_checksums,
+    write_checksums,
+)
 from cocoracle.oracle.data import OracleBatch, OracleCodec, build_items, item_vectors
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import score
 from cocoracle.oracle.questions import ACT, vocabulary_texts
 from cocoracle.precision import autocast, precision_of
+from cocoracle.provenance import FILE as PROVENANCE_FILE
+from cocoracle.provenance import describe
 from cocoracle.resume import Saver, fingerprint
 
 log = logging.getLogger(__name__)
@@ -188,7 +197,8 @@ def _sort_target_modules(adapter_config: Path) -> None:
 
 
 def save_oracle(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: OracleSpec,
-                checkpoint: str | Path, out_dir: str | Path, validation: dict[str, Any]) -> None:
+                checkpoint: str | Path, out_dir: str | Path, validation: dict[str, Any],
+                provenance: dict[str, Any] | None = None) -> None:
     """Adapter (LoRA) or full safetensors weights, tokenizer, the spec, the validation record and the
     checkpoint's params; atomic."""
     with atomic_dir(out_dir) as tmp:
@@ -198,11 +208,15 @@ def save_oracle(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec
         (tmp / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2))
         (tmp / VALIDATION_FILE).write_text(json.dumps(validation, indent=2))
         (tmp / "params.json").write_text(json.dumps(checkpoint_params(checkpoint), indent=2, sort_keys=True))
+        if provenance is not None:
+            (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        write_checksums(tmp)
 
 
 def load_oracle(path: str | Path, device: torch.device
                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, OracleSpec]:
     """An oracle written by save_oracle, in eval mode."""
+    verify_checksums(Path(path))
     file = Path(path) / SPEC_FILE
     try:
         spec = OracleSpec(**json.loads(file.read_text()))
@@ -367,5 +381,6 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     best.restore(model)
     log.info("%s oracle stage %d: keeping the weights of step %d/%d (best val exact match %.3f)", kind, stage,
              best.step, steps, best.exact_match)
-    save_oracle(model, tokenizer, spec, checkpoint, out_dir, best.record(steps))
+    save_oracle(model, tokenizer, spec, checkpoint, out_dir, best.record(steps),
+                describe({"oracle": oracle, "kind": kind, "stage": stage}, inputs))
     saver.clear()

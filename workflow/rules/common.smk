@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from cocoracle.config import InputError, load_params
 from cocoracle.dvc_yaml import render_dvc_yaml
+from cocoracle.engine_lock import hold_for_snakemake
 from cocoracle.steps import STEPS, Layout, jobs, param_values
 
 
@@ -71,3 +72,11 @@ def step_log(name):
 def every_output():
     """Every output of every job these params make: the same DAG dvc.yaml holds."""
     return [path for step, wildcards in jobs(LAYOUT) for path in step.output_paths(LAYOUT, wildcards).values()]
+
+
+onstart:
+    # one engine at a time in this workspace (cocoracle/engine_lock.py); dry runs never get here
+    try:
+        hold_for_snakemake(LAYOUT.root)
+    except InputError as exc:
+        sys.exit(f"cocoracle: error: {exc}")

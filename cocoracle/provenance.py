@@ -1,0 +1,88 @@
+"""What made an output: the code's git revision (and whether the tree had uncommitted changes), the package and
+library versions, a hash of the params the step read and the hashes of its inputs. Checkpoints and oracle
+directories keep it in provenance.json, caches in their manifest, metrics files under a `provenance` key;
+`cocoracle provenance PATH` prints it. Nothing in it depends on the time or the directory, so two runs of the
+same commit and params write the same bytes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from cocoracle.atomic import sha256
+from cocoracle.config import InputError
+
+FILE = "provenance.json"
+LIBRARIES = ("cocoracle", "torch", "transformers", "peft", "safetensors", "scikit-learn")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def input_hash(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (their relative names and contents), in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def describe(params: dict[str, Any], inputs: Iterable[str | Path]) -> dict[str, Any]:
+    """The provenance record of an output made from `params` (the sections its step read) and `inputs`."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_revision": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "versions": {name: _version(name) for name in LIBRARIES},
+        "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
+        "inputs": {str(path): input_hash(path) for path in inputs},
+    }
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The provenance record of a checkpoint or oracle directory, a cache or a metrics file."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [(path / FILE, None), (path / "manifest.json", "provenance")]
+    else:
+        candidates = [(path, "provenance")]
+    for file, key in candidates:
+        if file.is_file():
+            try:
+                data = json.loads(file.read_text())
+            except (ValueError, UnicodeDecodeError):
+                raise InputError(f"{file}: not JSON") from None
+            record = data.get(key) if key else data
+            if isinstance(record, dict):
+                return record
+    raise InputError(f"{path}: no provenance record (written by a checkpoint, cache or metrics step of this version)")
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """Readable lines: revision, versions, params hash, one line per input."""
+    dirty = " (uncommitted changes)" if record.get("git_dirty") else ""
+    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items() if v)
+    lines = [f"git revision: {record.get('git_revision')}{dirty}", f"versions: {versions}",
+             f"params sha256: {record.get('params_sha256')}", "inputs:"]
+    lines += [f"  {name}  {digest}" for name, digest in record.get("inputs", {}).items()]
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""One engine at a time: a `dvc repro` started during a `snakemake` run (and the reverse) refuses in one line naming
+the run in progress, and the first run finishes unharmed; two runs of one engine meet that engine's own lock."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cocoracle.engine_lock import LOCK_FILE, _dvc_run, _is_locked
+from helpers_workflow import BIN, repo_copy, run
+
+pytestmark = pytest.mark.e2e
+SNAKEMAKE = ["snakemake", "--cores", "2", "models/stage-0"]
+DVC = ["dvc", "repro", "train_stage_0"]
+
+
+@pytest.fixture()
+def repo(tmp_path) -> Path:
+    """The smoke copy with a stage 0 long enough to be running while a second engine starts."""
+    repo = repo_copy(tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["max_steps"] = 300
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
+
+
+def _start(cmd: list[str], repo: Path) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, first: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert first.poll() is None, f"the first run ended before {what}: {first.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def _training(repo: Path) -> bool:
+    return (repo / "logs/train/stage-0.log").is_file()
+
+
+def _finish(first: subprocess.Popen) -> str:
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    return out
+
+
+def test_dvc_refuses_while_snakemake_runs(repo):
+    first = _start(SNAKEMAKE, repo)
+    _wait_for(lambda: _is_locked(repo / LOCK_FILE) and _training(repo), first, "snakemake held the workspace")
+    data = {p.name: p.read_bytes() for p in (repo / "data").glob("*.parquet")}
+    second = run(DVC, cwd=repo, check=False)
+    assert second.returncode != 0
+    refusals = [line for line in (second.stdout + second.stderr).splitlines() if "is running in this workspace" in line]
+    assert len(refusals) == 1 and "snakemake (pid " in refusals[0], second.stdout + second.stderr
+    assert {p.name: p.read_bytes() for p in (repo / "data").glob("*.parquet")} == data  # persist: nothing deleted
+    _finish(first)
+    assert (repo / "models/stage-0/model.safetensors").is_file()
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1", "models/stage-0"], cwd=repo).stdout
+
+
+def test_snakemake_refuses_while_dvc_runs(repo):
+    first = _start(DVC, repo)
+    _wait_for(lambda: _training(repo) and _dvc_run(repo) is not None, first, "dvc ran the training stage")
+    second = run(SNAKEMAKE, cwd=repo, check=False)
+    assert second.returncode != 0
+    out = second.stdout + second.stderr
+    refusals = [line for line in out.splitlines() if "is running in this workspace" in line]
+    assert len(refusals) == 1 and "dvc repro train_stage_0` (pid " in refusals[0], out
+    _finish(first)
+    assert run(["dvc", "status", "train_stage_0"], cwd=repo).stdout.strip().endswith("up to date.")
+
+
+@pytest.mark.parametrize("cmd", [SNAKEMAKE, DVC], ids=["snakemake", "dvc"])
+def test_a_second_run_of_one_engine_meets_its_lock(repo, cmd):
+    first = _start(cmd, repo)
+    _wait_for(lambda: _training(repo), first, "training started")
+    second = run(cmd, cwd=repo, check=False)
+    assert second.returncode != 0
+    out = (second.stdout + second.stderr).lower()
+    assert "lock" in out or "is running in this workspace" in out, out
+    _finish(first)
+    assert (repo / "models/stage-0/model.safetensors").is_file()

@@ -1,0 +1,56 @@
+"""Provenance records: what they hold, that they do not depend on time or place, and `cocoracle provenance`."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from cocoracle.provenance import ROOT, describe, format_record, input_hash, read
+from conftest import run_cli
+
+
+def test_a_record_names_the_revision_versions_params_and_each_input(tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir/a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    record = describe({"train": {"lr": 0.1}}, [tmp_path / "dir", tmp_path / "b.txt"])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert record["git_revision"] == head and isinstance(record["git_dirty"], bool)
+    assert record["versions"]["torch"] and record["versions"]["transformers"]
+    assert set(record["inputs"]) == {str(tmp_path / "dir"), str(tmp_path / "b.txt")}
+    assert describe({"train": {"lr": 0.1}}, [tmp_path / "b.txt"])["params_sha256"] == record["params_sha256"]
+    assert describe({"train": {"lr": 0.2}}, [])["params_sha256"] != record["params_sha256"]
+
+
+def test_input_hash_of_a_directory_follows_names_and_contents_not_place(tmp_path):
+    for name in ("one", "two"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "sub/x.bin").write_bytes(b"x")
+    assert input_hash(tmp_path / "one") == input_hash(tmp_path / "two")
+    (tmp_path / "two/sub/x.bin").write_bytes(b"y")
+    assert input_hash(tmp_path / "one") != input_hash(tmp_path / "two")
+
+
+def test_the_command_prints_a_checkpoint_a_cache_and_a_metrics_file(tmp_path):
+    record = describe({"evaluate": {"batch_size": 1}}, [])
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt/provenance.json").write_text(json.dumps(record))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache/manifest.json").write_text(json.dumps({"rows": 1, "provenance": record}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"stage": 0, "provenance": record}))
+    for path in ("ckpt", "cache", "metrics.json"):
+        assert read(tmp_path / path) == record
+        result = run_cli("provenance", tmp_path / path)
+        assert result.returncode == 0 and result.stdout.strip() == format_record(record)
+        assert f"git revision: {record['git_revision']}" in result.stdout
+
+
+@pytest.mark.parametrize("content", [None, "{}", "not json"])
+def test_no_record_is_one_line(tmp_path, content):
+    path = tmp_path / "metrics.json"
+    if content is not None:
+        path.write_text(content)
+    result = run_cli("provenance", path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert str(path) in result.stderr
