@@ -18,7 +18,11 @@ from cocoracle.summarize import accuracy_table
 T = TypeVar("T")
 SPLITS = ("val", "test", "ood")
 PROBE_LABELS = ("digit_written", "carry_out", "carry_in", "digit_sum", "a_digit", "b_digit")
-ORACLE_COLUMNS = ["stage", "oracle", "condition", "task", "thought", "n", "exact_match", "token_f1", "number_f1"]
+ORACLE_METRICS = {"exact_match": "EM", "exact_match_any_order": "EM any order", "token_f1": "token F1",
+                  "number_f1": "number F1"}
+ORACLE_COLUMNS = (["stage", "oracle", "condition", "task", "thought", "n", *ORACLE_METRICS]
+                  + [f"{m}_{end}" for m in ORACLE_METRICS for end in ("low", "high", "best_baseline")]
+                  + ["exact_match_diff", "exact_match_diff_low", "exact_match_diff_high"])
 
 
 def _read(path: str | Path, parse: Callable[[Path], T]) -> T:
@@ -75,22 +79,44 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([_row(head), "|" + "---|" * len(head)] + [_row(r) for r in rows]) + "\n"
 
 
-def oracle_table(table: pd.DataFrame) -> str:
-    """Markdown: per (stage, oracle, task), the oracle's scores over all thoughts against the best baseline."""
-    overall = table[table["thought"] == "all"]
-    rank = {task: i for i, task in enumerate(_ordered(overall["task"], ORACLE_TASKS))}
-    groups = sorted(overall.groupby(["stage", "oracle", "task"]), key=lambda g: (g[0][0], g[0][1], rank[g[0][2]]))
+def _against_baseline(own: pd.Series, rows: pd.DataFrame, metric: str) -> str:
+    """'oracle [95 % interval] / best baseline on the same items' for one metric."""
+    best = rows[rows["condition"] == own[f"{metric}_best_baseline"]].iloc[0]
+    return f"{format_interval(own[metric], own[f'{metric}_low'], own[f'{metric}_high'])} / {best[metric]:.1%}"
+
+
+def _difference(own: pd.Series) -> str:
+    """Oracle EM minus the best baseline's, in points, with its paired bootstrap interval."""
+    diff, low, high = (100 * own[c] for c in ("exact_match_diff", "exact_match_diff_low", "exact_match_diff_high"))
+    return f"{diff:+.1f} pts [{low:+.1f}, {high:+.1f}]"
+
+
+def _oracle_rows(table: pd.DataFrame, keys: list[str]) -> list[list[Any]]:
+    """One row per group of `keys` (the oracle's row of that group against its baselines)."""
+    rank = {task: i for i, task in enumerate(_ordered(table["task"], ORACLE_TASKS))}
+    groups = sorted(table.groupby(keys), key=lambda g: tuple(rank.get(v, v) if k == "task" else v
+                                                           for k, v in zip(keys, g[0], strict=True)))
     rows = []
-    for (stage, oracle, task), group in groups:
+    for values, group in groups:
         own = group[group["condition"] == "oracle"].iloc[0]
-        baselines = group[group["condition"] != "oracle"]
-        best = baselines.loc[baselines["exact_match"].idxmax()]
-        ratio = f"{own['exact_match'] / best['exact_match']:.2f}×" if best["exact_match"] > 0 else "–"
-        rows.append([stage, oracle, task, own["n"], f"{own['exact_match']:.1%}", f"{own['token_f1']:.1%}",
-                     f"{own['number_f1']:.1%}", best["condition"], f"{best['exact_match']:.1%}", ratio])
-    head = ["stage", "oracle", "task", "n", "EM", "token F1", "number F1", "best baseline", "baseline EM",
-            "EM ratio"]
-    return _table(head, rows)
+        rows.append([*values, own["n"], *(_against_baseline(own, group, m) for m in ORACLE_METRICS),
+                     own["exact_match_best_baseline"], _difference(own)])
+    return rows
+
+
+def oracle_table(table: pd.DataFrame) -> str:
+    """Markdown: per (stage, oracle, task), over all thoughts, each metric of the oracle [95 % interval] / the
+    best baseline of that metric on the same items, and the EM difference with its interval."""
+    head = ["stage", "oracle", "task", "n", *(f"{name} / best baseline" for name in ORACLE_METRICS.values()),
+            "best EM baseline", "EM − best baseline"]
+    return _table(head, _oracle_rows(table[table["thought"] == "all"], ["stage", "oracle", "task"]))
+
+
+def oracle_thought_table(table: pd.DataFrame) -> str:
+    """Markdown: the same per thought position (stage, oracle, task, thought)."""
+    head = ["stage", "oracle", "task", "thought", "n",
+            *(f"{name} / best baseline" for name in ORACLE_METRICS.values()), "best EM baseline", "EM − best baseline"]
+    return _table(head, _oracle_rows(table[table["thought"] != "all"], ["stage", "oracle", "task", "thought"]))
 
 
 def forgetting_table(metrics: list[dict[str, Any]]) -> str:
@@ -210,10 +236,15 @@ def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot
         return ["No oracle outputs.\n"]
     parts = []
     if not oracle.empty:
-        parts += [("Scores over all thought positions. The baselines (shuffled, random or no injected activation; "
-                   "majority answers) are scored on the same items; the best is the one with the highest exact "
-                   "match (EM). EM ratio = oracle EM / best baseline EM.\n"),
-                  oracle_table(oracle), f"![Oracle exact match by thought position]({plot})\n"]
+        parts += [("Each oracle keeps the weights of its best validation exact match (chosen on **val**); every figure "
+                   "here is scored once on **test**. Each cell: the oracle's score [95 % interval: Wilson for exact "
+                   "match, bootstrap over problems for F1] / the best baseline of that metric (shuffled, random or no "
+                   "injected activation; majority answers), on the same items. EM any order counts `b + a` for "
+                   "`a + b`. The last column: oracle EM minus the best baseline's, with its paired bootstrap "
+                   "interval.\n"),
+                  "### Over all thought positions\n", oracle_table(oracle),
+                  f"![Oracle exact match by thought position]({plot})\n",
+                  "### Per thought position\n", oracle_thought_table(oracle)]
     return parts + ["### Did the self oracle forget? Answer accuracy before and after oracle fine-tuning\n",
                     forgetting_table(forgetting) if forgetting else "No oracle metrics.\n"]
 
@@ -225,7 +256,10 @@ def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str]) -> list[st
     parts = [("Logistic-regression probes, fit on train; per thought position and label the tensor (hidden-state "
               "layer, or the fed-back thought) and the regularisation are chosen on **val**, and the chosen probe "
               "is scored once on **test**: accuracy [95 % Wilson interval] / majority-class baseline on the same "
-              "test items · tensor.\n")]
+              "test items · tensor. Tensors: `thought` is the vector fed in at that position (the last layer's "
+              "output at the position before); `layer_j` is hidden state j computed there (`layer_0` = that input "
+              "plus the position embedding, which depends on the question's length); the last layer at thought t "
+              "is `thought` at t+1 (t before the last).\n")]
     for m in sorted(probes, key=lambda m: m["stage"]):
         parts += [f"### Stage {m['stage']}\n", probe_table(m)]
     return parts + [f"![{Path(link).stem} probe heatmap]({link})\n" for link in heatmaps]

@@ -17,6 +17,7 @@ from cocoracle.coconut import (
     Codec,
     coconut_forward,
     generate,
+    generate_with_thoughts,
     kept_steps,
     loss_fn,
     naive_forward,
@@ -152,6 +153,19 @@ def test_codec_prompt_without_targets(tiny_model, mixed_rows):
     assert (batch.labels == IGNORE).all()
     assert not batch.answer_mask.any()
     assert batch.n_thoughts == C
+
+
+def test_the_last_layer_at_a_thought_is_the_next_thought(tiny_model, mixed_rows):
+    """docs/method.md's tensor names: layer_L at thought t is the vector fed back as thought t+1, and layer_0 at t
+    is thought t plus its position embedding."""
+    model, tokenizer = tiny_model
+    batch = Codec(tokenizer).batch(mixed_rows, K, K, C, with_targets=False)
+    _, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, 3)
+    assert out.thoughts.shape[1] >= 2
+    assert torch.equal(out.thought_states[-1][:, :-1], out.thoughts[:, 1:])
+    positions = (batch.prefix_mask.sum(1, keepdim=True) + torch.arange(out.thoughts.shape[1]))
+    expected = out.thoughts + model.transformer.wpe(positions)
+    assert torch.allclose(out.thought_states[0], expected)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cocoracle.config import InputError
-from cocoracle.report import _run_labels, write_report
+from cocoracle.report import ORACLE_COLUMNS, _run_labels, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASELINES = ("shuffled", "random", "no_injection", "majority", "majority_per_position")
@@ -25,21 +25,34 @@ def _split(accuracy: float, teacher_forced: float, n: int) -> dict:
             "by_steps": {"2": {"accuracy": accuracy, "teacher_forced": teacher_forced, "n": n}}}
 
 
-def _oracle_rows(stage: int, oracle: str, task: str, thought: str, ems: dict[str, float]) -> list[str]:
-    """CSV rows for one (oracle, task, thought): the oracle first, then the baselines in BASELINES order."""
-    return [f"{stage},{oracle},{condition},{task},{thought},200,{em},{min(em + 0.1, 1):.2f},{em}"
-            for condition, em in ems.items()]
+def _oracle_rows(stage: int, oracle: str, task: str, thought: str, ems: dict[str, float]) -> list[list]:
+    """CSV rows for one (oracle, task, thought): the oracle first, then the baselines in BASELINES order.
+
+    Every metric is EM except token F1 (EM + 0.1); intervals are ±0.05; the oracle's row names the best baseline
+    (highest EM) and its difference."""
+    best = max(BASELINES, key=lambda c: ems[c])
+    rows = []
+    for condition, em in ems.items():
+        metrics = {"exact_match": em, "exact_match_any_order": em, "token_f1": round(min(em + 0.1, 1), 2),
+                   "number_f1": em}
+        cells = [stage, oracle, condition, task, thought, 200, *metrics.values()]
+        for value in metrics.values():
+            cells += [round(value - 0.05, 2), round(value + 0.05, 2), best if condition == "oracle" else ""]
+        diff = round(em - ems[best], 2)
+        cells += [diff, round(diff - 0.05, 2), round(diff + 0.05, 2)] if condition == "oracle" else ["", "", ""]
+        rows.append(cells)
+    return rows
 
 
 def _oracle_csv(path: Path, stage: int) -> Path:
     """The best "all" baseline is majority_per_position (0.31), neither the first baseline row nor per-position."""
-    lines = ["stage,oracle,condition,task,thought,n,exact_match,token_f1,number_f1"]
+    lines = [",".join(ORACLE_COLUMNS)]
     for oracle, own in (("separate", round(0.5 + 0.04 * stage, 2)), ("self", round(0.3 + 0.05 * stage, 2))):
         for task in ("step", "answer"):
             for thought in ("0", "1", "all"):
                 best = 0.31 if thought == "all" else 0.5  # per-position baselines beat the "all" best: not used
                 ems = dict(zip(("oracle",) + BASELINES, (own, 0.10, 0.05, 0.08, 0.20, best), strict=True))
-                lines += _oracle_rows(stage, oracle, task, thought, ems)
+                lines += [",".join(map(str, row)) for row in _oracle_rows(stage, oracle, task, thought, ems)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -89,8 +102,13 @@ def test_report_numbers_come_from_the_files(inputs: dict) -> None:
     write_report(**inputs)
     text = inputs["out_md"].read_text()
     assert "44.0 % [31.2, 57.7]" in text and "51.2%" in text  # stage-0 val free-gen (Wilson) and teacher-forced
-    assert "| 3 | separate | step | 200 | 62.0% | 72.0% | 62.0% | majority_per_position | 31.0% | 2.00× |" in text
-    assert "| 1 | self | answer | 200 | 35.0% | 45.0% | 35.0% | majority_per_position | 31.0% | 1.13× |" in text
+    assert ("| 3 | separate | step | 200 | 62.0 % [57.0, 67.0] / 31.0% | 62.0 % [57.0, 67.0] / 31.0% | "
+            "72.0 % [67.0, 77.0] / 41.0% | 62.0 % [57.0, 67.0] / 31.0% | majority_per_position | "
+            "+31.0 pts [+26.0, +36.0] |") in text
+    assert "| 1 | self | answer | 200 | 35.0 % [30.0, 40.0] / 31.0% |" in text
+    per_thought = text.split("### Per thought position\n")[1]
+    assert "| 3 | self | step | 1 | 200 | 45.0 % [40.0, 50.0] / 50.0% |" in per_thought  # below its baseline
+    assert "-5.0 pts [-10.0, +0.0] |" in per_thought
     assert "| 3 | 97.8% | 85.3% | -12.5 pts |" in text
     stage3 = text.split("### Stage 3\n")[1].split("\n\n")[0]
     assert "| 1 | 91.4 % [89.5, 93.0] / 55.2% · layer_2 | 91.4 % [89.5, 93.0] / 55.2% · layer_2 |" in stage3
