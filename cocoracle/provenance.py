@@ -18,12 +18,12 @@ from cocoracle.config import InputError
 
 FILE = "provenance.json"
 LIBRARIES = ("cocoracle", "torch", "transformers", "peft", "safetensors", "scikit-learn")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _git(*args: str) -> str | None:
+    """git in the workspace the step runs in (the engines run every step from the repository root)."""
     try:
-        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+        proc = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout.strip()
@@ -37,12 +37,13 @@ def _version(name: str) -> str | None:
 
 
 def input_hash(path: str | Path) -> str:
-    """sha256 of a file, or of a directory's files (their relative names and contents), in sorted order."""
+    """sha256 of a file, or of a directory's files (their relative names and contents), in sorted order; hidden
+    files (an engine's markers such as Snakemake's .snakemake_timestamp) are not the input's content."""
     path = Path(path)
     if path.is_file():
         return sha256(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
         digest.update(f"{file.relative_to(path).as_posix()}\0{sha256(file)}\n".encode())
     return digest.hexdigest()
 

@@ -37,8 +37,11 @@ def repo_copy(dest: Path, params: Path | None = SMOKE_PARAMS) -> Path:
     if params is not None:
         shutil.copy(params, dest / "params.yaml")
         run(["cocoracle", "dvc-yaml"], cwd=dest)
+    # fixed dates: copies of the same files are the same commit, so their outputs' provenance is the same bytes
+    dates = {"GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+                ["env", *(f"{k}={v}" for k, v in dates.items()), "git", "-c", "user.name=t", "-c", "user.email=t@t",
+                 "commit", "-qm", "copy"]):
         run(cmd, cwd=dest)
     return dest
 

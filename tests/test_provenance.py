@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from cocoracle.provenance import ROOT, describe, format_record, input_hash, read
+from cocoracle.provenance import describe, format_record, input_hash, read
 from conftest import run_cli
 
 
@@ -15,7 +15,7 @@ def test_a_record_names_the_revision_versions_params_and_each_input(tmp_path):
     (tmp_path / "dir/a.txt").write_text("a")
     (tmp_path / "b.txt").write_text("b")
     record = describe({"train": {"lr": 0.1}}, [tmp_path / "dir", tmp_path / "b.txt"])
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert record["git_revision"] == head and isinstance(record["git_dirty"], bool)
     assert record["versions"]["torch"] and record["versions"]["transformers"]
     assert set(record["inputs"]) == {str(tmp_path / "dir"), str(tmp_path / "b.txt")}
@@ -27,6 +27,8 @@ def test_input_hash_of_a_directory_follows_names_and_contents_not_place(tmp_path
     for name in ("one", "two"):
         (tmp_path / name / "sub").mkdir(parents=True)
         (tmp_path / name / "sub/x.bin").write_bytes(b"x")
+    assert input_hash(tmp_path / "one") == input_hash(tmp_path / "two")
+    (tmp_path / "two/.snakemake_timestamp").write_text("")  # an engine's marker is not content
     assert input_hash(tmp_path / "one") == input_hash(tmp_path / "two")
     (tmp_path / "two/sub/x.bin").write_bytes(b"y")
     assert input_hash(tmp_path / "one") != input_hash(tmp_path / "two")
