@@ -54,3 +54,44 @@ def set_param(repo: Path, section: str, key: str, value) -> None:
     params = yaml.safe_load(path.read_text())
     params[section][key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def differing_outputs(repo: Path, other: Path) -> tuple[list[str], list[str]]:
+    """Two runs' outputs: (files in only one of them, files that differ).
+
+    Every file under data/, models/ and results/ is compared byte for byte, except where the one known source
+    of run-to-run noise reaches: activation cache shards may differ in the last float16 bit (rarely; see
+    docs/reliability.md), so their tensors are compared to within one float16 step, and the records that hash
+    a cache (manifests, provenance, checksums of oracle directories, the `provenance` key of metrics files)
+    are compared without those hashes.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for d in ("data", "models", "results") for p in (root / d).rglob("*")
+                if p.is_file() and p.name not in (".gitignore", ".snakemake_timestamp")}
+
+    def same(rel: str) -> bool:
+        a, b = repo / rel, other / rel
+        if a.read_bytes() == b.read_bytes():
+            return True
+        if rel.startswith("results/activations/") and a.suffix == ".safetensors":
+            x, y = load_file(a), load_file(b)
+            return x.keys() == y.keys() and all(
+                torch.allclose(x[k].float(), y[k].float(), rtol=2 ** -10, atol=2 ** -14) for k in x)
+        if a.name in ("provenance.json", "checksums.json") and rel.startswith("models/oracle/"):
+            return True  # they hash the caches the oracle was trained on; its weights are compared byte for byte
+        if a.suffix == ".json":
+            x, y = json.loads(a.read_text()), json.loads(b.read_text())
+            for record in (x, y):
+                record.pop("provenance", None)
+                for key in ("shards", "index_sha256"):
+                    record.pop(key, None) if rel.startswith("results/activations/") else None
+            return x == y
+        return False
+
+    ours, theirs = files(repo), files(other)
+    return sorted(ours ^ theirs), [rel for rel in sorted(ours & theirs) if not same(rel)]

@@ -27,7 +27,7 @@ def _flat(value, prefix: str = "") -> dict[str, object]:
 
 def _metric_files(repo) -> list[str]:
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    return [m for s in stages.values() for m in s.get("metrics", [])]
+    return [next(iter(m)) if isinstance(m, dict) else m for s in stages.values() for m in s.get("metrics", [])]
 
 
 def _metrics(repo) -> dict[str, dict[str, object]]:

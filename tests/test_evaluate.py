@@ -183,7 +183,7 @@ def test_evaluate_stage_writes_metrics_and_predictions(checkpoint, tmp_path):
     metrics = evaluate_stage(params, STAGE, checkpoint, data, tmp_path / "m.json", tmp_path / "p.parquet", CPU)
     assert json.loads((tmp_path / "m.json").read_text()) == metrics
     assert metrics["stage"] == STAGE
-    assert set(metrics) == {"stage", "val", "test"}  # only the configured splits
+    assert set(metrics) == {"stage", "val", "test", "provenance"}  # only the configured splits
     assert metrics["val"]["n"] == 4 and metrics["test"]["n"] == 4
     assert metrics["val"]["accuracy"] == 1.0  # the problems the model was trained on
     table = pq.read_table(tmp_path / "p.parquet").to_pylist()
