@@ -132,17 +132,17 @@ def test_slurm_results_equal_a_local_run(slurm, local):
     assert not differ, differ
 
 
-TIME_LIMITED = ["--set-resources", "train_stage:runtime=1", "train_stage:slurm_extra='--signal=TERM@20'"]
+TIME_LIMITED = ["--set-resources", "train_stage:runtime=2", "train_stage:slurm_extra='--signal=TERM@20'"]
 
 
 def test_a_stage_longer_than_its_time_limit_finishes_by_rerunning(cluster, tmp_path):
-    """Stage 1 needs more than its 1-minute limit: SLURM signals it, it saves and stops; reruns continue it and
+    """Stage 1 needs more than its 2-minute limit: SLURM signals it, it saves and stops; reruns continue it and
     end with a local run's bytes."""
     repos = {}
     for name in ("local", "slurm"):
         repos[name] = repo_copy(tmp_path / name)
         params = yaml.safe_load((repos[name] / "params.yaml").read_text())
-        params["train"]["epochs"] = [1, 150, 1]  # stage 1: about 1050 optimizer steps, over a minute
+        params["train"]["epochs"] = [1, 800, 1]  # stage 1: 5600 optimizer steps, about 2.5 minutes here
         params["resume"] = {"every_steps": None, "every_minutes": None}  # only the signal saves
         (repos[name] / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["snakemake", "--cores", str(THREADS), "models/stage-1"], cwd=repos["local"], timeout=1500)
