@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from cocoracle.atomic import atomic_dir
+from cocoracle.provenance import input_hash
 
 log = logging.getLogger(__name__)
 SUFFIX = ".resume"
@@ -46,17 +47,9 @@ def resume_dir(out_dir: str | Path) -> Path:
 def fingerprint(params: dict[str, Any], inputs: Iterable[str | Path], code: Iterable[str | Path]) -> str:
     """A hash of what the run's results depend on: its params, its input files and its code files."""
     digest = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "resume"}, sort_keys=True).encode())
-    for path in sorted(_files(inputs)) + sorted(_files(code)):
-        digest.update(str(path.name).encode())
-        digest.update(path.read_bytes())
+    for path in [*inputs, *code]:
+        digest.update(f"{path}\0{input_hash(path)}\n".encode())
     return digest.hexdigest()
-
-
-def _files(paths: Iterable[str | Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in map(Path, paths):
-        found += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return found
 
 
 class Saver:
