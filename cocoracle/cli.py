@@ -67,8 +67,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
 def cmd_probe(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     from cocoracle.probes import run_probes
-    run_probes(params, args.stage, {"train": args.train, "val": args.val, "test": args.test}, args.table,
-               args.heatmap, args.metrics)
+    run_probes(params, args.stage, {"train": args.train, "val": args.val, "test": args.test},
+               {name: getattr(args, name) for name in ("table", "steps_table", "heatmap", "steps_heatmap", "metrics")})
 
 
 def cmd_train_oracle(args: argparse.Namespace) -> None:
@@ -96,8 +96,8 @@ def cmd_ask(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from cocoracle.report import write_report
-    write_report(args.eval, args.probes, args.heatmaps, args.oracle_tables, args.oracle_metrics, args.train,
-                 args.out, args.plots)
+    write_report(args.eval, args.probes, args.heatmaps, args.step_heatmaps, args.oracle_tables, args.oracle_metrics,
+                 args.train, args.out, args.plots)
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
@@ -180,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _paths(p, checkpoint="checkpoint directory", out="cache directory to write")
     p = command("probe", cmd_probe, "linear probes over one stage's activation caches", params, stage)
     _paths(p, train="train activation cache directory", val="val activation cache directory",
-           test="test activation cache directory", table="CSV of probe results to write",
-           heatmap="PNG heatmap to write", metrics="JSON summary (best probe per label) to write")
+           test="test activation cache directory", table="CSV: each thought against its own step's labels",
+           steps_table="CSV: every position against every step's labels", heatmap="PNG heatmap of the first table",
+           steps_heatmap="PNG step x position heatmap", metrics="JSON summary (probes chosen on val) to write")
     p = command("train-oracle", cmd_train_oracle, "train the separate oracle or the self-oracle of one stage",
                 params, device, data, stage)
     p.add_argument("--kind", required=True, choices=ORACLE_KINDS)
@@ -203,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="step", choices=THOUGHT_TASKS, help="question asked per thought")
     p = command("report", cmd_report, "results/report.md and its plots from the pipeline's outputs")
     for name, help in [("eval", "evaluation metrics JSON per stage"), ("probes", "probe summary JSON per stage"),
-                       ("heatmaps", "probe heatmap PNG per stage"), ("oracle-tables", "oracle CSV per stage"),
+                       ("heatmaps", "probe heatmap PNG per stage"),
+                       ("step-heatmaps", "step x position probe heatmap PNG per stage"),
+                       ("oracle-tables", "oracle CSV per stage"),
                        ("oracle-metrics", "oracle JSON per stage"), ("train", "dvclive directories")]:
         p.add_argument(f"--{name}", nargs="*", default=[], help=help)
     _paths(p, out="markdown report to write", plots="directory for the report's PNG plots")

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from cocoracle.atomic import write_text
-from cocoracle.config import ORACLE_TASKS, InputError
+from cocoracle.config import ORACLE_KINDS, ORACLE_TASKS, InputError
 from cocoracle.plots import pyplot, save_png
 from cocoracle.stats import format_interval
 from cocoracle.summarize import accuracy_table
@@ -119,6 +119,26 @@ def oracle_thought_table(table: pd.DataFrame) -> str:
     return _table(head, _oracle_rows(table[table["thought"] != "all"], ["stage", "oracle", "task", "thought"]))
 
 
+def ceiling_table(table: pd.DataFrame, probes: list[dict[str, Any]]) -> str:
+    """Markdown: per stage, task and thought (and over all), each oracle's exact match beside the probe-composed
+    ceiling on the same test rows, and their ratio."""
+    ceilings = {m["stage"]: m.get("ceiling", {}) for m in probes}
+    own = table[table["condition"] == "oracle"].set_index(["stage", "task", "thought", "oracle"])["exact_match"]
+    rows = []
+    for (stage, task, thought), _ in own.groupby(level=[0, 1, 2], sort=False):
+        limit = ceilings.get(stage, {}).get(task, {}).get(str(thought))
+        if limit is None:
+            continue
+        cells = [f"{own[stage, task, thought, kind]:.1%} ({own[stage, task, thought, kind] / limit['accuracy']:.0%})"
+                 if (stage, task, thought, kind) in own.index and limit["accuracy"] > 0 else "–"
+                 for kind in ORACLE_KINDS]
+        rows.append([stage, task, thought, format_interval(limit["accuracy"], limit["low"], limit["high"]), *cells])
+    if not rows:
+        return "No oracle task has a probe-composed ceiling (probes.labels lacks its fields).\n"
+    return _table(["stage", "task", "thought", "probe-composed ceiling",
+                   *(f"{kind} oracle EM (of ceiling)" for kind in ORACLE_KINDS)], rows)
+
+
 def forgetting_table(metrics: list[dict[str, Any]]) -> str:
     """Markdown: the self-oracle model's answer accuracy before and after oracle fine-tuning, per stage."""
     rows = []
@@ -143,6 +163,23 @@ def probe_table(metrics: dict[str, Any]) -> str:
                          f"{probe['baseline']:.1%} · {probe['tensor']}" if probe else "–")
         rows.append(cells)
     return _table(["thought"] + labels, rows)
+
+
+def readable_table(metrics: dict[str, Any]) -> str:
+    """Markdown for one stage: per step and label, the first position (in computation order) whose val-chosen
+    probe reaches the readability bar on val, with its test accuracy [95 % interval] / baseline · tensor."""
+    readable = metrics["readable"]
+    labels = list(readable)
+    steps = sorted({int(s) for label in labels for s in readable[label]})
+    rows = []
+    for step in steps:
+        cells: list[Any] = [step]
+        for label in labels:
+            probe = readable[label].get(str(step))
+            cells.append(f"{probe['position']}: {format_interval(probe['accuracy'], probe['low'], probe['high'])} / "
+                         f"{probe['baseline']:.1%} · {probe['tensor']}" if probe else "nowhere")
+        rows.append(cells)
+    return _table(["step"] + labels, rows)
 
 
 def _placeholder(note: str, path: str | Path) -> None:
@@ -230,8 +267,10 @@ def _accuracy_section(evals: list[dict[str, Any]], plot: str) -> list[str]:
              "together).\n"), accuracy_table(evals), f"![Coconut answer accuracy by stage]({plot})\n"]
 
 
-def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot: str) -> list[str]:
-    """Markdown blocks: the oracle-vs-baseline table, its plot and the before/after answer accuracy."""
+def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot: str,
+                    probes: list[dict[str, Any]]) -> list[str]:
+    """Markdown blocks: the oracle-vs-baseline tables, its plot, the oracles against the probe-composed ceiling
+    and the before/after answer accuracy."""
     if oracle.empty and not forgetting:
         return ["No oracle outputs.\n"]
     parts = []
@@ -244,13 +283,20 @@ def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot
                    "interval.\n"),
                   "### Over all thought positions\n", oracle_table(oracle),
                   f"![Oracle exact match by thought position]({plot})\n",
-                  "### Per thought position\n", oracle_thought_table(oracle)]
+                  "### Per thought position\n", oracle_thought_table(oracle),
+                  "### Against what the probes can read\n",
+                  ("The probe-composed ceiling: the share of the same test rows on which the probes (chosen on "
+                   "**val**, per label and thought) of every field an answer is made of are all right, i.e. what a "
+                   "perfect reader of the linearly readable fields would reach (a step's text follows from its two "
+                   "digits and its carry in). In brackets: the oracle's exact match as a share of it.\n"),
+                  ceiling_table(oracle, probes)]
     return parts + ["### Did the self oracle forget? Answer accuracy before and after oracle fine-tuning\n",
                     forgetting_table(forgetting) if forgetting else "No oracle metrics.\n"]
 
 
-def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str]) -> list[str]:
-    """Markdown blocks: per stage, the per-thought probe table, and the heatmap links."""
+def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatmaps: list[str]) -> list[str]:
+    """Markdown blocks: per stage, the per-thought probe table, and the heatmap links; then where each step's
+    labels become readable, per stage, with the step x position heatmaps."""
     if not probes:
         return ["No probe outputs.\n"]
     parts = [("Logistic-regression probes, fit on train; per thought position and label the tensor (hidden-state "
@@ -262,16 +308,26 @@ def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str]) -> list[st
               "is `thought` at t+1 (t before the last).\n")]
     for m in sorted(probes, key=lambda m: m["stage"]):
         parts += [f"### Stage {m['stage']}\n", probe_table(m)]
-    return parts + [f"![{Path(link).stem} probe heatmap]({link})\n" for link in heatmaps]
+    parts += [f"![{Path(link).stem} probe heatmap]({link})\n" for link in heatmaps]
+    parts += ["### Where is the sum computed?\n",
+              ("Every step's labels probed at every position of the computation: each thought, then the answer "
+               "pass (`eot` is the `<eot>` input, `###` the answer marker, `answer k` the k-th answer token as "
+               "input; steps are columns, units first). Per cell the tensor and C are chosen on **val**. The "
+               f"tables give, per step and label, the first position whose chosen probe reaches "
+               f"{probes[0]['readable_at']:.0%} val accuracy, scored on **test**: accuracy [95 % interval] / "
+               "majority baseline · tensor; 'nowhere' when no position does.\n")]
+    for m in sorted(probes, key=lambda m: m["stage"]):
+        parts += [f"#### Stage {m['stage']}\n", readable_table(m)]
+    return parts + [f"![{Path(link).stem} step x position heatmap]({link})\n" for link in step_heatmaps]
 
 
 def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path], probe_heatmaps: list[str | Path],
-                 oracle_tables: list[str | Path], oracle_metrics: list[str | Path], train_dirs: list[str | Path],
-                 out_md: str | Path, plots_dir: str | Path) -> None:
+                 step_heatmaps: list[str | Path], oracle_tables: list[str | Path], oracle_metrics: list[str | Path],
+                 train_dirs: list[str | Path], out_md: str | Path, plots_dir: str | Path) -> None:
     """Write the markdown report and accuracy.png, oracle.png and training.png, from the pipeline outputs."""
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     evals = [_json(p, ("stage",)) for p in eval_metrics]
-    probes = [_json(p, ("stage", "by_thought")) for p in probe_metrics]
+    probes = [_json(p, ("stage", "by_thought", "readable", "readable_at")) for p in probe_metrics]
     oracle = _oracle_csv(oracle_tables)
     forgetting = [_json(p, ("stage", "self_answer_accuracy")) for p in oracle_metrics]
     curves = dict(zip(_run_labels(train_dirs), [_loss_curve(d) for d in train_dirs], strict=True)) if train_dirs else {}
@@ -284,7 +340,8 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     parts = (["# cocoracle results\n",
               "Made by `cocoracle report` from the pipeline's output files; every number here is read from them.\n",
               "## Coconut answer accuracy\n"] + _accuracy_section(evals, links["accuracy"])
-             + ["## Oracles\n"] + _oracle_section(oracle, forgetting, links["oracle"])
-             + ["## Probes\n"] + _probe_section(probes, [_link(p, out_md.parent) for p in probe_heatmaps])
+             + ["## Oracles\n"] + _oracle_section(oracle, forgetting, links["oracle"], probes)
+             + ["## Probes\n"] + _probe_section(probes, [_link(p, out_md.parent) for p in probe_heatmaps],
+                                                [_link(p, out_md.parent) for p in step_heatmaps])
              + ["## Training curves\n"] + training)
     write_text(out_md, "\n".join(parts))

@@ -240,7 +240,9 @@ def collect_activations(layout: Layout, out: Paths, stage: int, split: str) -> J
 
 @step("probe_stage", "probe", log="{logs}/probes/stage-{stage}.log", dvc_stage="probe_stage_{stage}",
       outputs={"table": Out("{results}/probes/stage-{stage}.csv"),
+               "steps_table": Out("{results}/probes/stage-{stage}-steps.csv"),
                "heatmap": Out("{results}/probes/stage-{stage}.png", kind="plots"),
+               "steps_heatmap": Out("{results}/probes/stage-{stage}-steps.png", kind="plots"),
                "metrics": Out("{results}/probes/stage-{stage}.json", kind="metrics")},
       instances=lambda layout: [{"stage": k} for k in layout.latent_stages])
 def probe_stage(layout: Layout, out: Paths, stage: int) -> Job:
@@ -248,7 +250,8 @@ def probe_stage(layout: Layout, out: Paths, stage: int) -> Job:
     caches = _caches(layout, stage)
     return Job(f"--params {layout.params_file} --stage {stage}"
                + "".join(f" --{split} {cache}" for split, cache in caches.items())
-               + f" --table {out.table} --heatmap {out.heatmap} --metrics {out.metrics}",
+               + f" --table {out.table} --steps-table {out.steps_table} --heatmap {out.heatmap}"
+               f" --steps-heatmap {out.steps_heatmap} --metrics {out.metrics}",
                inputs=dict(caches), params=["probes"])
 
 
@@ -299,6 +302,7 @@ def report(layout: Layout, out: Paths) -> Job:
         "eval": [f"{r}/eval/stage-{k}.json" for k in stages],
         "probes": [f"{r}/probes/stage-{k}.json" for k in latent],
         "heatmaps": [f"{r}/probes/stage-{k}.png" for k in latent],
+        "step_heatmaps": [f"{r}/probes/stage-{k}-steps.png" for k in latent],
         "oracle_tables": [f"{r}/oracle/stage-{k}.csv" for k in oracles],
         "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles],
         "train": [f"{r}/train/stage-{k}" for k in stages]

@@ -210,10 +210,10 @@ def test_corrupt_cache_is_named_when_opened(corrupt_cache):
 
 def test_probe_refuses_a_corrupt_cache(built, corrupt_cache, tmp_path, cli):
     cache, message = corrupt_cache
-    outs = [tmp_path / "probes.csv", tmp_path / "heatmap.png", tmp_path / "probes.json"]
+    outs = [tmp_path / name for name in ("probes.csv", "steps.csv", "heatmap.png", "steps.png", "probes.json")]
     code, err = cli("probe", "--params", built / "params.yaml", "--stage", STAGE, "--train", built / "cache-train",
-                    "--val", built / "cache-val", "--test", cache, "--table", outs[0], "--heatmap", outs[1],
-                    "--metrics", outs[2])
+                    "--val", built / "cache-val", "--test", cache, "--table", outs[0], "--steps-table", outs[1],
+                    "--heatmap", outs[2], "--steps-heatmap", outs[3], "--metrics", outs[4])
     assert code == 2
     assert_one_line(err, "probe", message)
     assert not any(p.exists() for p in outs)

@@ -70,7 +70,8 @@ def inputs(tmp_path: Path) -> dict:
     """Pipeline outputs for stages 0 and 3, both oracles, two tasks, two thoughts and two training runs."""
     results = tmp_path / "results"
     heatmaps = [results / "probes" / f"stage-{k}.png" for k in (0, 3)]
-    for heatmap in heatmaps:
+    step_heatmaps = [results / "probes" / f"stage-{k}-steps.png" for k in (0, 3)]
+    for heatmap in heatmaps + step_heatmaps:
         heatmap.parent.mkdir(parents=True, exist_ok=True)
         heatmap.write_bytes(PNG_MAGIC)
     probe = {"accuracy": 0.914, "low": 0.895, "high": 0.930, "baseline": 0.552, "n": 1000, "val_accuracy": 0.92,
@@ -84,9 +85,17 @@ def inputs(tmp_path: Path) -> dict:
         "probe_metrics": [_write_json(results / f"probes/stage-{k}.json",
                                       {"stage": k, "best": {"carry_out": probe, "digit_written": probe},
                                        "by_thought": {"carry_out": {"1": probe, "2": weak},
-                                                      "digit_written": {"1": probe}}})
+                                                      "digit_written": {"1": probe}},
+                                       "ceiling": {"step": {"1": {"accuracy": 0.9, "low": 0.85, "high": 0.94,
+                                                                  "n": 200}}},
+                                       "readable_at": 0.9,
+                                       "readable": {"digit_written": {"0": {**probe, "position": "thought 0"},
+                                                                      "1": None},
+                                                    "carry_out": {"0": {**weak, "position": "answer 2"},
+                                                                  "1": {**probe, "position": "eot"}}}})
                           for k in (0, 3)],
         "probe_heatmaps": heatmaps,
+        "step_heatmaps": step_heatmaps,
         "oracle_tables": [_oracle_csv(results / f"oracle/stage-{k}.csv", k) for k in (1, 3)],
         "oracle_metrics": [_write_json(results / f"oracle/stage-{k}.json",
                                        {"stage": k, "self_answer_accuracy": {"before": 0.978, "after": after}})
@@ -113,6 +122,14 @@ def test_report_numbers_come_from_the_files(inputs: dict) -> None:
     stage3 = text.split("### Stage 3\n")[1].split("\n\n")[0]
     assert "| 1 | 91.4 % [89.5, 93.0] / 55.2% · layer_2 | 91.4 % [89.5, 93.0] / 55.2% · layer_2 |" in stage3
     assert "| 2 | – | 31.0 % [28.1, 34.1] / 55.2% · thought |" in stage3  # every thought, not only the best
+    where = text.split("### Where is the sum computed?\n")[1].split("#### Stage 3\n")[1].split("\n\n")[0]
+    assert "reaches 90% val accuracy" in text
+    assert ("| 0 | thought 0: 91.4 % [89.5, 93.0] / 55.2% · layer_2 | "
+            "answer 2: 31.0 % [28.1, 34.1] / 55.2% · thought |") in where
+    assert "| 1 | nowhere | eot: 91.4 % [89.5, 93.0] / 55.2% · layer_2 |" in where
+    ceiling = text.split("### Against what the probes can read\n")[1].split("###")[0]
+    assert "| 3 | step | 1 | 90.0 % [85.0, 94.0] | 62.0% (69%) | 45.0% (50%) |" in ceiling
+    assert ceiling.count("| 3 |") == 1  # no ceiling for the answer task or the other thoughts
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections == ["## Coconut answer accuracy", "## Oracles", "## Probes", "## Training curves"]
 
@@ -123,7 +140,8 @@ def test_report_plots_are_pngs_linked_relatively(inputs: dict) -> None:
         assert (inputs["plots_dir"] / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", inputs["out_md"].read_text())
     assert sorted(links) == sorted(["plots/accuracy.png", "plots/oracle.png", "plots/training.png",
-                                    "probes/stage-0.png", "probes/stage-3.png"])
+                                    "probes/stage-0.png", "probes/stage-3.png",
+                                    "probes/stage-0-steps.png", "probes/stage-3-steps.png"])
     assert all((inputs["out_md"].parent / link).is_file() for link in links)
 
 
