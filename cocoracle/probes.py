@@ -71,10 +71,17 @@ def fit_probe(train: Split, val: Split, test: Split, c_grid: list[float], max_it
             "val_accuracy": float(best_score), "n": len(y_te), "C": float(best_c), "hits": best_hits}
 
 
+def probed_rows(index: pd.DataFrame) -> pd.DataFrame:
+    """The index rows probed: all but answer tokens beyond the gold answer's digits (what a model that does not
+    stop writes after it)."""
+    digits = index["answer"].astype("string").str.len()
+    return index[(index["position"] != "answer") | (index["offset"] < digits)]
+
+
 def positions(index: pd.DataFrame) -> list[tuple[str, int]]:
-    """The cached (position, offset) pairs in computation order: thoughts, <eot>, ###, answer tokens."""
+    """The probed (position, offset) pairs in computation order: thoughts, <eot>, ###, answer tokens."""
     order = {"thought": 0, **{p: i + 1 for i, p in enumerate(ANSWER_POSITIONS)}}
-    pairs = index[["position", "offset"]].drop_duplicates().itertuples(index=False)
+    pairs = probed_rows(index)[["position", "offset"]].drop_duplicates().itertuples(index=False)
     return sorted(((str(p), int(o)) for p, o in pairs), key=lambda po: (order[po[0]], po[1]))
 
 
@@ -128,7 +135,8 @@ def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[st
     def load(tensor: str, pos: tuple[str, int]) -> dict[str, tuple[np.ndarray, dict]]:
         data = {}
         for split, cache in caches.items():
-            rows = cache.index[(cache.index["position"] == pos[0]) & (cache.index["offset"] == pos[1])]
+            index = probed_rows(cache.index)
+            rows = index[(index["position"] == pos[0]) & (index["offset"] == pos[1])]
             rows = rows.sort_values("row")
             data[split] = (cache.load(tensor, rows["row"].to_numpy()), _unit_targets(rows, pos[0], n_steps, probes))
         return data
@@ -188,17 +196,17 @@ def heatmap(table: pd.DataFrame, stage: int, path: str | Path) -> None:
     thoughts = sorted(gain["thought"].unique())
     tensors = _tensor_order(gain["tensor"])
     labels = list(dict.fromkeys(gain["label"]))
-    fig, axes = pyplot().subplots(1, max(len(thoughts), 1), squeeze=False,
-                                  figsize=(1.1 * len(labels) * max(len(thoughts), 1) + 2, 0.45 * len(tensors) + 2))
-    for thought, ax in zip(thoughts, axes.flat, strict=True):
+    fig, axes, bar = _panels(1, max(len(thoughts), 1),
+                             (1.1 * len(labels) * max(len(thoughts), 1) + 2, 0.45 * len(tensors) + 2))
+    for thought, ax in zip(thoughts, axes, strict=False):
         panel = (gain[gain["thought"] == thought].pivot_table(index="tensor", columns="label", values="gain")
                  .reindex(index=tensors, columns=labels))
         image = _cells(ax, panel.to_numpy())
         ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize="small")
-        ax.set_yticks(range(len(tensors)), tensors if ax is axes.flat[0] else [""] * len(tensors))
+        ax.set_yticks(range(len(tensors)), tensors if ax is axes[0] else [""] * len(tensors))
         ax.set_title(f"thought {thought}")
     if thoughts:
-        fig.colorbar(image, ax=list(axes.flat))
+        fig.colorbar(image, cax=bar)
     fig.suptitle(f"Stage {stage}: probe test accuracy above the majority baseline, per thought position")
     save_png(fig, path)
 
@@ -208,21 +216,28 @@ def step_heatmap(chosen: dict[str, dict[str, dict[str, dict[str, Any]]]], order:
     """PNG: one panel per label, step (rows) x position (columns), the val-chosen probe's test accuracy above
     the majority baseline (the number in a cell is the accuracy itself)."""
     labels = list(chosen)
-    fig, axes = pyplot().subplots(len(labels) or 1, 1, squeeze=False,
-                                  figsize=(0.7 * len(order) + 2.5, 1.6 * max(len(labels), 1) + 1))
-    for label, ax in zip(labels, axes.flat, strict=False):
+    fig, axes, bar = _panels(max(len(labels), 1), 1, (0.7 * len(order) + 3, 1.6 * max(len(labels), 1) + 1))
+    for label, ax in zip(labels, axes, strict=False):
         steps = sorted(chosen[label], key=int)
         cell = [[chosen[label][s].get(p) for p in order] for s in steps]
         gain = np.array([[c["accuracy"] - c["baseline"] if c else np.nan for c in row] for row in cell])
         image = _cells(ax, gain, [[c["accuracy"] if c else np.nan for c in row] for row in cell])
-        ax.set_xticks(range(len(order)), order if ax is axes.flat[len(labels) - 1] else [""] * len(order),
+        ax.set_xticks(range(len(order)), order if ax is axes[len(labels) - 1] else [""] * len(order),
                       rotation=40, ha="right", fontsize="small")
         ax.set_yticks(range(len(steps)), [f"step {s}" for s in steps], fontsize="small")
         ax.set_title(label, fontsize="medium")
     if labels:
-        fig.colorbar(image, ax=list(axes.flat))
+        fig.colorbar(image, cax=bar)
     fig.suptitle(f"Stage {stage}: where each step's labels are readable (test accuracy; colour: above baseline)")
     save_png(fig, path)
+
+
+def _panels(rows: int, columns: int, size: tuple[float, float]):
+    """A figure of rows x columns panels (listed row by row) and a colour-bar axis to their right."""
+    fig = pyplot().figure(figsize=size)
+    grid = fig.add_gridspec(rows, columns + 1, width_ratios=[24] * columns + [1])
+    panels = [fig.add_subplot(grid[i, j]) for i in range(rows) for j in range(columns)]
+    return fig, panels, fig.add_subplot(grid[:, columns])
 
 
 def _cells(ax, colour: np.ndarray, text: list[list[float]] | None = None):
