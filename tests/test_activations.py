@@ -301,6 +301,7 @@ def test_answer_rows_have_no_step_and_oracle_items_stay_thoughts(forced, collect
     replaced = sum(s is not None for r in rows for s in thought_steps(STAGE, 3, 1, len(r["steps"])))
     assert len(items) == 2 * replaced
     assert set(cache.index.loc[items["row"], "position"]) == {"thought"}
+    assert all(type(t) is int for t in items["thought"])  # the oracle tables name thoughts 0, 1, .. (not 0.0)
 
 
 def fed_tokens(script, tokenizer, n_answer):

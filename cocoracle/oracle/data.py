@@ -19,13 +19,13 @@ def build_items(cache: ActivationCache, tasks: list[str], layer: int, rng: np.ra
 
     Each item's question is drawn uniformly from its task's templates.
     """
-    rows = cache.index[cache.index["step"].notna()].reset_index(drop=True)
+    rows = cache.index[cache.index["step"].notna()].reset_index(drop=True)  # thoughts (answer-pass rows have none)
     items = []
     for task in tasks:
         templates = TEMPLATES[task]
         choice = rng.integers(0, len(templates), len(rows))
         for row, pick in zip(rows.to_dict("records"), choice, strict=True):
-            items.append({"row": row["row"], "problem_id": row["problem_id"], "thought": row["thought"],
+            items.append({"row": row["row"], "problem_id": row["problem_id"], "thought": int(row["thought"]),
                           "task": task, "prompt": prompt(layer, templates[pick]), "target": target(task, row)})
     return pd.DataFrame(items, columns=["row", "problem_id", "thought", "task", "prompt", "target"])
 
