@@ -6,9 +6,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,26 @@ class DataParallel:
             value = value.clone()
             dist.all_reduce(value)
         return value
+
+    def max(self, value: torch.Tensor) -> torch.Tensor:
+        """The largest value over all processes (itself when alone): `any` for flags."""
+        if self.world > 1:
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value
+
+    def broadcast(self, obj: T) -> T:
+        """The first process's obj (picklable) in every process."""
+        if self.world > 1:
+            box = [obj]
+            dist.broadcast_object_list(box, src=0, device=self.device)
+            obj = box[0]
+        return obj
+
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+        if self.world > 1:
+            dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
 
 @contextlib.contextmanager

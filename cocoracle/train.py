@@ -85,7 +85,8 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
 
     Under torchrun every process takes an equal share of each global batch (`train.batch_size`) and
     DDP averages the gradients; the loss is normalised by the global batch's tokens, so the updates
-    match one process's. Rank 0 validates, logs and saves.
+    match one process's. Rank 0 validates, logs and saves; every process saves its own RNG states in the
+    shared resume state (see `cocoracle.resume`), which only the same number of processes continues.
     """
     train, coconut = params["train"], params["coconut"]
     if not 0 <= stage <= coconut["num_stages"]:
@@ -127,16 +128,13 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                                             broadcast_buffers=False)
     precision = params["model"]["precision"]
 
-    saver = None
     inputs = [Path(data_dir) / f"{split}.parquet" for split in SPLITS] + ([Path(init)] if init else [])
-    if dp.world == 1:  # (under torchrun every process has its own RNG streams; they are not saved)
-        saver = Saver(out_dir, live_dir, fingerprint({**params, "stage": stage}, inputs, code_files("train")),
-                      params.get("resume", {}))
-    start = saver.restore(model, optimizer, scheduler) if saver else 0
+    saver = Saver(out_dir, live_dir, fingerprint({**params, "stage": stage}, inputs, code_files("train")),
+                  params.get("resume", {}), dp)
+    start = saver.restore(model, optimizer, scheduler)
 
     with contextlib.ExitStack() as stack:
-        if saver is not None:
-            stack.enter_context(saver.watching_signals())
+        stack.enter_context(saver.watching_signals())
         live = stack.enter_context(live_logger(live_dir, start)) if dp.main else None
         model.train()
         progress = tqdm(range(start, steps), desc=f"stage {stage}", mininterval=2, disable=not dp.main,
@@ -160,22 +158,21 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                 total += loss.detach()
             optimizer_step(optimizer, scheduler, model.parameters(), train["grad_clip"])
             global_loss = float(dp.sum(total)) / dp.world
-            if live is None:
-                continue
-            progress.set_postfix(loss=f"{global_loss:.4f}")
-            live.log_metric("train/loss", global_loss)
-            live.log_metric("train/lr", scheduler.get_last_lr()[0])
-            if val_rows and step + 1 in eval_at:
-                with autocast(precision, device):
-                    results = predict(model, codec, val_rows, stage, coconut, train["batch_size"], NO_TOKEN_LIMIT,
-                                      desc="val")
-                accuracy = sum(r["correct"] for r in results) / len(results)
-                live.log_metric("val/accuracy", accuracy)
-                log.info("stage %d step %d/%d loss %.4f val accuracy %.3f", stage, step + 1, steps, global_loss,
-                         accuracy)
-                model.train()
-            live.next_step()
-            if saver is not None and step + 1 < steps:
+            if live is not None:
+                progress.set_postfix(loss=f"{global_loss:.4f}")
+                live.log_metric("train/loss", global_loss)
+                live.log_metric("train/lr", scheduler.get_last_lr()[0])
+                if val_rows and step + 1 in eval_at:
+                    with autocast(precision, device):
+                        results = predict(model, codec, val_rows, stage, coconut, train["batch_size"],
+                                          NO_TOKEN_LIMIT, desc="val")
+                    accuracy = sum(r["correct"] for r in results) / len(results)
+                    live.log_metric("val/accuracy", accuracy)
+                    log.info("stage %d step %d/%d loss %.4f val accuracy %.3f", stage, step + 1, steps,
+                             global_loss, accuracy)
+                    model.train()
+                live.next_step()
+            if step + 1 < steps:  # every process, at the same steps
                 if saver.due(step + 1):
                     saver.save(step + 1, model, optimizer, scheduler)
                 saver.stop_if_asked(step + 1, model, optimizer, scheduler)
@@ -183,5 +180,4 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
         read = {key: params[key] for key in ("model", "coconut", "train")}
         save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage},
                         describe({**read, "stage": stage}, inputs))
-    if saver is not None:
-        saver.clear()
+    saver.clear()

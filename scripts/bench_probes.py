@@ -1,0 +1,101 @@
+"""Probe fitting: the step's way (one standardisation per unit, warm starts along the C grid, units in parallel over
+the threads) against the way before it (a fresh StandardScaler + LogisticRegression pipeline per C, one unit after
+another), on the same activation caches, side by side in one run.
+
+Prints seconds for each, the ratio, and the largest difference of val and test accuracy over every probe.
+Usage: python scripts/bench_probes.py [--params params.yaml] [--cache results/activations] [--stage 3]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cocoracle.cache_reader import ActivationCache
+from cocoracle.config import load_params
+from cocoracle.probes import SPLITS, _fit_unit, positions, probed_rows, step_targets
+
+
+def fit_before(train, val, test, c_grid: list[float], max_iter: int, seed: int) -> dict[str, float] | None:
+    """The probe as fitted before: a fresh pipeline per C, C chosen on val (first best), scored on test."""
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, val, test
+    if len(np.unique(y_tr)) < 2 or not len(y_va) or not len(y_te):
+        return None
+    best, best_score = None, -1.0
+    for c in c_grid:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
+        model.fit(x_tr, y_tr)
+        score = model.score(x_va, y_va)
+        if score > best_score:
+            best, best_score = model, score
+    return {"accuracy": float(best.score(x_te, y_te)), "val_accuracy": float(best_score)}
+
+
+def units(caches: dict[str, ActivationCache], probes: dict) -> list[tuple[tuple, dict]]:
+    """Every (tensor, position) with its loaded activations and targets, as the probe step loads them."""
+    index = caches["train"].index
+    n_steps = int(index["n_steps"].max())
+    out = []
+    for tensor in caches["train"].tensors:
+        for pos in positions(index):
+            data = {}
+            for split, cache in caches.items():
+                rows = probed_rows(cache.index)
+                rows = rows[(rows["position"] == pos[0]) & (rows["offset"] == pos[1])].sort_values("row")
+                targets = {("step", s, label): y for (s, label), y in
+                           step_targets(rows, n_steps, probes["step_labels"]).items()}
+                if pos[0] == "thought":
+                    targets |= {("own", None, label): rows[label].to_numpy(dtype=float) for label in probes["labels"]}
+                data[split] = (cache.load(tensor, rows["row"].to_numpy()), targets)
+            out.append(((tensor, pos), data))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--cache", default="results/activations", help="directory of stage-K/{train,val,test}")
+    parser.add_argument("--stage", type=int, default=3)
+    args = parser.parse_args()
+    probes = load_params(args.params)["probes"]
+    caches = {s: ActivationCache(f"{args.cache}/stage-{args.stage}/{s}") for s in SPLITS}
+    work = units(caches, probes)
+    threads = torch.get_num_threads()
+
+    start = time.perf_counter()
+    before = {}
+    for key, data in work:
+        for target in data["train"][1]:
+            splits = []
+            for split in SPLITS:
+                x, y = data[split][0], data[split][1][target]
+                known = ~np.isnan(y)
+                splits.append((x[known], y[known].astype(int)))
+            fitted = fit_before(*splits, probes["C_grid"], probes["max_iter"], probes["seed"])
+            if fitted is not None:
+                before[key, target] = fitted
+    seconds_before = time.perf_counter() - start
+
+    from joblib import Parallel, delayed
+    start = time.perf_counter()
+    results = Parallel(n_jobs=threads)(delayed(_fit_unit)(data, probes) for _, data in work)
+    seconds_now = time.perf_counter() - start
+    now = {(key, target): fitted for (key, _), fits in zip(work, results, strict=True) for target, fitted in fits}
+
+    assert now.keys() == before.keys()
+    test = max(abs(now[k]["accuracy"] - before[k]["accuracy"]) for k in now)
+    val = max(abs(now[k]["val_accuracy"] - before[k]["val_accuracy"]) for k in now)
+    print(f"stage {args.stage}: {len(work)} (tensor, position) units, {len(now)} probes, C grid {probes['C_grid']}, "
+          f"{threads} threads")
+    print(f"before (fresh pipeline per C, one unit after another): {seconds_before:.1f} s")
+    print(f"now (warm starts along C, units in parallel): {seconds_now:.1f} s")
+    print(f"speed-up {seconds_before / seconds_now:.2f}x; largest accuracy difference: test {test:.4f}, val {val:.4f}")
+
+
+if __name__ == "__main__":
+    main()
