@@ -95,3 +95,11 @@ def differing_outputs(repo: Path, other: Path) -> tuple[list[str], list[str]]:
 
     ours, theirs = files(repo), files(other)
     return sorted(ours ^ theirs), [rel for rel in sorted(ours & theirs) if not same(rel)]
+
+
+def engine_env() -> dict[str, str]:
+    """The environment `run` gives its commands, for those started otherwise (e.g. with output to a file:
+    `dvc queue start` spawns workers that inherit its stdout, so `run`'s pipes would stay open until they exit)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
+    return env
