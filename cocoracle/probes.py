@@ -42,7 +42,8 @@ ANSWER_POSITIONS = ("eot", "###", "answer")  # cache `position` values of the an
 # the fields an oracle task's answer is made of (a step's text follows from its two digits and carry in)
 CEILING_FIELDS = {"step": ("a_digit", "b_digit", "carry_in"), "digit": ("digit_written",), "carry": ("carry_out",),
                   "operands": ("a_digit", "b_digit"), "a_digit": ("a_digit",), "b_digit": ("b_digit",)}
-READABLE = 0.9  # a step's label is readable at the first position whose chosen probe reaches this val accuracy
+READABLE = 0.9
+CONSTANT = "constant"  # in place of a tensor: a label with one value in train, known without reading anything  # a step's label is readable at the first position whose chosen probe reaches this val accuracy
 
 Split = tuple[np.ndarray, np.ndarray]  # (activations, labels) of the rows whose label is known
 
@@ -115,6 +116,9 @@ def _fit_unit(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) 
             known = ~np.isnan(targets[key])
             splits.append((x[known], targets[key][known].astype(int)))
         fitted = fit_probe(*splits, probes["C_grid"], probes["max_iter"], probes["seed"])
+        constant = np.unique(splits[0][1])
+        if fitted is None and key[0] == "own" and len(constant) == 1:  # a reader knows it: no probe, no table row
+            fitted = {CONSTANT: True, "hits": splits[2][1] == constant[0]}
         if fitted is not None:
             hits = np.full(len(data["test"][1][key]), np.nan)  # over all the position's test rows
             hits[~np.isnan(data["test"][1][key])] = fitted.pop("hits")
@@ -148,7 +152,9 @@ def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[st
                                                   strict=True):
         for (kind, step, label), fitted in fits:
             hit = fitted.pop("hits")
-            if kind == "own":
+            if fitted.get(CONSTANT):
+                hits[CONSTANT, offset, label] = hit
+            elif kind == "own":
                 hits[tensor, offset, label] = hit
                 thoughts.append({"stage": stage, "tensor": tensor, "thought": offset, "label": label, **fitted})
             else:
@@ -161,16 +167,17 @@ def composed_ceiling(table: pd.DataFrame, hits: dict[tuple[str, int, str], np.nd
                      ) -> dict[str, dict[str, dict[str, Any]]]:
     """{oracle task: {thought, and 'all': the share of test items on which every probe of the fields its answer
     is made of is right}}: what a perfect reader of the linearly readable fields would reach. Per label the probe
-    is the one best on val at that thought; the items are the thought's test rows (the oracle's items)."""
+    is the one best on val at that thought (a label with one value in train needs no probe: it is that value);
+    the items are the thought's test rows (the oracle's items)."""
     chosen = best_by_thought(table)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for task, fields in CEILING_FIELDS.items():
         per_thought = {}
-        for thought in sorted({int(t) for label in fields for t in chosen.get(label, {})}):
-            probes = [chosen.get(label, {}).get(str(thought)) for label in fields]
-            if None in probes:
+        for thought in sorted({key[1] for key in hits}):
+            tensors = [chosen.get(label, {}).get(str(thought), {}).get("tensor", CONSTANT) for label in fields]
+            if any((tensor, thought, label) not in hits for tensor, label in zip(tensors, fields, strict=True)):
                 continue
-            joint = np.prod([hits[p["tensor"], thought, label] for p, label in zip(probes, fields, strict=True)],
+            joint = np.prod([hits[tensor, thought, label] for tensor, label in zip(tensors, fields, strict=True)],
                             axis=0)
             per_thought[str(thought)] = joint[~np.isnan(joint)]
         if per_thought:

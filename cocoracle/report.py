@@ -125,7 +125,9 @@ def ceiling_table(table: pd.DataFrame, probes: list[dict[str, Any]]) -> str:
     ceilings = {m["stage"]: m.get("ceiling", {}) for m in probes}
     own = table[table["condition"] == "oracle"].set_index(["stage", "task", "thought", "oracle"])["exact_match"]
     rows = []
-    for (stage, task, thought), _ in own.groupby(level=[0, 1, 2], sort=False):
+    cells_in_order = sorted({key[:3] for key in own.index}, key=lambda k: (
+        k[0], ORACLE_TASKS.index(k[1]) if k[1] in ORACLE_TASKS else len(ORACLE_TASKS), k[2] == "all", str(k[2])))
+    for stage, task, thought in cells_in_order:
         limit = ceilings.get(stage, {}).get(task, {}).get(str(thought))
         if limit is None:
             continue

@@ -131,3 +131,14 @@ def test_composed_ceiling_needs_every_field_of_an_answer_right_on_the_same_item(
     assert ceiling["operands"]["all"]["accuracy"] == 0.5
     assert ceiling["a_digit"]["0"]["accuracy"] == 0.75
     assert "digit" not in ceiling  # digit_written was not probed
+
+
+def test_a_label_with_one_train_value_counts_as_read_in_the_ceiling(tmp_path):
+    """At the first column the carry in is always 0: a reader knows it, so the step ceiling needs only the digits."""
+    caches = _caches(tmp_path, encoded=True)
+    probes = {**PROBES, "labels": ["a_digit", "b_digit", "carry_in"]}
+    table, _, hits = probe_caches(caches, 1, probes)
+    assert not ((table["label"] == "carry_in") & (table["thought"] == 0)).any()  # no probe row for a constant
+    assert ("constant", 0, "carry_in") in hits
+    ceiling = composed_ceiling(table, hits)
+    assert ceiling["step"]["0"]["accuracy"] == ceiling["operands"]["0"]["accuracy"]
