@@ -42,8 +42,8 @@ ANSWER_POSITIONS = ("eot", "###", "answer")  # cache `position` values of the an
 # the fields an oracle task's answer is made of (a step's text follows from its two digits and carry in)
 CEILING_FIELDS = {"step": ("a_digit", "b_digit", "carry_in"), "digit": ("digit_written",), "carry": ("carry_out",),
                   "operands": ("a_digit", "b_digit"), "a_digit": ("a_digit",), "b_digit": ("b_digit",)}
-READABLE = 0.9
-CONSTANT = "constant"  # in place of a tensor: a label with one value in train, known without reading anything  # a step's label is readable at the first position whose chosen probe reaches this val accuracy
+READABLE = 0.9  # a step's label is readable at the first position whose chosen probe reaches this val accuracy
+CONSTANT = "constant"  # in place of a tensor: a label with one value in train, known without reading anything
 
 Split = tuple[np.ndarray, np.ndarray]  # (activations, labels) of the rows whose label is known
 
