@@ -66,13 +66,15 @@ def oracle_rows(runs: dict[str, Path], stage: int, task: str) -> str:
     for name, run in runs.items():
         table = pd.read_csv(run / f"results/oracle/stage-{stage}.csv", dtype={"thought": str})
         ceiling = _json(run / f"results/probes/stage-{stage}.json").get("ceiling", {}).get(task, {})
-        mine = table[(table["task"] == task) & (table["condition"] == "oracle")]
-        for thought, cell in mine.groupby("thought", sort=False):
+        rows_of_task = table[table["task"] == task]
+        for thought, cell in rows_of_task.groupby("thought", sort=False):
             line: list[Any] = [name, thought]
             for kind in ("self", "separate"):
-                row = cell[cell["oracle"] == kind].iloc[0]
+                own = cell[cell["oracle"] == kind].set_index("condition")
+                row = own.loc["oracle"]
+                best = own.loc[row["exact_match_best_baseline"], "exact_match"]
                 line.append(f"{format_interval(row['exact_match'], row['exact_match_low'], row['exact_match_high'])}"
-                            f" / {row['exact_match_best_baseline']}")
+                            f" / {best:.1%} ({row['exact_match_best_baseline']})")
             limit = ceiling.get(thought)
             line.append(format_interval(limit["accuracy"], limit["low"], limit["high"]) if limit else "–")
             rows.append(line)

@@ -13,8 +13,10 @@ from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import (
     NO_TOKEN_LIMIT,
     Codec,
+    _attention,
     generate_with_thoughts,
     latent_prefix,
+    layout_options,
     naive_forward,
     thought_steps,
 )
@@ -330,11 +332,18 @@ def test_answer_pass_states_equal_a_direct_recomputation(collected, forced):
             got = cache.index[(cache.index["problem_id"] == row["id"]) & (cache.index["position"] != "thought")]
             fed, columns = fed_tokens(scripts[tuple(codec.encode(row["question"]))], tokenizer,
                                       int((got["position"] == "answer").sum()))
-            batch = codec.batch([row], STAGE, params["coconut"]["num_stages"], 1, with_targets=False)
+            batch = codec.batch([row], STAGE, params["coconut"]["num_stages"], 1, with_targets=False,
+                                **layout_options(params["coconut"]))
             with torch.no_grad():
                 thoughts = naive_forward(model, batch).thoughts
                 seq = torch.cat([embed(batch.prefix_ids), thoughts, embed(torch.tensor([fed]))], dim=1)
-                hidden = model(inputs_embeds=seq, output_hidden_states=True).hidden_states
+                # the layout's mask: without sight of the question, <eot> and everything from ### on are blind
+                blind = torch.zeros(1, seq.shape[1], dtype=torch.bool)
+                fed_start = seq.shape[1] - len(fed)
+                blind[0, fed_start] = True
+                blind[0, fed_start + columns.get(("###", 0), len(fed)):] = True
+                mask = _attention(model, batch, torch.ones(1, seq.shape[1], dtype=torch.long), blind, seq.dtype)
+                hidden = model(inputs_embeds=seq, attention_mask=mask, output_hidden_states=True).hidden_states
             at = [columns[p, o] for p, o in zip(got["position"], got["offset"], strict=True)]
             assert [tokenizer.decode([fed[c]]) for c in at] == list(got["token"])
             at = [batch.prefix_ids.shape[1] + STAGE + c for c in at]
