@@ -17,7 +17,7 @@ from cocoracle.model import save_checkpoint
 from conftest import make_tiny_model, tiny_params_dict
 
 CPU = torch.device("cpu")
-LAYOUT = {"num_stages": 2, "thoughts_per_step": 1}
+LAYOUT = {"num_stages": 2, "thoughts_per_step": 1, "answer_sees_question": True}  # as the overfit model trains
 STAGE = 1
 
 
