@@ -154,34 +154,31 @@ def probe_table(metrics: dict[str, Any]) -> str:
     """Markdown for one stage: thought position x label, the val-chosen probe's test accuracy [95 % interval]
     / majority baseline on the same items · the tensor it reads."""
     by_thought = metrics["by_thought"]
-    labels = _ordered(by_thought, PROBE_LABELS)
-    thoughts = sorted({int(t) for label in labels for t in by_thought[label]})
-    rows = []
-    for thought in thoughts:
-        cells: list[Any] = [thought]
-        for label in labels:
-            probe = by_thought[label].get(str(thought))
-            cells.append(f"{format_interval(probe['accuracy'], probe['low'], probe['high'])} / "
-                         f"{probe['baseline']:.1%} · {probe['tensor']}" if probe else "–")
-        rows.append(cells)
-    return _table(["thought"] + labels, rows)
+    return _label_grid(by_thought, _ordered(by_thought, PROBE_LABELS), "thought", "–")
 
 
 def readable_table(metrics: dict[str, Any]) -> str:
     """Markdown for one stage: per step and label, the first position (in computation order) whose val-chosen
     probe reaches the readability bar on val, with its test accuracy [95 % interval] / baseline · tensor."""
     readable = metrics["readable"]
-    labels = list(readable)
-    steps = sorted({int(s) for label in labels for s in readable[label]})
+    return _label_grid(readable, list(readable), "step", "nowhere", where=True)
+
+
+def _label_grid(by_label: dict[str, dict[str, dict[str, Any] | None]], labels: list[str], head: str, missing: str,
+                where: bool = False) -> str:
+    """A table of chosen probes: one row per key (thought or step), one column per label; each cell 'accuracy
+    [interval] / baseline · tensor' (`where`: prefixed with the probe's position), or `missing`."""
+    keys = sorted({int(k) for label in labels for k in by_label[label]})
     rows = []
-    for step in steps:
-        cells: list[Any] = [step]
+    for key in keys:
+        cells: list[Any] = [key]
         for label in labels:
-            probe = readable[label].get(str(step))
-            cells.append(f"{probe['position']}: {format_interval(probe['accuracy'], probe['low'], probe['high'])} / "
-                         f"{probe['baseline']:.1%} · {probe['tensor']}" if probe else "nowhere")
+            probe = by_label[label].get(str(key))
+            cells.append((f"{probe['position']}: " if where else "")
+                         + f"{format_interval(probe['accuracy'], probe['low'], probe['high'])} / "
+                         f"{probe['baseline']:.1%} · {probe['tensor']}" if probe else missing)
         rows.append(cells)
-    return _table(["step"] + labels, rows)
+    return _table([head] + labels, rows)
 
 
 def _placeholder(note: str, path: str | Path) -> None:
