@@ -212,7 +212,8 @@ def test_snakemake_html_report_holds_the_figures_tables_and_run_statistics(snake
                 re.findall(r"data:(image/png|text/csv)[^\"]*?filename=([^;\"]+);base64,([A-Za-z0-9+/=]+)", html)}
     for figure in ("accuracy", "oracle", "training"):
         assert embedded[f"{figure}.png"] == (snakemake_repo / "results" / "report" / f"{figure}.png").read_bytes()
-    assert embedded["stage-2.png"] == (snakemake_repo / "results" / "probes" / "stage-2.png").read_bytes()
+    for heatmap in ("stage-2.png", "stage-2-steps.png"):
+        assert embedded[heatmap] == (snakemake_repo / "results" / "probes" / heatmap).read_bytes()
     assert embedded["stage-2.csv"] in {(snakemake_repo / "results" / d / "stage-2.csv").read_bytes()
                                        for d in ("probes", "oracle")}
     runtimes = json.loads(re.search(r"var runtimes_spec = (\{.*?\});\n", html).group(1))["data"]["values"]

@@ -12,6 +12,16 @@ rule probe_stage:
                 category="Probes",
                 labels={"stage": "{stage}", "what": "heatmap"},
             ),
+            steps_table=dict(
+                caption="../report/probe-steps-table.rst",
+                category="Probes",
+                labels={"stage": "{stage}", "what": "steps table"},
+            ),
+            steps_heatmap=dict(
+                caption="../report/probe-steps-heatmap.rst",
+                category="Probes",
+                labels={"stage": "{stage}", "what": "steps heatmap"},
+            ),
         ),
     log:
         step_log("probe_stage"),
