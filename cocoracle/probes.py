@@ -24,6 +24,7 @@ from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from cocoracle.atomic import atomic_path, write_text
@@ -107,7 +108,15 @@ def _unit_targets(rows: pd.DataFrame, position: str, n_steps: int, probes: dict[
 
 
 def _fit_unit(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) -> list[tuple[tuple, dict]]:
-    """Fit every label of one (tensor, position): [(target key, result)] for the labels train has two classes of."""
+    """Fit every label of one (tensor, position): [(target key, result)] for the labels train has two classes of.
+
+    numpy's BLAS runs on one thread here, so the fits have the same bits whatever the job's thread count (a
+    multi-threaded BLAS sums in another order); the units themselves run in parallel."""
+    with threadpool_limits(limits=1):
+        return _fit_labels(data, probes)
+
+
+def _fit_labels(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) -> list[tuple[tuple, dict]]:
     out = []
     for key in data["train"][1]:
         splits = []

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -142,3 +143,18 @@ def test_a_label_with_one_train_value_counts_as_read_in_the_ceiling(tmp_path):
     assert ("constant", 0, "carry_in") in hits
     ceiling = composed_ceiling(table, hits)
     assert ceiling["step"]["0"]["accuracy"] == ceiling["operands"]["0"]["accuracy"]
+
+
+def test_probe_results_do_not_depend_on_the_thread_count(tmp_path):
+    """The probe step's units run in parallel over the job's threads; the tables are the same bits either way."""
+    caches = _caches(tmp_path, encoded=True)
+    before = torch.get_num_threads()
+    try:
+        tables = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            table, steps, _ = probe_caches(caches, 1, PROBES)
+            tables.append((table.to_csv(), steps.to_csv()))
+    finally:
+        torch.set_num_threads(before)
+    assert tables[0] == tables[1]
