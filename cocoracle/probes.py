@@ -145,10 +145,12 @@ def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[st
     n_steps = int(index["n_steps"].max())
     units = [(tensor, pos) for tensor in caches["train"].tensors for pos in positions(index)]
 
+    probed = {split: probed_rows(cache.index) for split, cache in caches.items()}  # filtered once, not per unit
+
     def load(tensor: str, pos: tuple[str, int]) -> dict[str, tuple[np.ndarray, dict]]:
         data = {}
         for split, cache in caches.items():
-            index = probed_rows(cache.index)
+            index = probed[split]
             rows = index[(index["position"] == pos[0]) & (index["offset"] == pos[1])]
             rows = rows.sort_values("row")
             data[split] = (cache.load(tensor, rows["row"].to_numpy()), _unit_targets(rows, pos[0], n_steps, probes))
