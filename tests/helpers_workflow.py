@@ -1,11 +1,16 @@
 """Temporary copies of the repository for running the real engines on the smoke parameters."""
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_PARAMS = REPO / "tests" / "smoke-params.yaml"
@@ -57,51 +62,79 @@ def set_param(repo: Path, section: str, key: str, value) -> None:
 
 
 def differing_outputs(repo: Path, other: Path) -> tuple[list[str], list[str]]:
-    """Two runs' outputs: (files in only one of them, files that differ, each with where it first differs, and
-    when any does, the cache shards that differ within the tolerance below, which may explain them).
+    """Two runs' outputs: (files in only one of them, files that differ, each with where it first differs).
 
-    Every file under data/, models/ and results/ is compared byte for byte, except where the one known source
-    of run-to-run noise reaches: activation cache shards may differ in the last float16 bit (rarely; see
-    docs/reliability.md), so their tensors are compared to within one float16 step, and the records that hash
-    a cache (manifests, provenance, checksums of oracle directories, the `provenance` key of metrics files)
-    are compared without those hashes.
+    Every file under data/, models/ and results/ is compared byte for byte. A file whose bytes differ only by
+    run-to-run noise (`within_noise`) passes with a warning naming it, so that CI's log shows every occurrence.
     """
-    import json
-
-    import torch
-    from safetensors.torch import load_file
-
     def files(root: Path) -> set[str]:
         return {str(p.relative_to(root)) for d in ("data", "models", "results") for p in (root / d).rglob("*")
                 if p.is_file() and p.name not in (".gitignore", ".snakemake_timestamp")}
 
-    def same(rel: str) -> bool:
-        a, b = repo / rel, other / rel
-        if a.read_bytes() == b.read_bytes():
-            return True
-        if rel.startswith("results/activations/") and a.suffix == ".safetensors":
-            x, y = load_file(a), load_file(b)
-            close = x.keys() == y.keys() and all(
-                torch.allclose(x[k].float(), y[k].float(), rtol=2 ** -10, atol=2 ** -14) for k in x)
-            if close and any(not torch.equal(x[k], y[k]) for k in x):
-                tolerated.append(f"{rel} (within one float16 step, tolerated): {describe_difference(a, b)}")
-            return close
-        if a.name in ("provenance.json", "checksums.json") and rel.startswith("models/oracle/"):
-            return True  # they hash the caches the oracle was trained on; its weights are compared byte for byte
-        if a.suffix == ".json":
-            x, y = json.loads(a.read_text()), json.loads(b.read_text())
-            for record in (x, y):
-                record.pop("provenance", None)
-                for key in ("shards", "index_sha256"):
-                    record.pop(key, None) if rel.startswith("results/activations/") else None
-            return x == y
+    ours, theirs = files(repo), files(other)
+    found = ((rel, output_difference(repo / rel, other / rel)) for rel in sorted(ours & theirs))
+    return sorted(ours ^ theirs), [f"{rel}: {difference}" for rel, difference in found if difference]
+
+
+def output_difference(a: Path, b: Path) -> str | None:
+    """None when two versions of an output have the same bytes or differ within run-to-run noise (then with a
+    warning naming it, so that CI's log shows every occurrence); else where they first differ."""
+    if a.read_bytes() == b.read_bytes():
+        return None
+    if within_noise(a, b):
+        warnings.warn(f"{a}: not the same bytes as {b}, within run-to-run noise: {describe_difference(a, b)}",
+                      stacklevel=2)
+        return None
+    return describe_difference(a, b)
+
+
+# The one known source of run-to-run noise (docs/reliability.md): rarely, a float differs in its last bit between
+# two runs of the same step, params and threads (seen in activation caches and stage-2 training, cause not found),
+# and what is computed from it differs by as little. Real nondeterminism (another seed, data order or thread
+# count) moves weights and metrics by orders of magnitude more.
+FLOAT_NOISE = {"rel_tol": 1e-4, "abs_tol": 1e-6}
+CACHE_NOISE = {"rtol": 2 ** -10, "atol": 2 ** -14}  # one float16 step
+NUMBER = re.compile(r"-?\d+\.\d*(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+|-?\d+")
+DIGEST = re.compile(r"\b[0-9a-f]{64}\b")  # sha256 of files, which differ when the file does (not git revisions)
+
+
+def within_noise(a: Path, b: Path) -> bool:
+    """Whether two versions of an output differ by no more than FLOAT_NOISE: the same tensors, text, records and
+    integers, floats within tolerance (cache tensors within one float16 step), hashes ignored, plots drawn alike."""
+    if a.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        x, y = load_file(a), load_file(b)
+        tol = CACHE_NOISE if "results/activations/" in str(a) else {
+            "rtol": FLOAT_NOISE["rel_tol"], "atol": FLOAT_NOISE["abs_tol"]}
+        return x.keys() == y.keys() and all(
+            x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
+            and (torch.allclose(x[k].double(), y[k].double(), **tol) if x[k].is_floating_point()
+                 else torch.equal(x[k], y[k])) for k in x)
+    if a.suffix == ".png":
+        from matplotlib.image import imread
+
+        x, y = imread(a), imread(b)
+        return x.shape == y.shape and float((abs(x - y) > 0.02).any(-1).mean()) < 0.005
+    if a.suffix == ".parquet":
+        import pandas as pd
+
+        x, y = pd.read_parquet(a), pd.read_parquet(b)
+        return list(x.columns) == list(y.columns) and len(x) == len(y) and _same_text(x.to_csv(), y.to_csv())
+    try:
+        return _same_text(a.read_text(), b.read_text())
+    except UnicodeDecodeError:
         return False
 
-    tolerated: list[str] = []
-    ours, theirs = files(repo), files(other)
-    differ = [f"{rel}: {describe_difference(repo / rel, other / rel)}"
-              for rel in sorted(ours & theirs) if not same(rel)]
-    return sorted(ours ^ theirs), (differ + tolerated if differ else [])  # the tolerated ones as context
+
+def _same_text(x: str, y: str) -> bool:
+    """The same text outside numbers and hashes; the same integers; floats within FLOAT_NOISE."""
+    x, y = DIGEST.sub("<hash>", x), DIGEST.sub("<hash>", y)
+    if NUMBER.split(x) != NUMBER.split(y):
+        return False
+    pairs = zip(NUMBER.findall(x), NUMBER.findall(y), strict=True)
+    return all(p == q if p.lstrip("-").isdigit() and q.lstrip("-").isdigit()
+               else math.isclose(float(p), float(q), **FLOAT_NOISE) for p, q in pairs)
 
 
 def describe_difference(a: Path, b: Path) -> str:
