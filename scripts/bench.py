@@ -1,0 +1,51 @@
+"""Run the benchmarks of scripts/ that are cheap enough by default, one after another, each under a header.
+
+bench_training, bench_kv_cache and bench_activation_memory (with a small --problems) always; bench_noop and
+bench_probes only with --run, a finished run directory (a checkout whose outputs are complete).
+Usage: python scripts/bench.py [--params params.yaml] [--run DIR] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cocoracle.config import load_params
+
+HERE = Path(__file__).resolve().parent
+
+
+def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
+    """Each benchmark's argument list (script name first)."""
+    out = [["bench_training.py", "--params", params, *(["--quick"] if quick else [])],
+           ["bench_kv_cache.py", "--params", params, "--batches", "3" if quick else "20"],
+           ["bench_activation_memory.py", "--params", params, "--problems", "20" if quick else "100"]]
+    if run is not None:
+        stage = str(load_params(params)["coconut"]["num_stages"])
+        out += [["bench_noop.py", str(run), "--runs", "1" if quick else "5"],
+                ["bench_probes.py", "--params", params, "--cache", str(run / "results/activations"), "--stage", stage]]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--run", type=Path, help="a finished run directory: also bench_noop and bench_probes")
+    parser.add_argument("--quick", action="store_true", help="each benchmark at its smallest useful size")
+    args = parser.parse_args()
+    start, failed = time.perf_counter(), []
+    for script, *rest in commands(args.params, args.run, args.quick):
+        print(f"\n=== {script} {' '.join(rest)}", flush=True)
+        begin = time.perf_counter()
+        rc = subprocess.run([sys.executable, str(HERE / script), *rest]).returncode
+        print(f"--- {time.perf_counter() - begin:.1f} s" + (f", FAILED (exit {rc})" if rc else ""), flush=True)
+        if rc:
+            failed.append(script)
+    print(f"\ntotal {time.perf_counter() - start:.1f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
