@@ -8,12 +8,10 @@ The prefix is one pass, each thought one single-position pass that reuses the ca
 layer's final hidden state at the previous position), and the rest one more pass. Position ids skip the left
 padding.
 
-With answer_sees_question false the *blind* positions (###, the answer and <eos>, and <eot> where no text step
-follows it) cannot attend to the question's columns (question tokens and <bot>): they see the thoughts, the text
-steps and themselves, so at the all-latent stage the question reaches the answer only through the thoughts. Text
-steps still see the question, and so does the <eot> that predicts the first of them (at stage 0 nothing else
-could carry the question to it). In greedy generation a generated token is blind from the first `###` token on
-(a text step before it).
+With answer_sees_question false the *blind* positions (<eot>, ###, the answer and <eos>) cannot attend to the
+question's columns (question tokens and <bot>): they see the thoughts, the text steps and themselves, so at the
+all-latent stage the question reaches the answer only through the thoughts. Text steps still see the question.
+In greedy generation a generated token is blind from the first `###` token on (a text step before it).
 """
 from __future__ import annotations
 
@@ -96,14 +94,14 @@ class Codec:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def suffix(self, steps: list[str], answer: int) -> tuple[list[int], list[int], list[int]]:
-        """Ids after the thoughts, the mask of answer tokens and the mask of blind tokens (### and after it, and
-        <eot> when no step follows): <eot> steps | ... ### answer <eos>."""
+        """Ids after the thoughts, the mask of answer tokens and the mask of blind tokens (all but the steps):
+        <eot> steps | ... ### answer <eos>."""
         head = [self.eot] + self.encode(" " + " ".join([*(f"{s} |" for s in steps), "###"]))
         mark = self.encode(ANSWER_MARK)
         if head[-len(mark):] != mark:
             raise ValueError(f"the tokenizer does not split '{ANSWER_MARK}' off the steps")
         tail = self.encode(f" {answer}") + [self.eos]
-        blind = [int(not steps)] + [0] * (len(head) - 1 - len(mark)) + [1] * (len(mark) + len(tail))
+        blind = [1] + [0] * (len(head) - 1 - len(mark)) + [1] * (len(mark) + len(tail))
         return head + tail, [0] * len(head) + [1] * len(tail), blind
 
     def prefix(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
@@ -128,9 +126,8 @@ class Codec:
             ids, question = self.prefix(row["question"], kept if order == "last" else [])
             prefixes.append(ids)
             questions.append(question)
-            steps = kept if order == "first" else []
-            ids, answer, blind = (self.suffix(steps, row["answer"]) if with_targets
-                                  else ([self.eot], [0], [int(not steps)]))
+            ids, answer, blind = (self.suffix(kept if order == "first" else [], row["answer"]) if with_targets
+                                  else ([self.eot], [0], [1]))
             suffixes.append(ids)
             answers.append(answer)
             blinds.append(blind)
@@ -314,8 +311,7 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
     inputs = eot if last is None else torch.cat([last, eot], dim=1)
     finished = torch.zeros(B, dtype=torch.bool, device=mask.device)
     text = torch.ones(B, 1, dtype=torch.bool, device=mask.device)  # generated tokens are text steps until ###
-    eot_blind = ~text if batch.blind is None else batch.blind[:, :1]  # (ignored when the answer sees the question)
-    blind = F.pad(eot_blind, (inputs.shape[1] - 1, 0))  # the last thought (if any) sees the question
+    blind = F.pad(text, (inputs.shape[1] - 1, 0))  # the last thought (if any) sees the question, <eot> does not
     out: list[list[int]] = [[] for _ in range(B)]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None:  # never run past the position table
