@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_PARAMS = REPO / "tests" / "smoke-params.yaml"
@@ -92,21 +93,19 @@ def output_difference(a: Path, b: Path) -> str | None:
 # two runs of the same step, params and threads (seen in activation caches and stage-2 training, cause not found),
 # and what is computed from it differs by as little. Real nondeterminism (another seed, data order or thread
 # count) moves weights and metrics by orders of magnitude more.
-FLOAT_NOISE = {"rel_tol": 1e-4, "abs_tol": 1e-6}
-CACHE_NOISE = {"rtol": 2 ** -10, "atol": 2 ** -14}  # one float16 step
+FLOAT_RTOL, FLOAT_ATOL = 1e-4, 1e-6
+CACHE_RTOL, CACHE_ATOL = 2 ** -10, 2 ** -14  # one float16 step
 NUMBER = re.compile(r"-?\d+\.\d*(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+|-?\d+")
 DIGEST = re.compile(r"\b[0-9a-f]{64}\b")  # sha256 of files, which differ when the file does (not git revisions)
 
 
 def within_noise(a: Path, b: Path) -> bool:
-    """Whether two versions of an output differ by no more than FLOAT_NOISE: the same tensors, text, records and
+    """Whether two versions of an output differ by no more than FLOAT_RTOL/ATOL: the same tensors, text, records and
     integers, floats within tolerance (cache tensors within one float16 step), hashes ignored, plots drawn alike."""
     if a.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         x, y = load_file(a), load_file(b)
-        tol = CACHE_NOISE if "results/activations/" in str(a) else {
-            "rtol": FLOAT_NOISE["rel_tol"], "atol": FLOAT_NOISE["abs_tol"]}
+        cache = "results/activations/" in str(a)
+        tol = {"rtol": CACHE_RTOL, "atol": CACHE_ATOL} if cache else {"rtol": FLOAT_RTOL, "atol": FLOAT_ATOL}
         return x.keys() == y.keys() and all(
             x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
             and (torch.allclose(x[k].double(), y[k].double(), **tol) if x[k].is_floating_point()
@@ -128,20 +127,18 @@ def within_noise(a: Path, b: Path) -> bool:
 
 
 def _same_text(x: str, y: str) -> bool:
-    """The same text outside numbers and hashes; the same integers; floats within FLOAT_NOISE."""
+    """The same text outside numbers and hashes; the same integers; floats within FLOAT_RTOL/ATOL."""
     x, y = DIGEST.sub("<hash>", x), DIGEST.sub("<hash>", y)
     if NUMBER.split(x) != NUMBER.split(y):
         return False
     pairs = zip(NUMBER.findall(x), NUMBER.findall(y), strict=True)
     return all(p == q if p.lstrip("-").isdigit() and q.lstrip("-").isdigit()
-               else math.isclose(float(p), float(q), **FLOAT_NOISE) for p, q in pairs)
+               else math.isclose(float(p), float(q), rel_tol=FLOAT_RTOL, abs_tol=FLOAT_ATOL) for p, q in pairs)
 
 
 def describe_difference(a: Path, b: Path) -> str:
     """Where two versions of a file first differ, in one line (for a failing run comparison's message)."""
     if a.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         x, y = load_file(a), load_file(b)
         if x.keys() != y.keys():
             return f"{a.name}: {len(x.keys() ^ y.keys())} tensors in one only, e.g. {sorted(x.keys() ^ y.keys())[:3]}"
