@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from transformers.activations import ACT2FN
 import yaml
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -141,6 +142,16 @@ def test_tiny_model_is_seeded(mixed_rows):
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)
     assert m1.get_input_embeddings().weight.shape[0] == len(t1)
     assert m1.config.n_layer == 2 and m1.config.n_embd == 32
+
+
+def test_tiny_model_uses_gpt2s_gelu_as_one_kernel(mixed_rows):
+    """The tiny model's MLP activation is GPT-2's tanh-approximated GELU (gelu_new), computed by one fused kernel."""
+    model, _ = make_tiny_model(mixed_rows)
+    x = torch.linspace(-6, 6, 1001)
+    act = model.transformer.h[0].mlp.act
+    assert not isinstance(act, type(ACT2FN["gelu_new"]))
+    torch.testing.assert_close(act(x), ACT2FN["gelu_new"](x), rtol=1e-6, atol=1e-6)
+    assert (act(x) - ACT2FN["gelu"](x)).abs().max() > 1e-5  # the approximation, not the exact GELU
 
 
 def test_checkpoint_round_trip(tmp_path, tiny_model, mixed_rows):
