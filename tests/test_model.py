@@ -5,9 +5,9 @@ import re
 
 import pytest
 import torch
-from transformers.activations import ACT2FN
 import yaml
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.activations import ACT2FN
 
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError, load_params
