@@ -10,9 +10,7 @@ padding.
 
 With answer_sees_question false the *blind* positions (<eot>, ###, the answer and <eos>) cannot attend to the
 question's columns (question tokens and <bot>): they see the thoughts, the text steps and themselves, so at the
-all-latent stage the question reaches the answer only through the thoughts. Text steps still see the question,
-and so does the <eot> of a stage without thoughts that predicts the first text step (nothing else could carry
-the question to it; after a thought, <eot> stays blind so that the thoughts must carry their steps).
+all-latent stage the question reaches the answer only through the thoughts. Text steps still see the question.
 In greedy generation a generated token is blind from the first `###` token on (a text step before it).
 """
 from __future__ import annotations
@@ -50,12 +48,6 @@ def thought_steps(stage: int, num_stages: int, thoughts_per_step: int, n_steps: 
 def kept_steps(steps: list[str], replaced: int, order: str) -> list[str]:
     """The steps that stay text when `replaced` of them are latent."""
     return steps[:len(steps) - replaced] if order == "last" else steps[replaced:]
-
-
-def eot_is_blind(after_thoughts: bool, text_step_follows: bool) -> int:
-    """Whether <eot> cannot see the question (answer_sees_question false): it can only at a stage without
-    thoughts, where it predicts the first text step."""
-    return int(after_thoughts or not text_step_follows)
 
 
 def layout_options(coconut: dict[str, Any]) -> dict[str, Any]:
@@ -101,17 +93,15 @@ class Codec:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def suffix(self, steps: list[str], answer: int, after_thoughts: bool = True
-               ) -> tuple[list[int], list[int], list[int]]:
-        """Ids after the thoughts, the mask of answer tokens and the mask of blind tokens (all but the steps, and
-        <eot> only when it follows thoughts or no step follows it): <eot> steps | ... ### answer <eos>."""
+    def suffix(self, steps: list[str], answer: int) -> tuple[list[int], list[int], list[int]]:
+        """Ids after the thoughts, the mask of answer tokens and the mask of blind tokens (all but the steps):
+        <eot> steps | ... ### answer <eos>."""
         head = [self.eot] + self.encode(" " + " ".join([*(f"{s} |" for s in steps), "###"]))
         mark = self.encode(ANSWER_MARK)
         if head[-len(mark):] != mark:
             raise ValueError(f"the tokenizer does not split '{ANSWER_MARK}' off the steps")
         tail = self.encode(f" {answer}") + [self.eos]
-        blind = [eot_is_blind(after_thoughts, bool(steps))] + [0] * (len(head) - 1 - len(mark)) + [1] * (
-            len(mark) + len(tail))
+        blind = [1] + [0] * (len(head) - 1 - len(mark)) + [1] * (len(mark) + len(tail))
         return head + tail, [0] * len(head) + [1] * len(tail), blind
 
     def prefix(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
@@ -136,9 +126,8 @@ class Codec:
             ids, question = self.prefix(row["question"], kept if order == "last" else [])
             prefixes.append(ids)
             questions.append(question)
-            steps, after_thoughts = (kept if order == "first" else []), stage * thoughts_per_step > 0
-            ids, answer, blind = (self.suffix(steps, row["answer"], after_thoughts) if with_targets
-                                  else ([self.eot], [0], [eot_is_blind(after_thoughts, bool(steps))]))
+            ids, answer, blind = (self.suffix(kept if order == "first" else [], row["answer"]) if with_targets
+                                  else ([self.eot], [0], [1]))
             suffixes.append(ids)
             answers.append(answer)
             blinds.append(blind)
@@ -322,8 +311,7 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
     inputs = eot if last is None else torch.cat([last, eot], dim=1)
     finished = torch.zeros(B, dtype=torch.bool, device=mask.device)
     text = torch.ones(B, 1, dtype=torch.bool, device=mask.device)  # generated tokens are text steps until ###
-    eot_blind = ~text if batch.blind is None else batch.blind[:, :1]  # (ignored when the answer sees the question)
-    blind = F.pad(eot_blind, (inputs.shape[1] - 1, 0))  # the last thought (if any) sees the question
+    blind = F.pad(text, (inputs.shape[1] - 1, 0))  # the last thought (if any) sees the question, <eot> does not
     out: list[list[int]] = [[] for _ in range(B)]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None:  # never run past the position table

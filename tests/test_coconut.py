@@ -119,8 +119,7 @@ def test_codec_batch_layout(tiny_model, mixed_rows, stage, order):
 @pytest.mark.parametrize("stage", [0, 1, K])
 def test_blind_batch_marks_the_question_and_the_answer(tiny_model, mixed_rows, stage, order):
     """answer_sees_question false: the same ids, plus the question's columns (question tokens and <bot>, not the
-    given steps) and the blind suffix positions (### and everything after it, and <eot> unless it predicts the first
-    text step of a stage without thoughts; not the text steps)."""
+    given steps) and the blind suffix positions (<eot>, then ### and everything after it, not the text steps)."""
     _, tokenizer = tiny_model
     codec = Codec(tokenizer)
     seen = codec.batch(mixed_rows, stage, K, C, order=order)
@@ -129,22 +128,20 @@ def test_blind_batch_marks_the_question_and_the_answer(tiny_model, mixed_rows, s
     for name in ("prefix_ids", "prefix_mask", "suffix_ids", "suffix_mask", "labels", "answer_mask"):
         assert torch.equal(getattr(seen, name), getattr(batch, name)), name
     assert batch.n_thoughts == seen.n_thoughts and batch.marker == tokenizer.convert_tokens_to_ids("###")
-    text_steps, eot_blind = 0, []
+    text_steps = 0
     for i, row in enumerate(mixed_rows):
         assert batch.prefix_ids[i][batch.question[i]].tolist() == codec.encode(row["question"]) + [codec.bot]
         n = int(batch.suffix_mask[i].sum())
         suffix = batch.suffix_ids[i, :n].tolist()
         mark = suffix.index(batch.marker)
-        eot_blind.append([stage > 0 or mark == 1])
-        assert batch.blind[i].tolist() == eot_blind[-1] + [False] * (mark - 1) + [True] * (n - mark) + [False] * (
+        assert batch.blind[i].tolist() == [True] + [False] * (mark - 1) + [True] * (n - mark) + [False] * (
             batch.blind.shape[1] - n)
         kept = kept_steps(row["steps"], stage_layout(stage, K, C, len(row["steps"]))[1], order)
         assert (mark > 1) == (order == "first" and bool(kept))
         text_steps += mark - 1
     assert text_steps > 0 or stage == K or order == "last"
     prompt = codec.batch(mixed_rows, stage, K, C, with_targets=False, order=order, answer_sees_question=False)
-    assert prompt.blind.tolist() == eot_blind  # <eot>: as in training
-    assert (not all(b == [True] for b in eot_blind)) == (stage == 0 and order == "first")
+    assert prompt.blind.tolist() == [[True]] * len(mixed_rows)  # <eot>
 
 
 def test_codec_prompt_without_targets(tiny_model, mixed_rows):
@@ -276,12 +273,11 @@ def _thought_states(model, batch: CoconutBatch, saved: list[torch.Tensor] | None
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("answer_sees_question", [False, True])
-@pytest.mark.parametrize("stage", [0, 1, K])
+@pytest.mark.parametrize("stage", [1, K])
 def test_question_reaches_the_answer_only_through_thoughts_and_text(tiny_model, stage, answer_sees_question, order):
     """Give question B question A's thoughts (fed-back vectors and their states at every layer, which attend to
     the question): with answer_sees_question false a suffix position's logits equal A's as long as no text step
-    (which sees the question, as does the <eot> of stage 0 that predicts the first step) precedes it: at the
-    all-latent stage all of them, at stage 0 none; with true they all change."""
+    (which sees the question) precedes it, at the all-latent stage all of them; with true they all change."""
     model, tokenizer = tiny_model
     a, b = _two_questions(stage, order, answer_sees_question, tokenizer)
     assert not torch.equal(a.prefix_ids, b.prefix_ids) and torch.equal(a.suffix_ids, b.suffix_ids)
@@ -296,7 +292,7 @@ def test_question_reaches_the_answer_only_through_thoughts_and_text(tiny_model, 
     text = ~a.blind[0] if a.blind is not None else torch.ones_like(a.suffix_mask[0], dtype=torch.bool)
     given = a.question is not None and bool((a.prefix_mask.bool() & ~a.question).any())  # steps before <bot>
     isolated = ~((text.cumsum(0) > 0) | given)  # no text step at or before the position
-    assert bool(isolated.any()) == (not answer_sees_question and stage > 0 and (stage == K or order == "first"))
+    assert bool(isolated.any()) == (not answer_sees_question and (stage == K or order == "first"))
     assert bool(isolated.all()) == (not answer_sees_question and stage == K)
     assert (change[isolated] < 1e-12).all(), change
     assert (change[~isolated] > 1e-9).all(), change
@@ -410,7 +406,7 @@ def _greedy_reference(model, prompt: CoconutBatch, tokens: list[int]) -> list[in
     blind = None
     if prompt.question is not None:
         marked = torch.tensor(tokens, dtype=torch.long) == (-1 if prompt.marker is None else prompt.marker)
-        blind = torch.cat([prompt.blind[0, :1], marked.cumsum(0) > 0])[None]
+        blind = torch.cat([torch.ones(1, dtype=torch.bool), marked.cumsum(0) > 0])[None]
     batch = replace(prompt, suffix_ids=suffix, suffix_mask=torch.ones_like(suffix), labels=suffix.clone(),
                     answer_mask=torch.zeros_like(suffix, dtype=torch.bool), blind=blind)
     with torch.no_grad():
@@ -453,9 +449,8 @@ def test_batched_generation_is_greedy_and_batch_independent(noisy_model, mixed_r
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("stage", [0, 1, K])
 def test_blind_generation_is_greedy_and_batch_independent(noisy_model, mixed_rows, stage, order):
-    """answer_sees_question false in greedy generation: every token from the marker (###) on is blind, and <eot>
-    after thoughts; the tokens before it are text steps. A token the rows emit at different times stands in
-    for ###."""
+    """answer_sees_question false in greedy generation: <eot> and every token from the marker (###) on are blind,
+    the tokens before it are text steps. A token the rows emit at different times stands in for ###."""
     model, tokenizer = noisy_model
     codec = Codec(tokenizer)
     steps = 10
