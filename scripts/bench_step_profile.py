@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_training import train_step
 from torch.profiler import ProfilerActivity, profile
 from transformers.activations import ACT2FN
 
-from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_options, loss_fn
+from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_options
 from cocoracle.config import load_params
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
@@ -41,10 +42,8 @@ KINDS = {
 
 
 def step_fn(model, batch: CoconutBatch) -> Callable[[], None]:
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        loss_fn(coconut_forward(model, batch), batch).backward()
-    return step
+    """One forward + backward of the cached path on `batch`, as bench_training times it."""
+    return train_step(model, coconut_forward, [batch])
 
 
 def breakdown(step: Callable[[], None], repeats: int) -> tuple[float, dict[str, float]]:
