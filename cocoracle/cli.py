@@ -10,7 +10,9 @@ import argparse
 import logging
 import os
 import re
+import resource
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,6 +32,12 @@ def _setup_logging(log_file: str | None) -> None:
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         handlers=handlers, force=True)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (ru_maxrss: kB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def cmd_check_params(args: argparse.Namespace) -> None:
@@ -225,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log)
+    start = time.perf_counter()
     try:
         if args.command in STEP_COMMANDS:
             check_free()
@@ -236,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.log:  # keep the traceback in the declared log file too
             logging.getLogger("cocoracle").exception("cocoracle %s failed", args.command)
         raise
+    if args.command in STEP_COMMANDS:  # the exact peak, where Snakemake's benchmark files only sample it
+        logging.getLogger("cocoracle").info("%s done in %.1f s, peak RSS %.0f MB", args.command,
+                                            time.perf_counter() - start, peak_rss_mb())
     return 0
 
 
