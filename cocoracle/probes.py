@@ -36,7 +36,7 @@ from cocoracle.provenance import describe
 from cocoracle.stats import wilson
 
 SPLITS = ("train", "val", "test")
-SCORES = ["accuracy", "baseline", "val_accuracy", "n", "C"]
+SCORES = ["accuracy", "baseline", "val_accuracy", "n", "C", "converged"]
 COLUMNS = ["stage", "tensor", "thought", "label", *SCORES]
 STEP_COLUMNS = ["stage", "tensor", "position", "step", "label", *SCORES]
 ANSWER_POSITIONS = ("eot", "###", "answer")  # cache `position` values of the answer pass, in computation order
@@ -52,25 +52,28 @@ Split = tuple[np.ndarray, np.ndarray]  # (activations, labels) of the rows whose
 def fit_probe(train: Split, val: Split, test: Split, c_grid: list[float], max_iter: int, seed: int
               ) -> dict[str, float] | None:
     """Logistic-regression probe on standardised inputs with C picked on val (`hits`: which test items it gets
-    right); None when train has a single class or val or test has no item."""
+    right; `converged`: whether the chosen fit stopped before max_iter); None when train has a single class or
+    val or test has no item."""
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, val, test
     if len(np.unique(y_tr)) < 2 or not len(y_va) or not len(y_te):
         return None
     scaler = StandardScaler().fit(x_tr)
     x_tr, x_va, x_te = (scaler.transform(x) for x in (x_tr, x_va, x_te))
     model = LogisticRegression(max_iter=max_iter, random_state=seed, warm_start=True)
-    best_score, best_c, best_hits = -1.0, None, None
+    best_score, best_c, best_hits, converged = -1.0, None, None, False
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is a setting; val judges the result
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is a setting, recorded per probe
         for c in sorted(c_grid):
             model.set_params(C=c).fit(x_tr, y_tr)
             score = model.score(x_va, y_va)
             if score > best_score:
                 best_score, best_c, best_hits = score, c, model.predict(x_te) == y_te
+                converged = bool(model.n_iter_.max() < max_iter)
     values, counts = np.unique(y_tr, return_counts=True)
     majority = values[np.argmax(counts)]
     return {"accuracy": float(np.mean(best_hits)), "baseline": float(np.mean(y_te == majority)),
-            "val_accuracy": float(best_score), "n": len(y_te), "C": float(best_c), "hits": best_hits}
+            "val_accuracy": float(best_score), "n": len(y_te), "C": float(best_c), "converged": converged,
+            "hits": best_hits}
 
 
 def probed_rows(index: pd.DataFrame) -> pd.DataFrame:
@@ -328,6 +331,8 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
                "positions": order, "by_step": by_step, "ceiling": composed_ceiling(table, hits),
                "readable_at": READABLE,
                "readable": first_readable(by_step, order),
+               "unconverged": {"max_iter": params["probes"]["max_iter"], "probes": len(table) + len(steps),
+                               "stopped": int(sum((~t["converged"].astype(bool)).sum() for t in (table, steps)))},
                "provenance": describe({"probes": params["probes"]}, cache_dirs.values())}
     write_text(outputs["metrics"], json.dumps(summary, indent=2) + "\n")
     return table, steps

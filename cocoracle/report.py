@@ -306,7 +306,10 @@ def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatm
               "plus the position embedding, which depends on the question's length); the last layer at thought t "
               "is `thought` at t+1 (t before the last).\n")]
     for m in sorted(probes, key=lambda m: m["stage"]):
-        parts += [f"### Stage {m['stage']}\n", probe_table(m)]
+        stopped = m["unconverged"]
+        parts += [f"### Stage {m['stage']}\n", probe_table(m),
+                  f"{stopped['stopped']} of the stage's {stopped['probes']} probes (both tables) stopped at "
+                  f"`probes.max_iter` ({stopped['max_iter']}) before converging.\n"]
     parts += [f"![{Path(link).stem} probe heatmap]({link})\n" for link in heatmaps]
     parts += ["### Where is the sum computed?\n",
               ("Every step's labels probed at every position of the computation: each thought, then the answer "
@@ -326,7 +329,7 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     """Write the markdown report and accuracy.png, oracle.png and training.png, from the pipeline outputs."""
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     evals = [_json(p, ("stage",)) for p in eval_metrics]
-    probes = [_json(p, ("stage", "by_thought", "readable", "readable_at")) for p in probe_metrics]
+    probes = [_json(p, ("stage", "by_thought", "readable", "readable_at", "unconverged")) for p in probe_metrics]
     oracle = _oracle_csv(oracle_tables)
     forgetting = [_json(p, ("stage", "self_answer_accuracy")) for p in oracle_metrics]
     curves = dict(zip(_run_labels(train_dirs), [_loss_curve(d) for d in train_dirs], strict=True)) if train_dirs else {}

@@ -26,6 +26,11 @@ def _caches(tmp_path, encoded: bool) -> dict[str, ActivationCache]:
             for split, n, seed in [("train", 300, 0), ("val", 100, 1), ("test", 100, 2)]}
 
 
+def _outputs(tmp_path) -> dict:
+    return {name: tmp_path / "out" / f"{name}.{'png' if 'heatmap' in name else 'json' if name == 'metrics' else 'csv'}"
+            for name in OUTPUTS}
+
+
 def _cell(steps: pd.DataFrame, position: str, step: int, label: str, tensor: str = "layer_0") -> pd.Series:
     chosen = steps[(steps["position"] == position) & (steps["step"] == step) & (steps["label"] == label)
                    & (steps["tensor"] == tensor)]
@@ -62,15 +67,17 @@ def test_steps_table_finds_each_step_where_it_is_encoded_and_nowhere_else(tmp_pa
 
 def test_run_probes_writes_tables_heatmaps_and_summary(tmp_path):
     caches = _caches(tmp_path, encoded=True)
-    out = {name: tmp_path / "out" / f"{name}.{'png' if 'heatmap' in name else 'json' if name == 'metrics' else 'csv'}"
-           for name in OUTPUTS}
+    out = _outputs(tmp_path)
     run_probes({"probes": PROBES}, 1, {s: c.path for s, c in caches.items()}, out)
     for png in ("heatmap", "steps_heatmap"):
         assert out[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert out["table"].read_text().splitlines()[0] == "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C"
+    assert out["table"].read_text().splitlines()[0] == \
+        "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C,converged"
     assert out["steps_table"].read_text().splitlines()[0] == \
-        "stage,tensor,position,step,label,accuracy,baseline,val_accuracy,n,C"
+        "stage,tensor,position,step,label,accuracy,baseline,val_accuracy,n,C,converged"
     summary = json.loads(out["metrics"].read_text())
+    n_probes = len(out["table"].read_text().splitlines()) + len(out["steps_table"].read_text().splitlines()) - 2
+    assert summary["unconverged"] == {"max_iter": 300, "probes": n_probes, "stopped": 0}
     assert set(summary["best"]) == {"digit_written", "carry_out"}
     assert summary["positions"] == ["thought 0", "thought 1", "eot"]
     readable = summary["readable"]["digit_written"]
@@ -80,6 +87,15 @@ def test_run_probes_writes_tables_heatmaps_and_summary(tmp_path):
     ceiling = summary["ceiling"]
     assert set(ceiling) == {"digit", "carry"}  # the fields probed here (probes.labels)
     assert ceiling["digit"]["0"]["accuracy"] == summary["by_thought"]["digit_written"]["0"]["accuracy"]
+
+
+def test_probes_stopped_by_max_iter_are_counted(tmp_path):
+    caches = _caches(tmp_path, encoded=True)
+    out = _outputs(tmp_path)
+    table, steps = run_probes({"probes": {**PROBES, "max_iter": 1}}, 1, {s: c.path for s, c in caches.items()}, out)
+    assert not table["converged"].any() and not steps["converged"].any()
+    unconverged = json.loads(out["metrics"].read_text())["unconverged"]
+    assert unconverged == {"max_iter": 1, "probes": len(table) + len(steps), "stopped": len(table) + len(steps)}
 
 
 def test_a_cache_without_answer_pass_positions_is_refused(tmp_path):
@@ -104,6 +120,8 @@ def test_warm_started_c_path_matches_independent_fits(tmp_path):
     assert fitted["C"] == best
     assert abs(fitted["accuracy"] - fresh[best].score(x_te, y_te)) <= 0.01
     assert fitted["val_accuracy"] == pytest.approx(fresh[best].score(x_va, y_va), abs=0.01)
+    assert fitted["converged"]
+    assert not fit_probe(*data, [1.0, 0.1], 1, 0)["converged"]  # one iteration stops at max_iter
 
 
 def test_summary_picks_the_best_probe_on_val_not_test():

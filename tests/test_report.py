@@ -89,6 +89,7 @@ def inputs(tmp_path: Path) -> dict:
                                        "ceiling": {"step": {"1": {"accuracy": 0.9, "low": 0.85, "high": 0.94,
                                                                   "n": 200}}},
                                        "readable_at": 0.9,
+                                       "unconverged": {"max_iter": 300, "probes": 40, "stopped": 3 * k},
                                        "readable": {"digit_written": {"0": {**probe, "position": "thought 0"},
                                                                       "1": None},
                                                     "carry_out": {"0": {**weak, "position": "answer 2"},
@@ -120,6 +121,7 @@ def test_report_numbers_come_from_the_files(inputs: dict) -> None:
     assert "-5.0 pts [-10.0, +0.0] |" in per_thought
     assert "| 3 | 97.8% | 85.3% | -12.5 pts |" in text
     stage3 = text.split("### Stage 3\n")[1].split("\n\n")[0]
+    assert "9 of the stage's 40 probes (both tables) stopped at `probes.max_iter` (300)" in text
     assert "| 1 | 91.4 % [89.5, 93.0] / 55.2% · layer_2 | 91.4 % [89.5, 93.0] / 55.2% · layer_2 |" in stage3
     assert "| 2 | – | 31.0 % [28.1, 34.1] / 55.2% · thought |" in stage3  # every thought, not only the best
     where = text.split("### Where is the sum computed?\n")[1].split("#### Stage 3\n")[1].split("\n\n")[0]

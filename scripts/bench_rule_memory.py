@@ -1,0 +1,92 @@
+"""Does any rule's memory grow with the number of problems? Peak RSS of every job at N and SCALE x N problems.
+
+Runs the whole DAG with Snakemake twice, each in a fresh clone of this checkout's HEAD, with the same params
+except the number of problems: data.n_train = N (val, test and OOD N/4 each; every problem cached,
+activations.max_problems null), then SCALE times as many. Training and oracle training stop after --steps
+optimizer steps in both runs, so the two runs differ only in how many problems each job reads, holds and
+scores. Each job's exact peak RSS is the last line of its log (`cocoracle` logs getrusage's maximum); the
+table prints both peaks and the growth per 1000 train problems.
+Usage: python scripts/bench_rule_memory.py [--params params.yaml] [--problems 200] [--scale 4] [--steps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PEAK = re.compile(r"done in ([\d.]+) s, peak RSS (\d+) MB$")
+
+
+def scaled_params(params: dict, problems: int, steps: int) -> dict:
+    """params with `problems` train problems (a quarter as many in each other split) and capped training."""
+    out = yaml.safe_load(yaml.safe_dump(params))
+    quarter = max(problems // 4, 1)
+    out["data"].update(n_train=problems, n_val=quarter, n_test=quarter, n_ood=quarter)
+    out["activations"]["max_problems"] = None
+    out["train"].update(max_steps=steps, val_examples=min(out["train"]["val_examples"], quarter))
+    for kind in ("separate", "self"):
+        out["oracle"][kind]["train"]["max_steps"] = steps
+    out["resume"] = {"every_steps": None, "every_minutes": None}
+    return out
+
+
+def run_dag(params: dict, work: Path) -> float:
+    """Clone HEAD into work, write params, run the whole DAG; its wall seconds."""
+    subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(work)}
+    start = time.perf_counter()
+    proc = subprocess.run(["snakemake", "--cores", "all", "--quiet", "all"], cwd=work, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"snakemake failed in {work}:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def peaks(work: Path) -> dict[str, tuple[float, float]]:
+    """Per job (its log's path under logs/, without .log): wall seconds and peak RSS in MB."""
+    out = {}
+    for log in sorted((work / "logs").rglob("*.log")):
+        found = [m for line in log.read_text().splitlines() if (m := PEAK.search(line))]
+        if found:
+            out[str(log.relative_to(work / "logs").with_suffix(""))] = (float(found[-1][1]), float(found[-1][2]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--problems", type=int, default=200, help="train problems of the smaller run")
+    parser.add_argument("--scale", type=int, default=4, help="the larger run has this many times as many")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps of every training job")
+    args = parser.parse_args()
+    params = yaml.safe_load(Path(args.params).read_text())
+    sizes = (args.problems, args.scale * args.problems)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for n in sizes:
+            wall = run_dag(scaled_params(params, n, args.steps), Path(tmp) / str(n))
+            runs[n] = peaks(Path(tmp) / str(n))
+            print(f"{n} train problems: whole DAG {wall:.0f} s", flush=True)
+    small, large = runs[sizes[0]], runs[sizes[1]]
+    extra = (sizes[1] - sizes[0]) / 1000
+    print(f"commit {commit}, {args.params}, threads {os.cpu_count()}, training jobs capped at {args.steps} steps")
+    print(f"{'job':<34}{'RSS @' + str(sizes[0]):>11}{'RSS @' + str(sizes[1]):>11}{'growth':>9}"
+          f"{'MB/1000':>9}{'ratio':>7}")
+    for job in sorted(small.keys() & large.keys()):
+        a, b = small[job][1], large[job][1]
+        print(f"{job:<34}{a:>9.0f}MB{b:>9.0f}MB{b - a:>7.0f}MB{(b - a) / extra:>9.1f}{b / a:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
