@@ -28,6 +28,7 @@ from cocoracle.model import BOT, EOT
 IGNORE = -100  # label of a token the loss does not score
 NO_TOKEN_LIMIT = 10_000  # max_new_tokens that decodes to the end token (or the end of the position table)
 ORDERS = ("first", "last")  # coconut.order: which steps stage k replaces
+SEPARATORS = ("after", "before")  # coconut.step_separator: `|` after each text step, or before it
 ANSWER_MARK = " ###"  # text between the steps and the answer
 
 
@@ -53,7 +54,13 @@ def kept_steps(steps: list[str], replaced: int, order: str) -> list[str]:
 def layout_options(coconut: dict[str, Any]) -> dict[str, Any]:
     """Codec.batch's layout keywords from a params `coconut` section (defaults for checkpoints older than them)."""
     return {"order": coconut.get("order", "first"),
-            "answer_sees_question": coconut.get("answer_sees_question", True)}
+            "answer_sees_question": coconut.get("answer_sees_question", True),
+            "separator": coconut.get("step_separator", "after")}
+
+
+def steps_text(steps: list[str], separator: str) -> str:
+    """Text steps joined by `|`: after each ('s1 | s2 |') or before each ('| s1 | s2'); '' for none."""
+    return " ".join(f"{s} |" if separator == "after" else f"| {s}" for s in steps)
 
 
 @dataclass
@@ -93,10 +100,11 @@ class Codec:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def suffix(self, steps: list[str], answer: int) -> tuple[list[int], list[int], list[int]]:
+    def suffix(self, steps: list[str], answer: int, separator: str = "after"
+               ) -> tuple[list[int], list[int], list[int]]:
         """Ids after the thoughts, the mask of answer tokens and the mask of blind tokens (all but the steps):
-        <eot> steps | ... ### answer <eos>."""
-        head = [self.eot] + self.encode(" " + " ".join([*(f"{s} |" for s in steps), "###"]))
+        <eot> steps ### answer <eos>."""
+        head = [self.eot] + self.encode(" " + " ".join(t for t in (steps_text(steps, separator), "###") if t))
         mark = self.encode(ANSWER_MARK)
         if head[-len(mark):] != mark:
             raise ValueError(f"the tokenizer does not split '{ANSWER_MARK}' off the steps")
@@ -104,30 +112,35 @@ class Codec:
         blind = [1] + [0] * (len(head) - 1 - len(mark)) + [1] * (len(mark) + len(tail))
         return head + tail, [0] * len(head) + [1] * len(tail), blind
 
-    def prefix(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
+    def prefix(self, question: str, steps: list[str], separator: str = "after") -> tuple[list[int], list[int]]:
         """Ids before the thoughts (question, given steps, <bot>) and the mask of the question and <bot>."""
         ids = self.encode(question)
-        text = self.encode(" " + " ".join(f"{s} |" for s in steps)) if steps else []
+        text = self.encode(" " + steps_text(steps, separator)) if steps else []
         return ids + text + [self.bot], [1] * len(ids) + [0] * len(text) + [1]
 
     def batch(self, rows: list[dict[str, Any]], stage: int, num_stages: int, thoughts_per_step: int,
-              with_targets: bool = True, order: str = "first", answer_sees_question: bool = True) -> CoconutBatch:
+              with_targets: bool = True, order: str = "first", answer_sees_question: bool = True,
+              separator: str = "after") -> CoconutBatch:
         """Left-padded prefixes, thoughts for `stage`, and (with_targets) the gold remaining text.
 
         order: which steps stage k replaces (`first`, or `last`: the others are given before <bot>);
-        answer_sees_question false: the batch carries the masks that hide the question from the answer.
+        answer_sees_question false: the batch carries the masks that hide the question from the answer;
+        separator: `|` after each text step, or before it (then the token after <eot> is `|` or `###`,
+        whatever the question).
         """
         if order not in ORDERS:
             raise ValueError(f"order: one of {', '.join(ORDERS)}, got {order!r}")
+        if separator not in SEPARATORS:
+            raise ValueError(f"separator: one of {', '.join(SEPARATORS)}, got {separator!r}")
         prefixes, questions, suffixes, answers, blinds = [], [], [], [], []
         for row in rows:
             replaced = stage_layout(stage, num_stages, thoughts_per_step, len(row["steps"]))[1]
             kept = kept_steps(row["steps"], replaced, order)
-            ids, question = self.prefix(row["question"], kept if order == "last" else [])
+            ids, question = self.prefix(row["question"], kept if order == "last" else [], separator)
             prefixes.append(ids)
             questions.append(question)
-            ids, answer, blind = (self.suffix(kept if order == "first" else [], row["answer"]) if with_targets
-                                  else ([self.eot], [0], [1]))
+            ids, answer, blind = ([self.eot], [0], [1]) if not with_targets else \
+                self.suffix(kept if order == "first" else [], row["answer"], separator)
             suffixes.append(ids)
             answers.append(answer)
             blinds.append(blind)

@@ -13,6 +13,7 @@ import torch
 from cocoracle.coconut import (
     IGNORE,
     ORDERS,
+    SEPARATORS,
     CoconutBatch,
     Codec,
     coconut_forward,
@@ -32,7 +33,8 @@ from conftest import make_tiny_model
 K = 3  # num_stages used throughout
 C = 2  # thoughts_per_step
 LAYOUTS = {"default": {}, "blind": {"answer_sees_question": False}, "last": {"order": "last"},
-           "last-blind": {"order": "last", "answer_sees_question": False}}  # Codec.batch layout keywords
+           "last-blind": {"order": "last", "answer_sees_question": False},
+           "before-blind": {"separator": "before", "answer_sees_question": False}}  # Codec.batch layout keywords
 
 
 def test_stage_layout():
@@ -71,12 +73,13 @@ def _squash(text: str) -> str:
     return re.sub(r"\s", "", text)
 
 
+@pytest.mark.parametrize("separator", SEPARATORS)
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("stage", range(K + 1))
-def test_codec_batch_layout(tiny_model, mixed_rows, stage, order):
+def test_codec_batch_layout(tiny_model, mixed_rows, stage, order, separator):
     _, tokenizer = tiny_model
     codec = Codec(tokenizer)
-    batch = codec.batch(mixed_rows, stage, K, C, order=order)
+    batch = codec.batch(mixed_rows, stage, K, C, order=order, separator=separator)
     B = len(mixed_rows)
     assert batch.n_thoughts == stage * C
     assert batch.prefix_ids.shape[0] == batch.suffix_ids.shape[0] == B
@@ -93,7 +96,7 @@ def test_codec_batch_layout(tiny_model, mixed_rows, stage, order):
         assert prefix[-1] == bot and suffix[0] == eot
         # the remaining steps: written after <eot> (first), or given before <bot> (last)
         kept = kept_steps(row["steps"], stage_layout(stage, K, C, len(row["steps"]))[1], order)
-        remaining = "".join(f"{s}|" for s in kept)
+        remaining = "".join(f"{s}|" if separator == "after" else f"|{s}" for s in kept)
         given, written = (remaining, "") if order == "last" else ("", remaining)
         assert _squash(tokenizer.decode(prefix[:-1])) == _squash(row["question"] + given)
         wanted = written + "###" + str(row["answer"])
@@ -113,6 +116,20 @@ def test_codec_batch_layout(tiny_model, mixed_rows, stage, order):
         suffix_lengths.add(len(suffix))
     # the mixed rows really need padding on both sides
     assert len(prefix_lengths) > 1 and len(suffix_lengths) > 1
+
+
+@pytest.mark.parametrize("stage", range(K + 1))
+def test_separator_before_fixes_the_token_after_eot(tiny_model, mixed_rows, stage):
+    """With `|` before each step, what follows <eot> is `|` (or `###` with no text step left) on every row, so a
+    blind <eot> can predict it; with `|` after each step it is the first step's first digit, which varies."""
+    _, tokenizer = tiny_model
+    codec = Codec(tokenizer)
+    bar, mark = codec.encode(" |")[0], codec.encode(" ###")[0]
+    first = {sep: codec.batch(mixed_rows, stage, K, C, separator=sep).labels[:, 1].tolist() for sep in SEPARATORS}
+    left = [kept_steps(r["steps"], stage_layout(stage, K, C, len(r["steps"]))[1], "first") for r in mixed_rows]
+    assert first["before"] == [bar if steps else mark for steps in left]
+    if stage == 0:
+        assert len(set(first["after"])) > 1 and bar not in first["after"]
 
 
 @pytest.mark.parametrize("order", ORDERS)
