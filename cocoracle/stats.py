@@ -2,6 +2,7 @@
 and differences (items of one problem move together, so correlated items do not narrow the interval)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -28,10 +29,21 @@ def bootstrap(values: np.ndarray, groups: np.ndarray | None = None, seed: int = 
         return math.nan, math.nan
     keys = np.arange(len(values)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
     sums, counts = np.bincount(keys, values), np.bincount(keys)
-    picks = np.random.default_rng(seed).integers(0, len(sums), (draws, len(sums)))
+    picks = resamples(len(sums), seed, draws)
     means = sums[picks].sum(1) / counts[picks].sum(1)
     low, high = np.quantile(means, [0.025, 0.975])
     return float(low), float(high)
+
+
+@functools.lru_cache(maxsize=4)
+def resamples(n_groups: int, seed: int, draws: int) -> np.ndarray:
+    """(draws, n_groups) read-only group indices of every bootstrap resample. Drawn once per group count and
+    shared: the oracle table asks for hundreds of intervals over the same problems, and drawing the indices was
+    most of each one's time. Stored in the smallest integer type that holds them."""
+    picks = np.random.default_rng(seed).integers(0, n_groups, (draws, n_groups))
+    picks = picks.astype(np.min_scalar_type(n_groups - 1))
+    picks.flags.writeable = False
+    return picks
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, groups: np.ndarray | None = None, seed: int = 0

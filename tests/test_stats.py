@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cocoracle.stats import bootstrap, format_interval, paired_difference, wilson
+from cocoracle.stats import bootstrap, format_interval, paired_difference, resamples, wilson
 
 
 def test_wilson_matches_the_closed_form_and_stays_inside_0_1():
@@ -41,3 +41,18 @@ def test_paired_difference_and_formatting():
     assert diff == pytest.approx(0.5) and low < 0.5 < high
     assert format_interval(0.5, 0.25, 0.75) == "50.0 % [25.0, 75.0]"
     assert format_interval(math.nan, 0, 0) == "n/a"
+
+
+def test_shared_resamples_give_the_intervals_of_fresh_draws():
+    """The resample indices drawn once per group count give exactly the interval of drawing them per call."""
+    rng = np.random.default_rng(3)
+    for n_groups in (7, 300, 70_000):  # indices stored as uint8, uint16 and uint32
+        values, groups = rng.random(2 * n_groups), np.repeat(np.arange(n_groups), 2)
+        sums, counts = np.bincount(groups, values), np.bincount(groups)
+        picks = np.random.default_rng(0).integers(0, n_groups, (50, n_groups))
+        fresh = np.quantile(sums[picks].sum(1) / counts[picks].sum(1), [0.025, 0.975])
+        for _ in range(2):  # the second call reuses the first one's draws
+            assert bootstrap(values, groups, draws=50) == tuple(fresh)
+    assert resamples.cache_info().hits >= 3
+    with pytest.raises(ValueError):
+        resamples(7, 0, 50)[0, 0] = 1  # shared, so read-only
