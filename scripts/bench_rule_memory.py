@@ -1,7 +1,7 @@
 """Does any rule's memory grow with the number of problems? Peak RSS of every job at N and SCALE x N problems.
 
-Runs the whole DAG with Snakemake twice, each in a fresh clone of this checkout's HEAD, with the same params
-except the number of problems: data.n_train = N (val, test and OOD N/4 each; every problem cached,
+Runs the whole DAG with Snakemake twice, each in a fresh clone of this checkout's HEAD (commit first), with the
+same params except the number of problems: data.n_train = N (val, test and OOD N/4 each; every problem cached,
 activations.max_problems null), then SCALE times as many. Training and oracle training stop after --steps
 optimizer steps in both runs, so the two runs differ only in how many problems each job reads, holds and
 scores. Each job's exact peak RSS is the last line of its log (`cocoracle` logs getrusage's maximum); the
@@ -44,7 +44,7 @@ def run_dag(params: dict, work: Path) -> float:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(work)}
     start = time.perf_counter()
-    proc = subprocess.run(["snakemake", "--cores", "all", "--quiet", "all"], cwd=work, env=env,
+    proc = subprocess.run(["snakemake", "--cores", "all"], cwd=work, env=env,
                           capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"snakemake failed in {work}:\n{proc.stderr[-3000:]}")
