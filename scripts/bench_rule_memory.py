@@ -11,6 +11,7 @@ Usage: python scripts/bench_rule_memory.py [--params params.yaml] [--problems 20
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import subprocess
@@ -27,7 +28,7 @@ PEAK = re.compile(r"done in ([\d.]+) s, peak RSS (\d+) MB$")
 
 def scaled_params(params: dict, problems: int, steps: int) -> dict:
     """params with `problems` train problems (a quarter as many in each other split) and capped training."""
-    out = yaml.safe_load(yaml.safe_dump(params))
+    out = copy.deepcopy(params)
     quarter = max(problems // 4, 1)
     out["data"].update(n_train=problems, n_val=quarter, n_test=quarter, n_ood=quarter)
     out["activations"]["max_problems"] = None
