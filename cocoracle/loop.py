@@ -1,8 +1,9 @@
 """What the Coconut and the oracle training loops share: the order of examples, the optimizer and its
-schedule, one optimizer step, when to validate, and the dvclive logger."""
+schedule, one optimizer step, when to validate, the throughput they log, and the dvclive logger."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,23 @@ def epoch_order(n_rows: int, n_draws: int, rng: np.random.Generator) -> np.ndarr
 def validation_steps(steps: int) -> set[int]:
     """The optimizer steps (counted from 1) after which to validate: the end of each quarter of training."""
     return {max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)}
+
+
+class Throughput:
+    """Training examples per second since the last restart (restart after validating, so that validation's own
+    time is not counted)."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.examples, self.since = 0, time.perf_counter()
+
+    def add(self, examples: int) -> None:
+        self.examples += examples
+
+    def per_second(self) -> float:
+        return self.examples / max(time.perf_counter() - self.since, 1e-9)
 
 
 def adamw_with_schedule(parameters: Iterable[torch.nn.Parameter], hp: dict[str, Any], steps: int,

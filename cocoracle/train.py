@@ -27,7 +27,14 @@ from cocoracle.config import SPLITS, InputError, stage_epochs
 from cocoracle.data import load_split
 from cocoracle.distributed import DataParallel, data_parallel
 from cocoracle.evaluate import predict
-from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
+from cocoracle.loop import (
+    Throughput,
+    adamw_with_schedule,
+    epoch_order,
+    live_logger,
+    optimizer_step,
+    validation_steps,
+)
 from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_checkpoint
 from cocoracle.precision import autocast, maybe_compile
 from cocoracle.provenance import describe
@@ -139,7 +146,9 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
         model.train()
         progress = tqdm(range(start, steps), desc=f"stage {stage}", mininterval=2, disable=not dp.main,
                         initial=start, total=steps)
+        speed = Throughput()
         for step in progress:
+            speed.add(train["batch_size"] * train["grad_accum"])
             total = torch.zeros((), device=device)
             for k in range(train["grad_accum"]):
                 i = step * train["grad_accum"] + k
@@ -163,14 +172,16 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                 live.log_metric("train/loss", global_loss)
                 live.log_metric("train/lr", scheduler.get_last_lr()[0])
                 if val_rows and step + 1 in eval_at:
+                    rate = speed.per_second()
                     with autocast(precision, device):
                         results = predict(model, codec, val_rows, stage, coconut, train["batch_size"],
                                           NO_TOKEN_LIMIT, desc="val")
                     accuracy = sum(r["correct"] for r in results) / len(results)
                     live.log_metric("val/accuracy", accuracy)
-                    log.info("stage %d step %d/%d loss %.4f val accuracy %.3f", stage, step + 1, steps,
-                             global_loss, accuracy)
+                    log.info("stage %d step %d/%d loss %.4f val accuracy %.3f (%.0f examples/s)", stage, step + 1,
+                             steps, global_loss, accuracy, rate)
                     model.train()
+                    speed.restart()
                 live.next_step()
             if step + 1 < steps:  # every process, at the same steps
                 if saver.due(step + 1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cocoracle.loop import adamw_with_schedule, epoch_order, optimizer_step, validation_steps
+from cocoracle.loop import Throughput, adamw_with_schedule, epoch_order, optimizer_step, validation_steps
 
 
 def test_epoch_order_is_back_to_back_permutations_plus_one():
@@ -33,3 +33,15 @@ def test_constant_schedule_warms_up_then_stays_and_clipping_bounds_the_step():
         rates.append(scheduler.get_last_lr()[0])
         assert weight.grad is None
     assert rates == [0.05, 0.1, 0.1, 0.1]
+
+
+def test_throughput_counts_examples_since_the_last_restart(monkeypatch):
+    clock = iter([10.0, 12.0, 15.0, 16.0])  # perf_counter at: init, first reading, restart, second reading
+    monkeypatch.setattr("cocoracle.loop.time.perf_counter", lambda: next(clock))
+    speed = Throughput()
+    speed.add(64)
+    speed.add(64)
+    assert speed.per_second() == 128 / 2.0
+    speed.restart()  # validation ran in between: neither its time nor the examples before count
+    speed.add(32)
+    assert speed.per_second() == 32 / 1.0

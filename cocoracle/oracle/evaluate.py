@@ -15,6 +15,8 @@ The best baseline is picked on the test items themselves, which favours the base
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ INTERVALS = [f"{m}_{end}" for m in METRICS for end in ("low", "high")]
 DIFFERENCES = [f"{m}_{part}" for m in METRICS for part in ("diff", "diff_low", "diff_high")]
 BEST = [f"{m}_best_baseline" for m in METRICS]
 COLUMNS = ["stage", *KEYS, "n", *METRICS, *INTERVALS, *BEST, *DIFFERENCES]
+
+log = logging.getLogger(__name__)
 
 
 def shuffled_rows(items: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
@@ -145,10 +149,16 @@ def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache]
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
     prompts = items["prompt"].tolist()
 
-    def run(vectors: torch.Tensor | None) -> list[str]:
-        return answer_prompts(model, injector, codec, prompts, vectors, oracle["max_new_tokens"], oracle["batch_size"])
-    answers = {"oracle": run(vectors), "shuffled": run(vectors[shuffled_rows(items, rng)]),
-               "random": run(random_like(vectors, rng)), "no_injection": run(None),
+    def run(condition: str, vectors: torch.Tensor | None) -> list[str]:
+        start = time.perf_counter()
+        answers = answer_prompts(model, injector, codec, prompts, vectors, oracle["max_new_tokens"],
+                                 oracle["batch_size"])
+        seconds = time.perf_counter() - start
+        log.info("%s oracle stage %d, %s: %d items in %.1f s (%.0f items/s)", kind, stage, condition, len(prompts),
+                 seconds, len(prompts) / max(seconds, 1e-9))
+        return answers
+    answers = {"oracle": run("oracle", vectors), "shuffled": run("shuffled", vectors[shuffled_rows(items, rng)]),
+               "random": run("random", random_like(vectors, rng)), "no_injection": run("no_injection", None),
                **majority_answers(train_items, items)}
     injector.remove()
     frames = []

@@ -25,7 +25,14 @@ from cocoracle.coconut import IGNORE, Codec, append_greedy, coconut_forward, lay
 from cocoracle.codedeps import code_files
 from cocoracle.config import ORACLE_KINDS, InputError
 from cocoracle.data import load_split
-from cocoracle.loop import adamw_with_schedule, epoch_order, live_logger, optimizer_step, validation_steps
+from cocoracle.loop import (
+    Throughput,
+    adamw_with_schedule,
+    epoch_order,
+    live_logger,
+    optimizer_step,
+    validation_steps,
+)
 from cocoracle.model import (
     checkpoint_params,
     load_base,
@@ -351,8 +358,10 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
 
     with saver.watching_signals(), live_logger(live_dir, start) as live:
         model.train()
+        speed = Throughput()
         for step in tqdm(range(start, steps), desc=f"{kind} oracle stage {stage}", mininterval=2, initial=start,
                          total=steps):
+            speed.add(hp["batch_size"])
             with autocast(precision, device):
                 if rehearse is not None and rng.random() < mix:
                     loss, name = rehearse(), "train/rehearsal_loss"
@@ -365,13 +374,15 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
             optimizer_step(optimizer, scheduler, trainable, hp["grad_clip"])
             live.log_metric(name, loss.item())
             if step + 1 in eval_at:
+                rate = speed.per_second()
                 with autocast(precision, device):
                     exact = validation_exact_match(model, injector, codec, val, val_vectors, oracle)
                 best.offer(model, step + 1, exact)
                 live.log_metric("val/exact_match", exact)
-                log.info("%s oracle stage %d step %d/%d loss %.4f val exact match %.3f", kind, stage, step + 1,
-                         steps, loss.item(), exact)
+                log.info("%s oracle stage %d step %d/%d loss %.4f val exact match %.3f (%.0f examples/s)", kind,
+                         stage, step + 1, steps, loss.item(), exact, rate)
                 model.train()
+                speed.restart()
             live.next_step()
             if step + 1 < steps:
                 if saver.due(step + 1):
