@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.log:  # keep the traceback in the declared log file too
             logging.getLogger("cocoracle").exception("cocoracle %s failed", args.command)
         raise
-    if args.command in STEP_COMMANDS:  # the exact peak, where Snakemake's benchmark files only sample it
-        logging.getLogger("cocoracle").info("%s done in %.1f s, peak RSS %.0f MB", args.command,
+    if args.command in STEP_COMMANDS:  # exact, where Snakemake's benchmark files sample the whole process tree
+        logging.getLogger("cocoracle").info("%s done in %.1f s, peak RSS of this process %.0f MB", args.command,
                                             time.perf_counter() - start, peak_rss_mb())
     return 0
 

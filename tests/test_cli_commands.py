@@ -17,6 +17,6 @@ def test_a_step_logs_its_wall_time_and_peak_memory(tmp_path, monkeypatch):
     log = tmp_path / "logs" / "generate.log"
     assert main(["generate", "--params", str(SMOKE_PARAMS), "--out", "data", "--log", str(log)]) == 0
     last = log.read_text().splitlines()[-1]
-    found = re.search(r"generate done in ([\d.]+) s, peak RSS (\d+) MB$", last)
+    found = re.search(r"generate done in ([\d.]+) s, peak RSS of this process (\d+) MB$", last)
     assert found, last
     assert 10 < int(found.group(2)) < 100_000  # an interpreter with pandas loaded: tens of MB at least
