@@ -37,7 +37,8 @@ def _check_outputs(repo):
         for split in ("train", "val", "test"):
             assert (repo / "results" / "activations" / f"stage-{k}" / split / "manifest.json").is_file()
         probes = (repo / "results" / "probes" / f"stage-{k}.csv").read_text().splitlines()
-        assert probes[0] == "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C" and len(probes) > 1
+        assert probes[0] == "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C,converged"
+        assert len(probes) > 1
         assert (repo / "results" / "probes" / f"stage-{k}.png").stat().st_size > 0
     for k in STAGES[1:]:
         for kind in ("separate", "self"):
