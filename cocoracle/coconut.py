@@ -10,8 +10,11 @@ padding.
 
 With answer_sees_question false the *blind* positions (<eot>, ###, the answer and <eos>) cannot attend to the
 question's columns (question tokens and <bot>): they see the thoughts, the text steps and themselves, so at the
-all-latent stage the question reaches the answer only through the thoughts. Text steps still see the question.
-In greedy generation a generated token is blind from the first `###` token on (a text step before it).
+all-latent stage the question reaches the answer only through the thoughts. Text steps still see the question,
+unless steps_see_question is false too: then wherever a thought precedes them they are blind as well, so at
+stage k the thoughts must carry the rest of the question to the text steps (at stage 0, with no thought, they
+see it). In greedy generation a generated token is blind from the first `###` token on (a text step before it),
+or from the first on when the text steps are blind.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ def layout_options(coconut: dict[str, Any]) -> dict[str, Any]:
     """Codec.batch's layout keywords from a params `coconut` section (defaults for checkpoints older than them)."""
     return {"order": coconut.get("order", "first"),
             "answer_sees_question": coconut.get("answer_sees_question", True),
+            "steps_see_question": coconut.get("steps_see_question", True),
             "separator": coconut.get("step_separator", "after")}
 
 
@@ -75,6 +79,7 @@ class CoconutBatch:
     question: torch.Tensor | None = None  # (B, P) bool: question and <bot> columns; None: the answer sees them
     blind: torch.Tensor | None = None     # (B, S) bool: suffix positions that cannot see `question`
     marker: int | None = None             # first token of ###: generated tokens from it on are blind
+    steps_blind: bool = False             # the text steps are blind too: every generated token is
 
     def to(self, device: torch.device) -> CoconutBatch:
         return CoconutBatch(**{f.name: (v.to(device) if torch.is_tensor(v) else v)
@@ -100,16 +105,16 @@ class Codec:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def suffix(self, steps: list[str], answer: int, separator: str = "after"
+    def suffix(self, steps: list[str], answer: int, separator: str = "after", steps_blind: bool = False
                ) -> tuple[list[int], list[int], list[int]]:
-        """Ids after the thoughts, the mask of answer tokens and the mask of blind tokens (all but the steps):
-        <eot> steps ### answer <eos>."""
+        """Ids after the thoughts, the mask of answer tokens and the mask of blind tokens (all but the steps,
+        or all with steps_blind): <eot> steps ### answer <eos>."""
         head = [self.eot] + self.encode(" " + " ".join(t for t in (steps_text(steps, separator), "###") if t))
         mark = self.encode(ANSWER_MARK)
         if head[-len(mark):] != mark:
             raise ValueError(f"the tokenizer does not split '{ANSWER_MARK}' off the steps")
         tail = self.encode(f" {answer}") + [self.eos]
-        blind = [1] + [0] * (len(head) - 1 - len(mark)) + [1] * (len(mark) + len(tail))
+        blind = [1] + [int(steps_blind)] * (len(head) - 1 - len(mark)) + [1] * (len(mark) + len(tail))
         return head + tail, [0] * len(head) + [1] * len(tail), blind
 
     def prefix(self, question: str, steps: list[str], separator: str = "after") -> tuple[list[int], list[int]]:
@@ -120,18 +125,22 @@ class Codec:
 
     def batch(self, rows: list[dict[str, Any]], stage: int, num_stages: int, thoughts_per_step: int,
               with_targets: bool = True, order: str = "first", answer_sees_question: bool = True,
-              separator: str = "after") -> CoconutBatch:
+              separator: str = "after", steps_see_question: bool = True) -> CoconutBatch:
         """Left-padded prefixes, thoughts for `stage`, and (with_targets) the gold remaining text.
 
         order: which steps stage k replaces (`first`, or `last`: the others are given before <bot>);
         answer_sees_question false: the batch carries the masks that hide the question from the answer;
         separator: `|` after each text step, or before it (then the token after <eot> is `|` or `###`,
-        whatever the question).
+        whatever the question); steps_see_question false (needs answer_sees_question false): the text steps
+        are blind too where a thought precedes them.
         """
         if order not in ORDERS:
             raise ValueError(f"order: one of {', '.join(ORDERS)}, got {order!r}")
         if separator not in SEPARATORS:
             raise ValueError(f"separator: one of {', '.join(SEPARATORS)}, got {separator!r}")
+        if answer_sees_question and not steps_see_question:
+            raise ValueError("steps_see_question false needs answer_sees_question false")
+        steps_blind = not steps_see_question and stage * thoughts_per_step > 0
         prefixes, questions, suffixes, answers, blinds = [], [], [], [], []
         for row in rows:
             replaced = stage_layout(stage, num_stages, thoughts_per_step, len(row["steps"]))[1]
@@ -140,7 +149,7 @@ class Codec:
             prefixes.append(ids)
             questions.append(question)
             ids, answer, blind = ([self.eot], [0], [1]) if not with_targets else \
-                self.suffix(kept if order == "first" else [], row["answer"], separator)
+                self.suffix(kept if order == "first" else [], row["answer"], separator, steps_blind)
             suffixes.append(ids)
             answers.append(answer)
             blinds.append(blind)
@@ -154,7 +163,8 @@ class Codec:
         if answer_sees_question:
             return batch
         return replace(batch, question=_padded(questions, 0, left=True).bool(),
-                       blind=_padded(blinds, 0, left=False).bool(), marker=self.encode(ANSWER_MARK)[0])
+                       blind=_padded(blinds, 0, left=False).bool(), marker=self.encode(ANSWER_MARK)[0],
+                       steps_blind=steps_blind)
 
 
 def _padded(seqs: list[list[int]], fill: int, left: bool) -> torch.Tensor:
@@ -344,7 +354,7 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
         inputs = embed(token[:, None])
         if batch.marker is not None:
             text &= token[:, None] != batch.marker
-        blind = ~text
+        blind = ~text | batch.steps_blind
     per_layer = tuple(torch.cat(layer, dim=1) for layer in zip(*states, strict=True)) if states else None
     stacked = torch.cat(thoughts, dim=1) if thoughts else inputs.new_zeros(B, 0, inputs.shape[-1])
     return out, CoconutOutput(logits=logits, thoughts=stacked, thought_states=per_layer, finished=finished)

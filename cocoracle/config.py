@@ -126,6 +126,9 @@ def _semantic_errors(p: dict[str, Any]):
     stages = p["oracle"]["stages"]
     if stages != "all" and max(stages) > coconut["num_stages"]:
         yield "oracle.stages", f"latent stages are 1..coconut.num_stages ({coconut['num_stages']}), got {max(stages)}"
+    if not coconut["steps_see_question"] and coconut["answer_sees_question"]:
+        yield "coconut.steps_see_question", ("false needs coconut.answer_sees_question false (the text steps "
+                                             "cannot be hidden from the question while the answer sees it)")
     epochs = train["epochs"]
     if isinstance(epochs, list) and len(epochs) != coconut["num_stages"] + 1:
         yield "train.epochs", (f"needs one entry per stage (coconut.num_stages + 1 = {coconut['num_stages'] + 1}), "

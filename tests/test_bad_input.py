@@ -39,11 +39,12 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
         tree[last] = value
 
 
-def params(key: str, value: Any) -> Make:
-    """params.yaml with one key set (or deleted)."""
+def params(key: str, value: Any, **others: Any) -> Make:
+    """params.yaml with one key set (or deleted), and any `others` (dots written as __) set with it."""
     def make(tmp: Path, data: Path) -> None:
         p = tiny_params_dict()
-        _set(p, key, value)
+        for k, v in {key: value, **{k.replace("__", "."): v for k, v in others.items()}}.items():
+            _set(p, k, v)
         (tmp / "params.yaml").write_text(yaml.safe_dump(p))
     return make
 
@@ -173,6 +174,10 @@ ROWS: list[tuple[str, Make, list[str], str]] = [
      "'answer', 'problem']"),
     ("oracle_stage_0", params("oracle.stages", [0, 1]), GENERATE,
      "{params}: oracle.stages.0: 0 is less than the minimum of 1"),
+    ("text_steps_hidden_answer_not", params("coconut.steps_see_question", False, coconut__answer_sees_question=True),
+     GENERATE,
+     "{params}: coconut.steps_see_question: false needs coconut.answer_sees_question false (the text steps "
+     "cannot be hidden from the question while the answer sees it)"),
     ("self_mix_1", params("oracle.self.mix", 1.0), GENERATE,
      "{params}: oracle.self.mix: 1.0 is greater than or equal to the maximum of 1"),
     ("self_finetune_half", params("oracle.self.finetune", "half"), GENERATE,

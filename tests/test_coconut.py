@@ -34,7 +34,8 @@ K = 3  # num_stages used throughout
 C = 2  # thoughts_per_step
 LAYOUTS = {"default": {}, "blind": {"answer_sees_question": False}, "last": {"order": "last"},
            "last-blind": {"order": "last", "answer_sees_question": False},
-           "before-blind": {"separator": "before", "answer_sees_question": False}}  # Codec.batch layout keywords
+           "before-blind": {"separator": "before", "answer_sees_question": False},
+           "strict": {"answer_sees_question": False, "steps_see_question": False}}  # Codec.batch layout keywords
 
 
 def test_stage_layout():
@@ -161,6 +162,29 @@ def test_blind_batch_marks_the_question_and_the_answer(tiny_model, mixed_rows, s
     assert prompt.blind.tolist() == [[True]] * len(mixed_rows)  # <eot>
 
 
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("stage", [0, 1, 2, K])
+def test_strict_batch_hides_the_question_from_the_text_steps_after_a_thought(tiny_model, mixed_rows, stage, order):
+    """steps_see_question false: where a thought precedes them the text steps are blind too (every suffix
+    position); at stage 0, with no thought to carry the question, the masks are the blind layout's."""
+    _, tokenizer = tiny_model
+    codec = Codec(tokenizer)
+    blind = codec.batch(mixed_rows, stage, K, C, order=order, **LAYOUTS["blind"])
+    strict = codec.batch(mixed_rows, stage, K, C, order=order, **LAYOUTS["strict"])
+    for name in ("prefix_ids", "prefix_mask", "suffix_ids", "suffix_mask", "labels", "answer_mask", "question"):
+        assert torch.equal(getattr(blind, name), getattr(strict, name)), name
+    valid = strict.suffix_mask.bool()
+    if stage == 0:
+        assert torch.equal(strict.blind, blind.blind) and not strict.steps_blind
+    else:
+        assert strict.steps_blind and bool(strict.blind[valid].all()) and not bool(strict.blind[~valid].any())
+        assert not bool(blind.blind[valid].all()) or order == "last" or stage == K  # text steps left to hide
+    prompt = codec.batch(mixed_rows, stage, K, C, with_targets=False, order=order, **LAYOUTS["strict"])
+    assert prompt.steps_blind == (stage > 0)
+    with pytest.raises(ValueError, match="steps_see_question"):
+        codec.batch(mixed_rows, stage, K, C, steps_see_question=False)
+
+
 def test_codec_prompt_without_targets(tiny_model, mixed_rows):
     _, tokenizer = tiny_model
     batch = Codec(tokenizer).batch(mixed_rows, 1, K, C, with_targets=False)
@@ -253,13 +277,12 @@ def test_blind_answer_changes_the_suffix_not_the_thoughts(tiny_model, mixed_rows
     assert (blind.logits[valid] - seen.logits[valid]).abs().max() > 1e-6
 
 
-def _two_questions(stage: int, order: str, answer_sees_question: bool, tokenizer):
+def _two_questions(stage: int, order: str, layout: dict, tokenizer):
     """Batches of 38 + 64 and of the same row with the question 37 + 65: same lengths, steps and answer."""
     row = problems_table([(38, 64)], 0).to_pylist()[0]
     other = {**row, "question": problems_table([(37, 65)], 0).to_pylist()[0]["question"]}
     codec = Codec(tokenizer)
-    return [codec.batch([r], stage, K, C, order=order, answer_sees_question=answer_sees_question)
-            for r in (row, other)]
+    return [codec.batch([r], stage, K, C, order=order, **layout) for r in (row, other)]
 
 
 @contextlib.contextmanager
@@ -289,14 +312,16 @@ def _thought_states(model, batch: CoconutBatch, saved: list[torch.Tensor] | None
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("answer_sees_question", [False, True])
+@pytest.mark.parametrize("layout", ["default", "blind", "strict"])
 @pytest.mark.parametrize("stage", [1, K])
-def test_question_reaches_the_answer_only_through_thoughts_and_text(tiny_model, stage, answer_sees_question, order):
+def test_question_reaches_the_answer_only_through_thoughts_and_text(tiny_model, stage, layout, order):
     """Give question B question A's thoughts (fed-back vectors and their states at every layer, which attend to
     the question): with answer_sees_question false a suffix position's logits equal A's as long as no text step
-    (which sees the question) precedes it, at the all-latent stage all of them; with true they all change."""
+    (which sees the question) precedes it, at the all-latent stage all of them; with true they all change.
+    With steps_see_question false too (`strict`) no text step after a thought sees the question: all of them."""
     model, tokenizer = tiny_model
-    a, b = _two_questions(stage, order, answer_sees_question, tokenizer)
+    answer_sees_question = LAYOUTS[layout].get("answer_sees_question", True)
+    a, b = _two_questions(stage, order, LAYOUTS[layout], tokenizer)
     assert not torch.equal(a.prefix_ids, b.prefix_ids) and torch.equal(a.suffix_ids, b.suffix_ids)
     with torch.no_grad():
         with _thought_states(model, a) as states:
@@ -310,7 +335,8 @@ def test_question_reaches_the_answer_only_through_thoughts_and_text(tiny_model, 
     given = a.question is not None and bool((a.prefix_mask.bool() & ~a.question).any())  # steps before <bot>
     isolated = ~((text.cumsum(0) > 0) | given)  # no text step at or before the position
     assert bool(isolated.any()) == (not answer_sees_question and (stage == K or order == "first"))
-    assert bool(isolated.all()) == (not answer_sees_question and stage == K)
+    every_step_blind = layout == "strict" and order == "first"  # order last gives its text steps before <bot>
+    assert bool(isolated.all()) == (not answer_sees_question and (stage == K or every_step_blind))
     assert (change[isolated] < 1e-12).all(), change
     assert (change[~isolated] > 1e-9).all(), change
     # the question changes the thoughts, and through them the answer
@@ -417,13 +443,13 @@ def noisy_model(mixed_rows):
 
 def _greedy_reference(model, prompt: CoconutBatch, tokens: list[int]) -> list[int]:
     """The argmax after <eot> and each of `tokens` under naive_forward (no cache) for a one-row prompt, the
-    generated tokens blind (answer_sees_question false) from the prompt's marker on: `tokens` when they are
-    the greedy continuation."""
+    generated tokens blind (answer_sees_question false) from the prompt's marker on, or all of them when the
+    prompt's steps are blind: `tokens` when they are the greedy continuation."""
     suffix = torch.tensor([[prompt.suffix_ids[0, 0].item(), *tokens]])
     blind = None
     if prompt.question is not None:
         marked = torch.tensor(tokens, dtype=torch.long) == (-1 if prompt.marker is None else prompt.marker)
-        blind = torch.cat([torch.ones(1, dtype=torch.bool), marked.cumsum(0) > 0])[None]
+        blind = torch.cat([torch.ones(1, dtype=torch.bool), (marked.cumsum(0) > 0) | prompt.steps_blind])[None]
     batch = replace(prompt, suffix_ids=suffix, suffix_mask=torch.ones_like(suffix), labels=suffix.clone(),
                     answer_mask=torch.zeros_like(suffix, dtype=torch.bool), blind=blind)
     with torch.no_grad():
@@ -492,7 +518,26 @@ def test_blind_generation_is_greedy_and_batch_independent(noisy_model, mixed_row
     assert rule_matters  # treating every generated token as a text step would not reproduce the generation
 
 
-@pytest.mark.parametrize("layout", ["blind", "last-blind"])
+@pytest.mark.parametrize("stage", [1, K])
+def test_strict_generation_is_greedy_and_batch_independent(noisy_model, mixed_rows, stage):
+    """steps_see_question false in greedy generation: every generated token is blind, text step or not, as in
+    the naive reference; the blind layout's generation (text steps see the question) differs."""
+    model, tokenizer = noisy_model
+    codec = Codec(tokenizer)
+    steps = 10
+    prompt = codec.batch(mixed_rows, stage, K, C, with_targets=False, **LAYOUTS["strict"])
+    full = generate(model, prompt, eos_id=-1, max_new_tokens=steps)
+    assert len({tuple(t) for t in full}) > 1, "degenerate model: every row generates the same"
+    blind = generate(model, codec.batch(mixed_rows, stage, K, C, with_targets=False, **LAYOUTS["blind"]), -1, steps)
+    if stage < K:  # at the all-latent stage the first text step is the answer, blind in both layouts
+        assert full != blind
+    for i, row in enumerate(mixed_rows):
+        alone = codec.batch([row], stage, K, C, with_targets=False, **LAYOUTS["strict"])
+        assert generate(model, alone, -1, steps) == [full[i]]
+        assert _greedy_reference(model, alone, full[i]) == full[i]
+
+
+@pytest.mark.parametrize("layout", ["blind", "last-blind", "strict"])
 def test_blind_layout_under_eager_attention(mixed_rows, layout):
     """Eager attention adds the mask to the scores: the additive form gives the same logits as sdpa's boolean one."""
     model, tokenizer = make_tiny_model(mixed_rows)
