@@ -4,6 +4,8 @@ another), on the same activation caches, side by side in one run.
 
 Prints seconds for each, the ratio, the largest difference of val and test accuracy over every probe, and each
 probe outside the issue's 0.01 with whether each way's fit converged before max_iter.
+The way before runs with BLAS on one thread (--before-threads), its fastest setting on the 2-core machine: with
+BLAS on both cores its many small products run about ten times slower, which would flatter the step's way.
 Usage: python scripts/bench_probes.py [--params params.yaml] [--cache results/activations] [--stage 3]
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.config import load_params
@@ -69,6 +72,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--cache", default="results/activations", help="directory of stage-K/{train,val,test}")
     parser.add_argument("--stage", type=int, default=3)
+    parser.add_argument("--before-threads", type=int, default=1, help="BLAS threads of the way before (0: all)")
     args = parser.parse_args()
     probes = load_params(args.params)["probes"]
     caches = {s: ActivationCache(f"{args.cache}/stage-{args.stage}/{s}") for s in SPLITS}
@@ -77,6 +81,7 @@ def main() -> None:
 
     start = time.perf_counter()
     before = {}
+    limit = threadpool_limits(limits=args.before_threads or None)
     for key, data in work:
         for target in data["train"][1]:
             splits = []
@@ -88,6 +93,7 @@ def main() -> None:
             if fitted is not None:
                 before[key, target] = fitted
     seconds_before = time.perf_counter() - start
+    limit.restore_original_limits()
 
     from joblib import Parallel, delayed
     start = time.perf_counter()
@@ -98,7 +104,8 @@ def main() -> None:
 
     print(f"stage {args.stage}: {len(work)} (tensor, position) units, {len(now)} probes, C grid {probes['C_grid']}, "
           f"{threads} threads")
-    print(f"before (fresh pipeline per C, one unit after another): {seconds_before:.1f} s")
+    print(f"before (fresh pipeline per C, one unit after another, BLAS threads {args.before_threads or threads}): "
+          f"{seconds_before:.1f} s")
     print(f"now (warm starts along C, units in parallel): {seconds_now:.1f} s", flush=True)
     if now.keys() != before.keys():
         raise SystemExit(f"the two ways fitted different probes: {sorted(now.keys() ^ before.keys())[:5]}")
