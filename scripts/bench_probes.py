@@ -81,19 +81,18 @@ def main() -> None:
 
     start = time.perf_counter()
     before = {}
-    limit = threadpool_limits(limits=args.before_threads or None)
-    for key, data in work:
-        for target in data["train"][1]:
-            splits = []
-            for split in SPLITS:
-                x, y = data[split][0], data[split][1][target]
-                known = ~np.isnan(y)
-                splits.append((x[known], y[known].astype(int)))
-            fitted = fit_before(*splits, probes["C_grid"], probes["max_iter"], probes["seed"])
-            if fitted is not None:
-                before[key, target] = fitted
+    with threadpool_limits(limits=args.before_threads or None):
+        for key, data in work:
+            for target in data["train"][1]:
+                splits = []
+                for split in SPLITS:
+                    x, y = data[split][0], data[split][1][target]
+                    known = ~np.isnan(y)
+                    splits.append((x[known], y[known].astype(int)))
+                fitted = fit_before(*splits, probes["C_grid"], probes["max_iter"], probes["seed"])
+                if fitted is not None:
+                    before[key, target] = fitted
     seconds_before = time.perf_counter() - start
-    limit.restore_original_limits()
 
     from joblib import Parallel, delayed
     start = time.perf_counter()
