@@ -7,8 +7,10 @@ For each curriculum stage, on the params' model (untrained) at train.batch_size,
   - the step time of variants of the same model, interleaved in one loop so that machine load hits all alike:
     as configured; GPT-2's GELU as the unfused gelu_new (before the tiny model used the fused kernel); no
     dropout (a science setting, not changed here: the ratio says what choosing it on val could save); one
-    thread instead of the process's threads (what running two single-thread jobs side by side could gain).
-Usage: python scripts/bench_step_profile.py [--params params.yaml] [--repeats 8]
+    thread instead of the process's threads (what running two single-thread jobs side by side could gain); with
+    --compile also the model under torch.compile as `train.compile: true` runs it (its compilation, in the
+    warm-up step of each stage, is not timed).
+Usage: python scripts/bench_step_profile.py [--params params.yaml] [--repeats 8] [--compile]
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_optio
 from cocoracle.config import load_params
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
+from cocoracle.precision import maybe_compile
 
 KINDS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
@@ -61,8 +64,8 @@ def breakdown(step: Callable[[], None], repeats: int) -> tuple[float, dict[str, 
     return wall, by_kind
 
 
-def variants(model) -> dict[str, torch.nn.Module]:
-    """The model as configured, with the unfused GELU, and without dropout."""
+def variants(model, compiled: bool) -> dict[str, torch.nn.Module]:
+    """The model as configured, with the unfused GELU, without dropout and (if asked) compiled."""
     unfused, no_dropout = copy.deepcopy(model), copy.deepcopy(model)
     for block in unfused.transformer.h:
         block.mlp.act = ACT2FN["gelu_new"]
@@ -70,7 +73,8 @@ def variants(model) -> dict[str, torch.nn.Module]:
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     no_dropout.config.attn_pdrop = 0.0
-    return {"as configured": model, "unfused GELU": unfused, "no dropout": no_dropout}
+    out = {"as configured": model, "unfused GELU": unfused, "no dropout": no_dropout}
+    return out | {"compiled": maybe_compile(copy.deepcopy(model), True)} if compiled else out
 
 
 def interleaved(steps: dict[str, Callable[[], None]], threads: dict[str, int], repeats: int) -> dict[str, float]:
@@ -92,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--compile", action="store_true", help="also time the model under torch.compile")
     args = parser.parse_args()
     params = load_params(args.params)
     coconut, size = params["coconut"], params["train"]["batch_size"]
@@ -112,9 +117,9 @@ def main() -> None:
         print(f"{stage:<7}{wall * 1000:>9.1f}" + "".join(f"{s / wall:>15.1%}" for s in shares), flush=True)
     print("\nms per forward + backward, variants interleaved; ratio = variant time / as configured "
           "(> 1: the variant is slower)")
-    names = [*variants(model), "1 thread"]
+    models = variants(model, args.compile)
+    names = [*models, "1 thread"]
     print(f"{'stage':<7}" + "".join(f"{n:>16}" for n in names) + "".join(f"{n + ' ratio':>22}" for n in names[1:]))
-    models = variants(model)
     for stage, batch in batches.items():
         steps = {name: step_fn(m, batch) for name, m in models.items()} | {"1 thread": step_fn(model, batch)}
         per = dict.fromkeys(steps, threads) | {"1 thread": 1}
