@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from cocoracle.engine_lock import LOCK_FILE, _dvc_run, _is_locked
-from helpers_workflow import engine_env, repo_copy, run, set_param
+from helpers_workflow import REPO, engine_env, repo_copy, run, set_param
 
 pytestmark = pytest.mark.e2e
 EXPERIMENTS = {"c-small": [0.01], "c-large": [10.0]}  # probes.C_grid: reruns only the probe stage
@@ -213,3 +214,19 @@ def test_exp_apply_gives_a_workspace_dvc_finds_up_to_date(queued):
     shown = _experiments(queued["shown"])["c-large"]["metrics"]
     assert json.loads((repo / METRICS).read_text())["best"] == shown["best"]
     assert json.loads(run(["dvc", "status", "--json"], cwd=repo).stdout) == {}
+
+
+def test_seed_spread_puts_the_experiments_side_by_side(queued, tmp_path):
+    # scripts/seed_spread.py on this queue's `dvc exp show --json`: one column per experiment, their mean
+    shown = tmp_path / "shown.json"
+    shown.write_text(json.dumps(queued["shown"]))
+    out = run([sys.executable, str(REPO / "scripts/seed_spread.py"), str(shown), *EXPERIMENTS, "--stage", "1"],
+              cwd=REPO).stdout
+    found = _experiments(queued["shown"])
+    label, by_thought = next(iter(found["c-small"]["metrics"]["by_thought"].items()))
+    thought = next(iter(by_thought))
+    values = [found[name]["metrics"]["by_thought"][label][thought]["accuracy"] for name in EXPERIMENTS]
+    row = next(line for line in out.splitlines() if line.startswith(f"| probe {label}, thought {thought} |"))
+    assert row.split(" | ")[1:4] == [f"{values[0]:.1%}", f"{values[1]:.1%}", f"{statistics.mean(values):.1%}"], out
+    assert out.splitlines()[0] == "| figure | c-small | c-large | mean | sd | range | one run's 95 % interval |"
+

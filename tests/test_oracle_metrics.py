@@ -126,3 +126,11 @@ def test_summary_is_flat_and_numeric_but_for_the_baseline_name():
     assert all(isinstance(v, int | float) for v in numbers.values())
     assert {*METRICS, *INTERVALS, "exact_match_diff", "number_f1_diff_low", "best_baseline_exact_match_high"} \
         <= set(numbers)
+    table = table.set_index(["oracle", "condition", "task", "thought"])
+    for thought in ("0", "1"):  # per position: the oracle beside the best baseline of that position
+        cell = out["self"]["by_thought"]["digit"][thought]
+        assert cell["exact_match"] == table.loc[("self", "oracle", "digit", thought), "exact_match"]
+        assert cell["n"] == N_PROBLEMS
+        assert cell["exact_match_low"] < cell["exact_match"] <= cell["exact_match_high"] + 1e-12
+    assert out["self"]["by_thought"]["digit"]["0"]["best_baseline"] == "shuffled"  # always right at thought 0
+    assert out["self"]["by_thought"]["digit"]["1"]["best_baseline"] == "majority"

@@ -114,7 +114,7 @@ def aggregate(scored: pd.DataFrame, stage: int) -> pd.DataFrame:
 
 
 def task_summary(rows: pd.DataFrame) -> dict[str, Any]:
-    """One task's rows over all thoughts: the oracle's n, metrics, intervals and differences, and the best
+    """One task's rows (all thoughts, or one): the oracle's n, metrics, intervals and differences, and the best
     baseline by exact match with its interval."""
     mine = rows[rows["condition"] == "oracle"].iloc[0]
     baselines = rows[rows["condition"] != "oracle"]
@@ -124,14 +124,27 @@ def task_summary(rows: pd.DataFrame) -> dict[str, Any]:
             **{f"best_baseline_{c}": float(best[c]) for c in ("exact_match", "exact_match_low", "exact_match_high")}}
 
 
+def thought_summary(rows: pd.DataFrame) -> dict[str, Any]:
+    """One task's rows at one thought position: the oracle's exact match with its interval and n, and the best
+    baseline by exact match with its value (task_summary's figures on exact match only)."""
+    full = task_summary(rows)
+    return {key: full[key] for key in ("n", "exact_match", "exact_match_low", "exact_match_high", "best_baseline",
+                                       "best_baseline_exact_match")}
+
+
 def summary(table: pd.DataFrame, stage: int, accuracy: dict[str, float],
             validation: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per oracle: the training step kept and its val exact match, and per task its summary over all positions."""
+    """Per oracle: the training step kept and its val exact match, per task its summary over all positions, and
+    (`by_thought`) per task and thought position its exact match beside the best baseline's."""
     out: dict[str, Any] = {"stage": stage, "self_answer_accuracy": accuracy}
-    overall = table[table["thought"] == "all"]
-    for kind, rows in overall.groupby("oracle", sort=False):
+    for kind, rows in table.groupby("oracle", sort=False):
         kept = {key: validation[kind][key] for key in ("selected_step", "selected_val_exact_match")}
-        out[kind] = {**kept, **{task: task_summary(task_rows) for task, task_rows in rows.groupby("task", sort=False)}}
+        overall, per_thought = rows[rows["thought"] == "all"], rows[rows["thought"] != "all"]
+        tasks = {task: task_summary(task_rows) for task, task_rows in overall.groupby("task", sort=False)}
+        by_thought = {task: {thought: thought_summary(cell)
+                             for thought, cell in task_rows.groupby("thought", sort=False)}
+                      for task, task_rows in per_thought.groupby("task", sort=False)}
+        out[kind] = {**kept, **tasks, "by_thought": by_thought}
     return out
 
 
