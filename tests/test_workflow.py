@@ -52,7 +52,9 @@ def _check_outputs(repo):
         summary = json.loads((repo / "results" / "oracle" / f"stage-{k}.json").read_text())
         tasks = {"step", "digit", "carry", "operands", "answer", "problem"}
         for kind in ("self", "separate"):
-            assert set(summary[kind]) == tasks | {"selected_step", "selected_val_exact_match"}
+            assert set(summary[kind]) == tasks | {"selected_step", "selected_val_exact_match", "by_thought"}
+            assert set(summary[kind]["by_thought"]) == tasks  # per task, each thought position of the stage
+            assert all(set(cells) == {str(t) for t in range(k)} for cells in summary[kind]["by_thought"].values())
     report = (repo / "results" / "report.md").read_text()
     assert all(f"\n| {k} |" in report for k in STAGES)  # accuracy table rows
     assert "| 2 | self | step |" in report and "| 1 | separate | carry |" in report  # oracle table rows
