@@ -4,6 +4,8 @@ the best-on-val weights, LoRA adapters and their trainable token rows round trip
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -250,8 +252,23 @@ def test_separate_oracle_on_a_local_pretrained_base(tmp_path, checkpoint, tiny_p
     train_oracle("separate", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, base,
                  data_dir, out, tmp_path / "live", CPU)
     model, tokenizer, spec = load_oracle(out, CPU)
-    assert spec.base == str(base)
+    assert (out / spec.base).resolve() == Path(base).resolve()
     assert "<act>" in tokenizer.get_vocab()  # the placeholder was added to the pretrained tokenizer
+
+
+def test_an_oracle_on_a_relative_base_loads_from_another_directory(tmp_path, monkeypatch, checkpoint, tiny_params,
+                                                                   data_dir, local_model_dir):
+    """A run names its base relative to its root ('models/stage-0'); the oracle must not depend on the caller's
+    working directory (from elsewhere, the name would be taken for a hub id and fetched)."""
+    run = tmp_path / "run"
+    shutil.copytree(local_model_dir[0], run / "models" / "base")
+    caches = _caches(tmp_path, encoded=True)
+    monkeypatch.chdir(run)
+    train_oracle("separate", _oracle_params(tiny_params, steps=2), 1, {s: caches[s].path for s in ("train", "val")},
+                 checkpoint, "models/base", data_dir, "models/oracle", tmp_path / "live", CPU)
+    monkeypatch.chdir(tmp_path)
+    _, _, spec = load_oracle(run / "models" / "oracle", CPU)
+    assert spec.base == "../base"
 
 
 def test_separate_oracle_base_of_another_width_is_one_line_error(tmp_path, checkpoint, tiny_params, data_dir):

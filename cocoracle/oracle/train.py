@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class OracleSpec:
     inject_layers: list[int]  # hidden-state indices they are added at
     alpha: float
     finetune: str             # "lora" (adapter over `base`) or "full"
-    base: str                 # base model (LoRA) or the checkpoint fine-tuned (full)
+    base: str                 # base model (LoRA; a local one relative to the oracle) or the checkpoint fine-tuned
 
 
 def oracle_layers(oracle: dict[str, Any], n_layer: int) -> tuple[int, list[int]]:
@@ -207,7 +208,10 @@ def save_oracle(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec
                 checkpoint: str | Path, out_dir: str | Path, validation: dict[str, Any],
                 provenance: dict[str, Any] | None = None) -> None:
     """Adapter (LoRA) or full safetensors weights, tokenizer, the spec, the validation record and the
-    checkpoint's params; atomic."""
+    checkpoint's params; atomic. A local base is recorded relative to out_dir, so the oracle loads from any
+    working directory."""
+    if Path(spec.base).is_dir():
+        spec = replace(spec, base=os.path.relpath(Path(spec.base).resolve(), Path(out_dir).resolve()))
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         _sort_target_modules(tmp / "adapter_config.json")
@@ -233,7 +237,8 @@ def load_oracle(path: str | Path, device: torch.device
     if spec.finetune == "full":
         model, tokenizer = load_checkpoint(path, device, dtype)
     else:
-        model, tokenizer = load_base(spec.base, device, dtype)
+        local = Path(path) / spec.base
+        model, tokenizer = load_base(local if local.is_dir() else spec.base, device, dtype)  # else a hub id
         add_oracle_tokens(model, tokenizer)  # the rows the adapter started from; it holds the trained ones
         model = PeftModel.from_pretrained(model, str(path)).to(device)
     return model.eval(), tokenizer, spec
