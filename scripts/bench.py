@@ -1,6 +1,7 @@
 """Run the benchmarks of scripts/ that are cheap enough by default, one after another, each under a header.
 
-bench_training, bench_step_profile, bench_kv_cache, bench_activation_memory (with a small --problems) and
+bench_training, bench_step_profile, bench_oracle_step, bench_kv_cache, bench_activation_memory (with a small
+--problems) and
 bench_rule_memory (two whole DAGs with capped training) always;
 bench_noop and bench_probes only with --run, a finished run directory (a checkout whose outputs are complete).
 Usage: python scripts/bench.py [--params params.yaml] [--run DIR] [--quick]
@@ -22,6 +23,7 @@ def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
     """Each benchmark's argument list (script name first)."""
     out = [["bench_training.py", "--params", params, *(["--quick"] if quick else [])],
            ["bench_step_profile.py", "--params", params, "--repeats", "2" if quick else "8"],
+           ["bench_oracle_step.py", "--params", params, "--repeats", "3" if quick else "20"],
            ["bench_kv_cache.py", "--params", params, "--batches", "3" if quick else "20"],
            ["bench_activation_memory.py", "--params", params, "--problems", "20" if quick else "100"],
            ["bench_rule_memory.py", "--params", params, *(["--problems", "40", "--steps", "2"] if quick else [])]]

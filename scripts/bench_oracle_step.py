@@ -1,0 +1,125 @@
+"""Where a self-oracle training step's CPU time goes, and what three changes would buy, side by side.
+
+On the params' model (untrained, with the oracle's tokens added) at oracle.self.train.batch_size, with items
+like the training's (each task's first template, targets of the first column of train problems, random vectors):
+  - one oracle step's parts: tokenizing the batch, forward, backward, the optimizer step; a rehearsal step (the
+    Coconut objective at the all-latent stage, as oracle.self.mix draws it); the examples/s these give at the
+    params' mix;
+  - forward + backward of variants, interleaved in one loop so that machine load hits all alike: as configured
+    (no KV cache on the training pass); building a KV cache on it (what the code did before commit 'oracle
+    training builds no KV cache'); no dropout (a science setting, not changed here).
+Usage: python scripts/bench_oracle_step.py [--params params.yaml] [--repeats 20]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from cocoracle.coconut import IGNORE, Codec, coconut_forward, layout_options, loss_fn
+from cocoracle.config import load_params
+from cocoracle.data import column_additions, make_splits, problems_table
+from cocoracle.loop import adamw_with_schedule, optimizer_step
+from cocoracle.model import initial_model
+from cocoracle.oracle.data import OracleBatch, OracleCodec
+from cocoracle.oracle.injection import Injector
+from cocoracle.oracle.questions import TEMPLATES, prompt, target
+from cocoracle.oracle.train import add_oracle_tokens, oracle_layers, oracle_loss
+
+
+def items(rows: list[dict], tasks: list[str], size: int, source: int) -> tuple[list[str], list[str]]:
+    """`size` prompts and targets about the first column of train problems, tasks in turn."""
+    prompts, targets = [], []
+    for i, row in enumerate(rows[:size]):
+        task = tasks[i % len(tasks)]
+        fields = {**row, **column_additions(row["a"], row["b"])[0], "step_text": row["steps"][0]}
+        prompts.append(prompt(source, TEMPLATES[task][0]))
+        targets.append(target(task, fields))
+    return prompts, targets
+
+
+def cached_loss(model, injector: Injector, batch: OracleBatch, vectors: torch.Tensor) -> torch.Tensor:
+    """oracle_loss as it was: the training pass also builds a KV cache (the model config's use_cache)."""
+    injector.arm(vectors, batch.act_mask)
+    try:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=True).logits
+    finally:
+        injector.disarm()
+    logits = logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+
+
+def timed(parts: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Seconds per call of each part, the parts taking turns within every repeat (one warm-up round)."""
+    total = dict.fromkeys(parts, 0.0)
+    for repeat in range(repeats + 1):
+        for name, part in parts.items():
+            start = time.perf_counter()
+            part()
+            if repeat:
+                total[name] += time.perf_counter() - start
+    return {name: t / repeats for name, t in total.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    params = load_params(args.params)
+    oracle, coconut = params["oracle"], params["coconut"]
+    hp, mix = oracle["self"]["train"], oracle["self"]["mix"]
+    rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
+    model, tokenizer = initial_model(params["model"], rows)
+    add_oracle_tokens(model, tokenizer)
+    model.train()
+    source, inject = oracle_layers(oracle, model.config.num_hidden_layers)
+    injector = Injector(model, inject, oracle["self"]["alpha"])
+    codec, size = OracleCodec(tokenizer), hp["batch_size"]
+    prompts, targets = items(rows, oracle["tasks"], size, source)
+    vectors = torch.randn(size, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    batch = codec.batch(prompts, targets)
+    stage = coconut["num_stages"]
+    rehearsal = Codec(tokenizer).batch(rows[size:2 * size], stage, stage, coconut["thoughts_per_step"],
+                                       **layout_options(coconut))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = adamw_with_schedule(trainable, hp, 10 ** 6)
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    state: dict[str, torch.Tensor] = {}
+    print(f"model={params['model']['name']} batch={size} tokens={tuple(batch.input_ids.shape)} "
+          f"threads={torch.get_num_threads()} repeats={args.repeats} mix={mix}")
+    t = timed({"tokenize": lambda: codec.batch(prompts, targets),
+               "forward": lambda: state.update(loss=oracle_loss(model, injector, batch, vectors)),
+               "backward": lambda: state.pop("loss").backward(),
+               "optimizer": lambda: optimizer_step(optimizer, scheduler, trainable, hp["grad_clip"]),
+               "rehearsal step": lambda: loss_fn(coconut_forward(model, rehearsal), rehearsal).backward()},
+              args.repeats)
+    oracle_step = t["tokenize"] + t["forward"] + t["backward"] + t["optimizer"]
+    mean_step = (1 - mix) * oracle_step + mix * (t["rehearsal step"] + t["optimizer"])
+    print("ms per part: " + ", ".join(f"{name} {s * 1000:.1f}" for name, s in t.items()))
+    print(f"oracle step {oracle_step * 1000:.1f} ms; mean step at mix {mix}: {mean_step * 1000:.1f} ms, "
+          f"{size / mean_step:.0f} examples/s")
+
+    no_dropout = copy.deepcopy(model)
+    for module in no_dropout.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    no_dropout.config.attn_pdrop = 0.0
+    quiet = Injector(no_dropout, inject, oracle["self"]["alpha"])
+    variants = {"as configured": lambda: oracle_loss(model, injector, batch, vectors).backward(),
+                "with KV cache": lambda: cached_loss(model, injector, batch, vectors).backward(),
+                "no dropout": lambda: oracle_loss(no_dropout, quiet, batch, vectors).backward()}
+    v = timed(variants, args.repeats)
+    base = v["as configured"]
+    print("ms per forward + backward, interleaved; ratio = variant / as configured (> 1: slower): "
+          + ", ".join(f"{name} {s * 1000:.1f} ({s / base:.2f}x)" for name, s in v.items()))
+
+
+if __name__ == "__main__":
+    main()
