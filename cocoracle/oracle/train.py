@@ -81,7 +81,7 @@ def oracle_loss(model: PreTrainedModel, injector: Injector, batch: OracleBatch, 
     injector.arm(vectors, batch.act_mask)
     try:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, use_cache=False).logits
+                       position_ids=batch.position_ids).logits
     finally:
         injector.disarm()
     logits = logits[:, :-1].float()
