@@ -200,6 +200,14 @@ def composed_ceiling(table: pd.DataFrame, hits: dict[tuple[str, int, str], np.nd
     return out
 
 
+def ceilings_by_tensor(table: pd.DataFrame, hits: dict[tuple[str, int, str], np.ndarray]
+                       ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """{tensor: composed_ceiling from that tensor's probes alone}: what a perfect linear reader of one tensor
+    (an oracle's source) would reach."""
+    return {tensor: composed_ceiling(table[table["tensor"] == tensor], hits)
+            for tensor in _tensor_order(table["tensor"])}
+
+
 def _share(hits: np.ndarray) -> dict[str, Any]:
     """Share of 1s with its 95 % Wilson interval."""
     low, high = wilson(int(hits.sum()), len(hits))
@@ -317,7 +325,8 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Probe one stage. `outputs`: table and steps_table (CSV), heatmap and steps_heatmap (PNG), metrics (JSON:
     per label, and per label and thought, the thought probe best on val; per label, step and position the steps
-    probe best on val, and where each step's labels first become readable; each reported on test)."""
+    probe best on val, and where each step's labels first become readable; the probe-composed ceiling of each
+    oracle task over every tensor and from each tensor alone; each reported on test)."""
     caches = {split: ActivationCache(path) for split, path in cache_dirs.items()}
     table, steps, hits = probe_caches(caches, stage, params["probes"])
     for name, frame in (("table", table), ("steps_table", steps)):
@@ -329,6 +338,7 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
     step_heatmap(by_step, order, stage, outputs["steps_heatmap"])
     summary = {"stage": stage, "best": best_probes(table), "by_thought": best_by_thought(table),
                "positions": order, "by_step": by_step, "ceiling": composed_ceiling(table, hits),
+               "ceiling_by_tensor": ceilings_by_tensor(table, hits),
                "readable_at": READABLE,
                "readable": first_readable(by_step, order),
                "unconverged": {"max_iter": params["probes"]["max_iter"], "probes": len(table) + len(steps),

@@ -119,10 +119,14 @@ def oracle_thought_table(table: pd.DataFrame) -> str:
     return _table(head, _oracle_rows(table[table["thought"] != "all"], ["stage", "oracle", "task", "thought"]))
 
 
-def ceiling_table(table: pd.DataFrame, probes: list[dict[str, Any]]) -> str:
+def ceiling_table(table: pd.DataFrame, probes: list[dict[str, Any]], oracle_metrics: list[dict[str, Any]]) -> str:
     """Markdown: per stage, task and thought (and over all), each oracle's exact match beside the probe-composed
-    ceiling on the same test rows, and their ratio."""
+    ceiling on the same test rows (over every tensor, and from the tensor the oracle reads alone) and its share
+    of each."""
     ceilings = {m["stage"]: m.get("ceiling", {}) for m in probes}
+    by_tensor = {m["stage"]: m.get("ceiling_by_tensor", {}) for m in probes}
+    sources = {m["stage"]: {kind: m.get(kind, {}).get("source_tensor") for kind in ORACLE_KINDS}
+               for m in oracle_metrics}
     own = table[table["condition"] == "oracle"].set_index(["stage", "task", "thought", "oracle"])["exact_match"]
     rows = []
     cells_in_order = sorted({key[:3] for key in own.index}, key=lambda k: (
@@ -131,14 +135,24 @@ def ceiling_table(table: pd.DataFrame, probes: list[dict[str, Any]]) -> str:
         limit = ceilings.get(stage, {}).get(task, {}).get(str(thought))
         if limit is None:
             continue
-        cells = [f"{own[stage, task, thought, kind]:.1%} ({own[stage, task, thought, kind] / limit['accuracy']:.0%})"
-                 if (stage, task, thought, kind) in own.index and limit["accuracy"] > 0 else "–"
-                 for kind in ORACLE_KINDS]
-        rows.append([stage, task, thought, format_interval(limit["accuracy"], limit["low"], limit["high"]), *cells])
+        at_source = {kind: (tensor, by_tensor.get(stage, {}).get(tensor, {}).get(task, {}).get(str(thought)))
+                     for kind, tensor in sources.get(stage, {}).items()}
+        cells = []
+        for kind in ORACLE_KINDS:
+            if (stage, task, thought, kind) not in own.index or limit["accuracy"] <= 0:
+                cells.append("–")
+                continue
+            em, (_, source) = own[stage, task, thought, kind], at_source.get(kind, (None, None))
+            share = f"{em / source['accuracy']:.0%}" if source and source["accuracy"] > 0 else "–"
+            cells.append(f"{em:.1%} ({em / limit['accuracy']:.0%}; {share})")
+        shown = {f"{tensor}: {format_interval(c['accuracy'], c['low'], c['high'])}"
+                 for tensor, c in at_source.values() if c is not None}
+        rows.append([stage, task, thought, format_interval(limit["accuracy"], limit["low"], limit["high"]),
+                     " / ".join(sorted(shown)) or "–", *cells])
     if not rows:
         return "No oracle task has a probe-composed ceiling (probes.labels lacks its fields).\n"
-    return _table(["stage", "task", "thought", "probe-composed ceiling",
-                   *(f"{kind} oracle EM (of ceiling)" for kind in ORACLE_KINDS)], rows)
+    return _table(["stage", "task", "thought", "probe-composed ceiling", "ceiling at the oracles' source tensor",
+                   *(f"{kind} oracle EM (of ceiling; of its source's)" for kind in ORACLE_KINDS)], rows)
 
 
 def forgetting_table(metrics: list[dict[str, Any]]) -> str:
@@ -287,8 +301,10 @@ def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot
                   ("The probe-composed ceiling: the share of the same test rows on which the probes (chosen on "
                    "**val**, per label and thought) of every field an answer is made of are all right, i.e. what a "
                    "perfect reader of the linearly readable fields would reach (a step's text follows from its two "
-                   "digits and its carry in). In brackets: the oracle's exact match as a share of it.\n"),
-                  ceiling_table(oracle, probes)]
+                   "digits and its carry in). Beside it the same from the probes of one tensor alone, the one the "
+                   "oracles read (`oracle.source_layer`): what a perfect linear reader of the oracle's own input "
+                   "would reach. In brackets: the oracle's exact match as a share of each.\n"),
+                  ceiling_table(oracle, probes, forgetting)]
     return parts + ["### Did the self oracle forget? Answer accuracy before and after oracle fine-tuning\n",
                     forgetting_table(forgetting) if forgetting else "No oracle metrics.\n"]
 

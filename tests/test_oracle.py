@@ -28,7 +28,7 @@ from cocoracle.oracle.evaluate import (
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import METRICS
 from cocoracle.oracle.questions import prompt
-from cocoracle.oracle.train import build_oracle, load_oracle, oracle_loss, save_oracle, train_oracle
+from cocoracle.oracle.train import build_oracle, load_oracle, oracle_loss, read_spec, save_oracle, train_oracle
 from cocoracle.report import ORACLE_COLUMNS
 from conftest import make_tiny_model, run_cli
 from synthetic import synthetic_cache
@@ -217,6 +217,7 @@ def test_evaluate_oracles_writes_every_metric_with_intervals(tmp_path, checkpoin
     assert metrics["stage"] == 1 and set(metrics["self_answer_accuracy"]) == {"before", "after"}
     for kind in dirs:
         assert metrics[kind]["selected_step"] in (1, 2)
+        assert metrics[kind]["source_tensor"] == f"layer_{read_spec(dirs[kind]).source_layer}"  # as probes name it
         assert {"exact_match_any_order_low", "token_f1_diff_high", "best_baseline"} <= set(metrics[kind]["operands"])
     assert set(METRICS) <= set(pd.read_parquet(paths["predictions"]).columns)
 

@@ -116,9 +116,10 @@ def test_difference_is_paired_against_the_best_baseline_of_each_cell():
 def test_summary_is_flat_and_numeric_but_for_the_baseline_name():
     table = aggregate(_scored(_exact()), stage=2)
     out = summary(table, 2, {"before": 0.9, "after": 0.8},
-                  {"self": {"selected_step": 40, "selected_val_exact_match": 0.7, "curve": {"40": 0.7}}})
+                  {"self": {"selected_step": 40, "selected_val_exact_match": 0.7, "curve": {"40": 0.7}}}, {"self": 3})
     assert set(out) == {"stage", "self_answer_accuracy", "self"}
     assert out["self"]["selected_step"] == 40 and out["self"]["selected_val_exact_match"] == 0.7
+    assert out["self"]["source_tensor"] == "layer_3"  # the cache tensor the oracle reads, named as the probes name it
     digit = out["self"]["digit"]
     assert digit["best_baseline"] == "shuffled" and digit["best_baseline_exact_match"] == 0.5
     assert digit["n"] == 2 * N_PROBLEMS and digit["exact_match"] == 1.0

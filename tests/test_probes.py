@@ -13,7 +13,15 @@ from sklearn.preprocessing import StandardScaler
 
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.config import InputError
-from cocoracle.probes import best_by_thought, best_probes, composed_ceiling, fit_probe, probe_caches, run_probes
+from cocoracle.probes import (
+    best_by_thought,
+    best_probes,
+    ceilings_by_tensor,
+    composed_ceiling,
+    fit_probe,
+    probe_caches,
+    run_probes,
+)
 from synthetic import synthetic_cache
 
 PROBES = {"seed": 0, "C_grid": [0.1, 1.0], "max_iter": 300, "labels": ["digit_written", "carry_out"],
@@ -87,6 +95,11 @@ def test_run_probes_writes_tables_heatmaps_and_summary(tmp_path):
     ceiling = summary["ceiling"]
     assert set(ceiling) == {"digit", "carry"}  # the fields probed here (probes.labels)
     assert ceiling["digit"]["0"]["accuracy"] == summary["by_thought"]["digit_written"]["0"]["accuracy"]
+    table = pd.read_csv(out["table"])
+    assert list(summary["ceiling_by_tensor"]) == ["thought", "layer_0"]  # each tensor of the cache, alone
+    for tensor, by_task in summary["ceiling_by_tensor"].items():
+        row = table[(table.tensor == tensor) & (table.thought == 0) & (table.label == "digit_written")].iloc[0]
+        assert by_task["digit"]["0"]["accuracy"] == pytest.approx(row["accuracy"], abs=1e-4)
 
 
 def test_probes_stopped_by_max_iter_are_counted(tmp_path):
@@ -150,6 +163,9 @@ def test_composed_ceiling_needs_every_field_of_an_answer_right_on_the_same_item(
     assert ceiling["operands"]["all"]["accuracy"] == 0.5
     assert ceiling["a_digit"]["0"]["accuracy"] == 0.75
     assert "digit" not in ceiling  # digit_written was not probed
+    alone = ceilings_by_tensor(pd.DataFrame(rows), hits)
+    assert alone["layer_0"]["step"]["0"]["accuracy"] == 0.25
+    assert alone["layer_1"]["step"]["0"]["accuracy"] == 1.0  # read from layer_1 only, whatever val prefers
 
 
 def test_a_label_with_one_train_value_counts_as_read_in_the_ceiling(tmp_path):

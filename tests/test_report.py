@@ -88,6 +88,8 @@ def inputs(tmp_path: Path) -> dict:
                                                       "digit_written": {"1": probe}},
                                        "ceiling": {"step": {"1": {"accuracy": 0.9, "low": 0.85, "high": 0.94,
                                                                   "n": 200}}},
+                                       "ceiling_by_tensor": {"layer_2": {"step": {"1": {
+                                           "accuracy": 0.6, "low": 0.55, "high": 0.65, "n": 200}}}},
                                        "readable_at": 0.9,
                                        "unconverged": {"max_iter": 300, "probes": 40, "stopped": 3 * k},
                                        "readable": {"digit_written": {"0": {**probe, "position": "thought 0"},
@@ -99,7 +101,8 @@ def inputs(tmp_path: Path) -> dict:
         "step_heatmaps": step_heatmaps,
         "oracle_tables": [_oracle_csv(results / f"oracle/stage-{k}.csv", k) for k in (1, 3)],
         "oracle_metrics": [_write_json(results / f"oracle/stage-{k}.json",
-                                       {"stage": k, "self_answer_accuracy": {"before": 0.978, "after": after}})
+                                       {"stage": k, "self_answer_accuracy": {"before": 0.978, "after": after},
+                                        "self": {"source_tensor": "layer_2"}, "separate": {"source_tensor": "layer_2"}})
                            for k, after in ((1, 0.97), (3, 0.853))],
         "train_dirs": [_train_dir(results / "train/stage-0", [5.9, 2.1, 0.4]),
                        _train_dir(results / "oracle-train/self/stage-3", [3.2, 1.0, 0.2])],
@@ -130,7 +133,9 @@ def test_report_numbers_come_from_the_files(inputs: dict) -> None:
             "answer 2: 31.0 % [28.1, 34.1] / 55.2% · thought |") in where
     assert "| 1 | nowhere | eot: 91.4 % [89.5, 93.0] / 55.2% · layer_2 |" in where
     ceiling = text.split("### Against what the probes can read\n")[1].split("###")[0]
-    assert "| 3 | step | 1 | 90.0 % [85.0, 94.0] | 62.0% (69%) | 45.0% (50%) |" in ceiling
+    # beside the ceiling over every tensor, the one from the tensor the oracles read alone, and each share
+    assert ("| 3 | step | 1 | 90.0 % [85.0, 94.0] | layer_2: 60.0 % [55.0, 65.0] | 62.0% (69%; 103%) | "
+            "45.0% (50%; 75%) |") in ceiling
     assert ceiling.count("| 3 |") == 1  # no ceiling for the answer task or the other thoughts
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections == ["## Coconut answer accuracy", "## Oracles", "## Probes", "## Training curves"]

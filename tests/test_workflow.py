@@ -52,12 +52,15 @@ def _check_outputs(repo):
         summary = json.loads((repo / "results" / "oracle" / f"stage-{k}.json").read_text())
         tasks = {"step", "digit", "carry", "operands", "answer", "problem"}
         for kind in ("self", "separate"):
-            assert set(summary[kind]) == tasks | {"selected_step", "selected_val_exact_match", "by_thought"}
+            assert set(summary[kind]) == tasks | {"selected_step", "selected_val_exact_match", "source_tensor",
+                                                  "by_thought"}
             assert set(summary[kind]["by_thought"]) == tasks  # per task, each thought position of the stage
             assert all(set(cells) == {str(t) for t in range(k)} for cells in summary[kind]["by_thought"].values())
     report = (repo / "results" / "report.md").read_text()
     assert all(f"\n| {k} |" in report for k in STAGES)  # accuracy table rows
     assert "| 2 | self | step |" in report and "| 1 | separate | carry |" in report  # oracle table rows
+    ceiling = report.split("### Against what the probes can read\n")[1].split("###")[0]
+    assert "| 2 | step | all |" in ceiling and "| layer_1: " in ceiling  # the smoke model's hidden state 1 of 2
     for name in ("accuracy", "oracle", "training"):
         assert f"(report/{name}.png)" in report
         assert (repo / "results" / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -34,7 +34,7 @@ from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.oracle.data import OracleCodec, build_items, item_vectors
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import EXACT_METRICS, METRICS, score
-from cocoracle.oracle.train import answer_prompts, load_oracle, read_validation
+from cocoracle.oracle.train import answer_prompts, load_oracle, read_spec, read_validation
 from cocoracle.precision import autocast, precision_of
 from cocoracle.provenance import describe
 from cocoracle.stats import bootstrap, paired_difference, wilson
@@ -133,12 +133,14 @@ def thought_summary(rows: pd.DataFrame) -> dict[str, Any]:
 
 
 def summary(table: pd.DataFrame, stage: int, accuracy: dict[str, float],
-            validation: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per oracle: the training step kept and its val exact match, per task its summary over all positions, and
-    (`by_thought`) per task and thought position its exact match beside the best baseline's."""
+            validation: dict[str, dict[str, Any]], sources: dict[str, int]) -> dict[str, Any]:
+    """Per oracle: the training step kept and its val exact match, the cache tensor it reads (`source_tensor`),
+    per task its summary over all positions, and (`by_thought`) per task and thought position its exact match
+    beside the best baseline's."""
     out: dict[str, Any] = {"stage": stage, "self_answer_accuracy": accuracy}
     for kind, rows in table.groupby("oracle", sort=False):
         kept = {key: validation[kind][key] for key in ("selected_step", "selected_val_exact_match")}
+        kept["source_tensor"] = f"layer_{sources[kind]}"
         overall, per_thought = rows[rows["thought"] == "all"], rows[rows["thought"] != "all"]
         tasks = {task: task_summary(task_rows) for task, task_rows in overall.groupby("task", sort=False)}
         by_thought = {task: {thought: thought_summary(cell)
@@ -210,12 +212,13 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
                                         params["oracle"]["batch_size"], device)
     table = aggregate(scored, stage)
     validation = {kind: read_validation(oracle_dirs[kind]) for kind in ORACLE_KINDS}
+    sources = {kind: read_spec(oracle_dirs[kind]).source_layer for kind in ORACLE_KINDS}
     with atomic_path(predictions_path) as tmp:
         scored.to_parquet(tmp, index=False)
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     inputs = [checkpoint, *oracle_dirs.values(), *cache_dirs.values(), Path(data_dir) / "test.parquet"]
     record = describe({"oracle": params["oracle"], "stage": stage}, inputs)
-    write_text(metrics_path, json.dumps({**summary(table, stage, accuracy, validation), "provenance": record},
+    write_text(metrics_path, json.dumps({**summary(table, stage, accuracy, validation, sources), "provenance": record},
                                         indent=2) + "\n")
     return table

@@ -228,11 +228,7 @@ def load_oracle(path: str | Path, device: torch.device
                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, OracleSpec]:
     """An oracle written by save_oracle, in eval mode."""
     verify_checksums(Path(path))
-    file = Path(path) / SPEC_FILE
-    try:
-        spec = OracleSpec(**json.loads(file.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
-        raise InputError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
+    spec = read_spec(path)
     dtype = pick_dtype(checkpoint_params(path)["model"]["dtype"], device)
     if spec.finetune == "full":
         model, tokenizer = load_checkpoint(path, device, dtype)
@@ -242,6 +238,15 @@ def load_oracle(path: str | Path, device: torch.device
         add_oracle_tokens(model, tokenizer)  # the rows the adapter started from; it holds the trained ones
         model = PeftModel.from_pretrained(model, str(path)).to(device)
     return model.eval(), tokenizer, spec
+
+
+def read_spec(path: str | Path) -> OracleSpec:
+    """The spec save_oracle wrote: which activations the oracle reads and how they are injected."""
+    file = Path(path) / SPEC_FILE
+    try:
+        return OracleSpec(**json.loads(file.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise InputError(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
 
 
 def read_validation(path: str | Path) -> dict[str, Any]:
