@@ -280,11 +280,11 @@ def _accuracy_section(evals: list[dict[str, Any]], plot: str) -> list[str]:
              "together).\n"), accuracy_table(evals), f"![Coconut answer accuracy by stage]({plot})\n"]
 
 
-def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot: str,
+def _oracle_section(oracle: pd.DataFrame, summaries: list[dict[str, Any]], plot: str,
                     probes: list[dict[str, Any]]) -> list[str]:
     """Markdown blocks: the oracle-vs-baseline tables, its plot, the oracles against the probe-composed ceiling
     and the before/after answer accuracy."""
-    if oracle.empty and not forgetting:
+    if oracle.empty and not summaries:
         return ["No oracle outputs.\n"]
     parts = []
     if not oracle.empty:
@@ -304,9 +304,9 @@ def _oracle_section(oracle: pd.DataFrame, forgetting: list[dict[str, Any]], plot
                    "digits and its carry in). Beside it the same from the probes of one tensor alone, the one the "
                    "oracles read (`oracle.source_layer`): what a perfect linear reader of the oracle's own input "
                    "would reach. In brackets: the oracle's exact match as a share of each.\n"),
-                  ceiling_table(oracle, probes, forgetting)]
+                  ceiling_table(oracle, probes, summaries)]
     return parts + ["### Did the self oracle forget? Answer accuracy before and after oracle fine-tuning\n",
-                    forgetting_table(forgetting) if forgetting else "No oracle metrics.\n"]
+                    forgetting_table(summaries) if summaries else "No oracle metrics.\n"]
 
 
 def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatmaps: list[str]) -> list[str]:
@@ -347,7 +347,7 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     evals = [_json(p, ("stage",)) for p in eval_metrics]
     probes = [_json(p, ("stage", "by_thought", "readable", "readable_at", "unconverged")) for p in probe_metrics]
     oracle = _oracle_csv(oracle_tables)
-    forgetting = [_json(p, ("stage", "self_answer_accuracy")) for p in oracle_metrics]
+    summaries = [_json(p, ("stage", "self_answer_accuracy")) for p in oracle_metrics]
     curves = dict(zip(_run_labels(train_dirs), [_loss_curve(d) for d in train_dirs], strict=True)) if train_dirs else {}
     plots = {name: plots_dir / f"{name}.png" for name in ("accuracy", "oracle", "training")}
     plot_accuracy(evals, plots["accuracy"])
@@ -358,7 +358,7 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     parts = (["# cocoracle results\n",
               "Made by `cocoracle report` from the pipeline's output files; every number here is read from them.\n",
               "## Coconut answer accuracy\n"] + _accuracy_section(evals, links["accuracy"])
-             + ["## Oracles\n"] + _oracle_section(oracle, forgetting, links["oracle"], probes)
+             + ["## Oracles\n"] + _oracle_section(oracle, summaries, links["oracle"], probes)
              + ["## Probes\n"] + _probe_section(probes, [_link(p, out_md.parent) for p in probe_heatmaps],
                                                 [_link(p, out_md.parent) for p in step_heatmaps])
              + ["## Training curves\n"] + training)
