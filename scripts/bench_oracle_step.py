@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
-from collections.abc import Callable
 
 import torch
+from bench_step_profile import interleaved
 
 from cocoracle.coconut import Codec, coconut_forward, layout_options, loss_fn
 from cocoracle.config import load_params
@@ -38,18 +37,6 @@ def items(rows: list[dict], tasks: list[str], size: int, source: int) -> tuple[l
         prompts.append(prompt(source, TEMPLATES[task][0]))
         targets.append(target(task, fields))
     return prompts, targets
-
-
-def timed(parts: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Seconds per call of each part, the parts taking turns within every repeat (one warm-up round)."""
-    total = dict.fromkeys(parts, 0.0)
-    for repeat in range(repeats + 1):
-        for name, part in parts.items():
-            start = time.perf_counter()
-            part()
-            if repeat:
-                total[name] += time.perf_counter() - start
-    return {name: t / repeats for name, t in total.items()}
 
 
 def main() -> None:
@@ -78,14 +65,15 @@ def main() -> None:
     for p in trainable:
         p.grad = torch.zeros_like(p)
     state: dict[str, torch.Tensor] = {}
+    threads = torch.get_num_threads()
     print(f"model={params['model']['name']} batch={size} tokens={tuple(batch.input_ids.shape)} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} mix={mix}")
-    t = timed({"tokenize": lambda: codec.batch(prompts, targets),
-               "forward": lambda: state.update(loss=oracle_loss(model, injector, batch, vectors)),
-               "backward": lambda: state.pop("loss").backward(),
-               "optimizer": lambda: optimizer_step(optimizer, scheduler, trainable, hp["grad_clip"]),
-               "rehearsal step": lambda: loss_fn(coconut_forward(model, rehearsal), rehearsal).backward()},
-              args.repeats)
+          f"threads={threads} repeats={args.repeats} mix={mix}")
+    parts = {"tokenize": lambda: codec.batch(prompts, targets),
+             "forward": lambda: state.update(loss=oracle_loss(model, injector, batch, vectors)),
+             "backward": lambda: state.pop("loss").backward(),
+             "optimizer": lambda: optimizer_step(optimizer, scheduler, trainable, hp["grad_clip"]),
+             "rehearsal step": lambda: loss_fn(coconut_forward(model, rehearsal), rehearsal).backward()}
+    t = interleaved(parts, dict.fromkeys(parts, threads), args.repeats)
     oracle_step = t["tokenize"] + t["forward"] + t["backward"] + t["optimizer"]
     mean_step = (1 - mix) * oracle_step + mix * (t["rehearsal step"] + t["optimizer"])
     print("ms per part: " + ", ".join(f"{name} {s * 1000:.1f}" for name, s in t.items()))
@@ -100,7 +88,7 @@ def main() -> None:
     quiet = Injector(no_dropout, inject, oracle["self"]["alpha"])
     variants = {"as configured": lambda: oracle_loss(model, injector, batch, vectors).backward(),
                 "no dropout": lambda: oracle_loss(no_dropout, quiet, batch, vectors).backward()}
-    v = timed(variants, args.repeats)
+    v = interleaved(variants, dict.fromkeys(variants, threads), args.repeats)
     base = v["as configured"]
     print("ms per forward + backward, interleaved; ratio = variant / as configured (> 1: slower): "
           + ", ".join(f"{name} {s * 1000:.1f} ({s / base:.2f}x)" for name, s in v.items()))
