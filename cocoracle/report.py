@@ -135,18 +135,19 @@ def ceiling_table(table: pd.DataFrame, probes: list[dict[str, Any]], oracle_metr
         limit = ceilings.get(stage, {}).get(task, {}).get(str(thought))
         if limit is None:
             continue
-        at_source = {kind: (tensor, by_tensor.get(stage, {}).get(tensor, {}).get(task, {}).get(str(thought)))
-                     for kind, tensor in sources.get(stage, {}).items()}
+        tensors = sources.get(stage, {})
+        at_source = {kind: by_tensor.get(stage, {}).get(tensor, {}).get(task, {}).get(str(thought))
+                     for kind, tensor in tensors.items()}
         cells = []
         for kind in ORACLE_KINDS:
             if (stage, task, thought, kind) not in own.index or limit["accuracy"] <= 0:
                 cells.append("–")
                 continue
-            em, (_, source) = own[stage, task, thought, kind], at_source.get(kind, (None, None))
+            em, source = own[stage, task, thought, kind], at_source.get(kind)
             share = f"{em / source['accuracy']:.0%}" if source and source["accuracy"] > 0 else "–"
             cells.append(f"{em:.1%} ({em / limit['accuracy']:.0%}; {share})")
-        shown = {f"{tensor}: {format_interval(c['accuracy'], c['low'], c['high'])}"
-                 for tensor, c in at_source.values() if c is not None}
+        shown = {f"{tensors[kind]}: {format_interval(c['accuracy'], c['low'], c['high'])}"
+                 for kind, c in at_source.items() if c is not None}
         rows.append([stage, task, thought, format_interval(limit["accuracy"], limit["low"], limit["high"]),
                      " / ".join(sorted(shown)) or "–", *cells])
     if not rows:

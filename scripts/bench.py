@@ -1,8 +1,7 @@
 """Run the benchmarks of scripts/ that are cheap enough by default, one after another, each under a header.
 
 bench_training, bench_step_profile, bench_oracle_step, bench_kv_cache, bench_activation_memory (with a small
---problems) and
-bench_rule_memory (two whole DAGs with capped training) always;
+--problems) and bench_rule_memory (two whole DAGs with capped training) always;
 bench_noop and bench_probes only with --run, a finished run directory (a checkout whose outputs are complete).
 Usage: python scripts/bench.py [--params params.yaml] [--run DIR] [--quick]
 """
