@@ -272,6 +272,26 @@ def test_an_oracle_on_a_relative_base_loads_from_another_directory(tmp_path, mon
     assert spec.base == "../base"
 
 
+def test_a_fraction_of_depth_is_the_checkpoints_not_a_deeper_bases(tmp_path, checkpoint, tiny_params, data_dir,
+                                                                     mixed_rows):
+    """source_layer 0.5 names hidden state 1 of the 2-layer Coconut checkpoint whose activations the cache holds,
+    also for a separate oracle on a 4-layer base (its own half would be hidden state 2, not in the cache)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tokenizer = make_tiny_model(mixed_rows)
+    base = tmp_path / "deep-base"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=96, n_embd=D, n_layer=4, n_head=2)
+                    ).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    caches = _caches(tmp_path, encoded=True)
+    params = _oracle_params(tiny_params, steps=2)
+    params["oracle"]["source_layer"] = 0.5
+    train_oracle("separate", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, base,
+                 data_dir, tmp_path / "separate", tmp_path / "live", CPU)
+    spec = read_spec(tmp_path / "separate")
+    assert (spec.source_layer, spec.inject_layers) == (1, [0])
+
+
 def test_separate_oracle_base_of_another_width_is_one_line_error(tmp_path, checkpoint, tiny_params, data_dir):
     caches = {s: synthetic_cache(tmp_path / s, 10, True, 0, d=16, layer="layer_1") for s in ("train", "val")}
     with pytest.raises(InputError, match=r"oracle\.separate: .* width 32, activations have 16"):

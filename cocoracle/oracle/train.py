@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm
-from transformers import AddedToken, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AddedToken, AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from cocoracle.activations import resolve_layers
 from cocoracle.atomic import atomic_dir
@@ -70,7 +70,7 @@ class OracleSpec:
 
 
 def oracle_layers(oracle: dict[str, Any], n_layer: int) -> tuple[int, list[int]]:
-    """The source layer and the injection layers (default: the one before the source)."""
+    """The source layer of a model n_layer deep and the injection layers (default: the one before the source)."""
     source = resolve_layers([oracle["source_layer"]], n_layer)[0]
     inject = oracle["inject_layers"] if oracle["inject_layers"] is not None else [max(source - 1, 0)]
     return source, list(inject)
@@ -189,7 +189,8 @@ def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str 
     new_ids = add_oracle_tokens(model, tokenizer)
     if model.config.hidden_size != d_model:
         raise InputError(f"oracle.{kind}: {base_name} has width {model.config.hidden_size}, activations have {d_model}")
-    source, inject = oracle_layers(oracle, model.config.num_hidden_layers)
+    # the activations are the Coconut checkpoint's, so a fraction of depth is of its depth, whatever the base's
+    source, inject = oracle_layers(oracle, AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
     if finetune == "lora":
         model = with_lora(model, settings["lora"], new_ids)
     spec = OracleSpec(kind, stage, source, inject, settings["alpha"], finetune, base_name)
