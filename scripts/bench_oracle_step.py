@@ -15,7 +15,7 @@ import argparse
 import copy
 
 import torch
-from bench_step_profile import interleaved
+from bench_training import interleaved
 
 from cocoracle.coconut import Codec, coconut_forward, layout_options, loss_fn
 from cocoracle.config import load_params

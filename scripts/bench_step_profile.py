@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_training import train_step
+from bench_training import interleaved, train_step
 from torch.profiler import ProfilerActivity, profile
 from transformers.activations import ACT2FN
 
@@ -75,21 +75,6 @@ def variants(model, compiled: bool) -> dict[str, torch.nn.Module]:
     no_dropout.config.attn_pdrop = 0.0
     out = {"as configured": model, "unfused GELU": unfused, "no dropout": no_dropout}
     return out | {"compiled": maybe_compile(copy.deepcopy(model), True)} if compiled else out
-
-
-def interleaved(steps: dict[str, Callable[[], None]], threads: dict[str, int], repeats: int) -> dict[str, float]:
-    """Seconds per step of each variant, the variants taking turns within every repeat."""
-    total = dict.fromkeys(steps, 0.0)
-    for name, step in steps.items():
-        torch.set_num_threads(threads[name])
-        step()
-    for _ in range(repeats):
-        for name, step in steps.items():
-            torch.set_num_threads(threads[name])
-            start = time.perf_counter()
-            step()
-            total[name] += time.perf_counter() - start
-    return {name: t / repeats for name, t in total.items()}
 
 
 def main() -> None:

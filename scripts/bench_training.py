@@ -6,9 +6,11 @@ Everything runs side by side in one process on the same model and the same probl
     stage the layout is the one of thoughts_per_step = T / num_stages);
   - the all-latent stage at batch sizes 8, 32 and 128 with the params' thought count.
 A measurement is forward + backward (loss_fn(...).backward()): no optimizer step (AdamW's cost does not depend on
-the path). Batches are built before timing. cached: coconut_forward on the whole batch; naive: naive_forward on it;
+the path). Batches are built before timing; the three paths take turns within every repeat, so a change in the
+machine's load hits them alike. cached: coconut_forward on the whole batch; naive: naive_forward on it;
 batch-of-1: the same problems one at a time through coconut_forward, each its own forward + backward.
-MFU (cached path) = 6 x non-embedding parameters x tokens/s, over the fp32 rate of square torch.matmul measured here;
+MFU (cached path) = 6 x non-embedding parameters x tokens/s, over the best fp32 rate of square torch.matmul measured
+here (the best of several rounds: a few calls alone understate it);
 tokens of an example = its non-padding prefix and suffix tokens plus its thoughts (attention FLOPs not counted).
 Usage: python scripts/bench_training.py [--params params.yaml] [--repeats 10] [--quick]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -39,10 +42,25 @@ def timed(step, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def matmul_gflops(repeats: int, n: int = 1024) -> float:
-    """This machine's fp32 matmul rate: 2n^3 / t for a square n x n torch.matmul."""
+def interleaved(steps: dict[str, Callable[[], None]], threads: dict[str, int], repeats: int) -> dict[str, float]:
+    """Seconds per step of each variant, the variants taking turns within every repeat."""
+    total = dict.fromkeys(steps, 0.0)
+    for name, step in steps.items():
+        torch.set_num_threads(threads[name])
+        step()
+    for _ in range(repeats):
+        for name, step in steps.items():
+            torch.set_num_threads(threads[name])
+            start = time.perf_counter()
+            step()
+            total[name] += time.perf_counter() - start
+    return {name: t / repeats for name, t in total.items()}
+
+
+def matmul_gflops(n: int = 1024, rounds: int = 5, calls: int = 20) -> float:
+    """This machine's fp32 matmul rate: 2n^3 / t for a square n x n torch.matmul, the best of `rounds`."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / timed(lambda: torch.matmul(a, b), repeats) / 1e9
+    return max(2 * n**3 / timed(lambda: torch.matmul(a, b), calls) for _ in range(rounds)) / 1e9
 
 
 def train_step(model, forward, batches: list[CoconutBatch]):
@@ -62,11 +80,12 @@ def tokens(batch: CoconutBatch) -> int:
 def measure(model, batch: CoconutBatch, singles: list[CoconutBatch], repeats: int) -> dict[str, float]:
     """Examples/s of the three paths on one batch (singles: its rows as batches of 1), and model GFLOP/s cached."""
     n = batch.prefix_ids.shape[0]
-    cached = n / timed(train_step(model, coconut_forward, [batch]), repeats)
-    naive = n / timed(train_step(model, naive_forward, [batch]), repeats)
-    single = n / timed(train_step(model, coconut_forward, singles), repeats)
-    flops = 6 * model.num_parameters(exclude_embeddings=True) * tokens(batch) / n * cached
-    return {"cached": cached, "naive": naive, "single": single, "gflops": flops / 1e9}
+    steps = {"cached": train_step(model, coconut_forward, [batch]), "naive": train_step(model, naive_forward, [batch]),
+             "single": train_step(model, coconut_forward, singles)}
+    rates = {name: n / seconds
+             for name, seconds in interleaved(steps, dict.fromkeys(steps, torch.get_num_threads()), repeats).items()}
+    flops = 6 * model.num_parameters(exclude_embeddings=True) * tokens(batch) / n * rates["cached"]
+    return {**rates, "gflops": flops / 1e9}
 
 
 def row(name: str, batch: CoconutBatch, r: dict[str, float], peak: float) -> str:
@@ -97,7 +116,7 @@ def main() -> None:
         layout, options = (stage, last, coconut["thoughts_per_step"]), layout_options(coconut)
         return codec.batch(rows[:n], *layout, **options), [codec.batch([r], *layout, **options) for r in rows[:n]]
 
-    peak = matmul_gflops(repeats)
+    peak = matmul_gflops()
     print(f"model={params['model']['name']} non-embedding params={model.num_parameters(exclude_embeddings=True):,} "
           f"(all {model.num_parameters():,}) threads={torch.get_num_threads()} repeats={repeats}")
     print(f"fp32 matmul 1024x1024: {peak:.1f} GFLOP/s; examples/s of forward + backward, GFLOP/s and MFU of cached")
