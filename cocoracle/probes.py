@@ -49,7 +49,7 @@ CONSTANT = "constant"  # in place of a tensor: a label with one value in train, 
 Split = tuple[np.ndarray, np.ndarray]  # (activations, labels) of the rows whose label is known
 
 
-def fit_probe(train: Split, val: Split, test: Split, c_grid: list[float], max_iter: int, seed: int
+def fit_probe(train: Split, val: Split, test: Split, c_grid: list[float], max_iter: int
               ) -> dict[str, float] | None:
     """Logistic-regression probe on standardised inputs with C picked on val (`hits`: which test items it gets
     right; `converged`: whether the chosen fit stopped before max_iter); None when train has a single class or
@@ -59,7 +59,7 @@ def fit_probe(train: Split, val: Split, test: Split, c_grid: list[float], max_it
         return None
     scaler = StandardScaler().fit(x_tr)
     x_tr, x_va, x_te = (scaler.transform(x) for x in (x_tr, x_va, x_te))
-    model = LogisticRegression(max_iter=max_iter, random_state=seed, warm_start=True)
+    model = LogisticRegression(max_iter=max_iter, warm_start=True)  # lbfgs: no random choice
     best_score, best_c, best_hits, converged = -1.0, None, None, False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is a setting, recorded per probe
@@ -127,7 +127,7 @@ def _fit_labels(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]
             x, targets = data[split]
             known = ~np.isnan(targets[key])
             splits.append((x[known], targets[key][known].astype(int)))
-        fitted = fit_probe(*splits, probes["C_grid"], probes["max_iter"], probes["seed"])
+        fitted = fit_probe(*splits, probes["C_grid"], probes["max_iter"])
         constant = np.unique(splits[0][1])
         if fitted is None and key[0] == "own" and len(constant) == 1:  # a reader knows it: no probe, no table row
             fitted = {CONSTANT: True, "hits": splits[2][1] == constant[0]}

@@ -1,7 +1,7 @@
 """The default's headline figures over training seeds: each run's value, their mean and spread, beside the mean
 half-width of one run's 95 % interval (what a single seed's interval claims, against what the seeds show).
 
-    dvc exp run --queue -n seed-1 -S model.seed=1 -S train.seed=1 -S probes.seed=1 -S oracle.seed=1   # and seed-2
+    dvc exp run --queue -n seed-1 -S model.seed=1 -S train.seed=1 -S oracle.seed=1   # and seed-2
     dvc queue start -j 1 && dvc queue status                   # after `dvc repro` made seed 0 in the workspace
     dvc exp show --json > experiments.json
     python scripts/seed_spread.py experiments.json workspace seed-1 seed-2 [--stage 3]

@@ -24,7 +24,7 @@ from cocoracle.probes import (
 )
 from synthetic import synthetic_cache
 
-PROBES = {"seed": 0, "C_grid": [0.1, 1.0], "max_iter": 300, "labels": ["digit_written", "carry_out"],
+PROBES = {"C_grid": [0.1, 1.0], "max_iter": 300, "labels": ["digit_written", "carry_out"],
           "step_labels": ["digit_written", "carry_out"]}
 OUTPUTS = ("table", "steps_table", "heatmap", "steps_heatmap", "metrics")
 
@@ -125,7 +125,7 @@ def test_warm_started_c_path_matches_independent_fits(tmp_path):
     for split in ("train", "val", "test"):
         rows = caches[split].index.query("position == 'thought' and offset == 0").sort_values("row")
         data.append((caches[split].load("layer_0", rows["row"].to_numpy()), rows["digit_written"].to_numpy(int)))
-    fitted = fit_probe(*data, [1.0, 0.1], 1000, 0)
+    fitted = fit_probe(*data, [1.0, 0.1], 1000)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = data
     fresh = {c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000)).fit(x_tr, y_tr)
              for c in (0.1, 1.0)}
@@ -134,7 +134,7 @@ def test_warm_started_c_path_matches_independent_fits(tmp_path):
     assert abs(fitted["accuracy"] - fresh[best].score(x_te, y_te)) <= 0.01
     assert fitted["val_accuracy"] == pytest.approx(fresh[best].score(x_va, y_va), abs=0.01)
     assert fitted["converged"]
-    assert not fit_probe(*data, [1.0, 0.1], 1, 0)["converged"]  # one iteration stops at max_iter
+    assert not fit_probe(*data, [1.0, 0.1], 1)["converged"]  # one iteration stops at max_iter
 
 
 def test_summary_picks_the_best_probe_on_val_not_test():
