@@ -6,12 +6,14 @@ import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from dvclive import Live
 from transformers import get_scheduler
+
+if TYPE_CHECKING:
+    from dvclive import Live
 
 
 def epoch_order(n_rows: int, n_draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -62,6 +64,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, parameters:
 def live_logger(live_dir: str | Path, start_step: int = 0) -> Live:
     """A dvclive logger that writes its metric files only (no DVC experiment, dvc.yaml or report); from
     start_step > 0 it continues the curves already in live_dir (a resumed run)."""
+    from dvclive import Live  # here: the loops' other parts run without DVC (scripts/bench_gpu.py on a bare GPU machine)
+
     live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=start_step > 0)
     live.step = start_step
     return live

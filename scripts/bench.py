@@ -2,7 +2,8 @@
 
 bench_training, bench_step_profile, bench_oracle_step, bench_kv_cache, bench_activation_memory (with a small
 --problems) and bench_rule_memory (two whole DAGs with capped training) always;
-bench_noop and bench_probes only with --run, a finished run directory (a checkout whose outputs are complete).
+bench_noop and bench_probes only with --run, a finished run directory (a checkout whose outputs are complete);
+bench_gpu (params/gpt2-large.yaml's first stage, random weights) only where CUDA is available.
 Usage: python scripts/bench.py [--params params.yaml] [--run DIR] [--quick]
 """
 from __future__ import annotations
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from cocoracle.config import load_params
 
@@ -26,6 +29,9 @@ def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
            ["bench_kv_cache.py", "--params", params, "--batches", "3" if quick else "20"],
            ["bench_activation_memory.py", "--params", params, "--problems", "20" if quick else "100"],
            ["bench_rule_memory.py", "--params", params, *(["--problems", "40", "--steps", "2"] if quick else [])]]
+    if torch.cuda.is_available():
+        out.append(["bench_gpu.py", "--params", "params/gpt2-large.yaml", "--random",
+                    "--steps", "30" if quick else "300"])
     if run is not None:
         stage = str(load_params(params)["coconut"]["num_stages"])
         out += [["bench_noop.py", str(run), "--runs", "1" if quick else "5"],
