@@ -64,7 +64,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, parameters:
 def live_logger(live_dir: str | Path, start_step: int = 0) -> Live:
     """A dvclive logger that writes its metric files only (no DVC experiment, dvc.yaml or report); from
     start_step > 0 it continues the curves already in live_dir (a resumed run)."""
-    from dvclive import Live  # here: the loops' other parts run without DVC (scripts/bench_gpu.py on a bare GPU machine)
+    # imported here: the loops' other parts run without DVC (scripts/bench_gpu.py on a bare GPU machine)
+    from dvclive import Live
 
     live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=start_step > 0)
     live.step = start_step
