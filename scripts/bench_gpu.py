@@ -40,14 +40,14 @@ from cocoracle.precision import autocast, maybe_compile
 from cocoracle.train import CoconutObjective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_training import tokens  # noqa: E402  (a script beside this one)
+from bench_training import matmul_gflops, tokens  # noqa: E402  (a script beside this one)
 
 GPT2_SIZES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
               "gpt2-xl": (48, 1600, 25)}  # name -> (n_layer, n_embd, n_head)
 GPT2_VOCAB, GPT2_POSITIONS = 50257, 1024
 
 
-def random_config(name: str, tokenizer) -> PretrainedConfig:
+def random_config(name: str, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     """The config of model `name` (a GPT-2 size, or a local directory), its vocabulary grown to the tokenizer's."""
     if name in GPT2_SIZES:
         n_layer, n_embd, n_head = GPT2_SIZES[name]
@@ -70,21 +70,6 @@ def random_model(name: str, rows: list[dict]) -> tuple[PreTrainedModel, PreTrain
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, rounds: int = 5, calls: int = 20) -> float:
-    """The device's best rate of a square n x n matmul in `dtype`, in TFLOP/s, over `rounds` of `calls` calls."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    torch.matmul(a, b)
-    best = 0.0
-    for _ in range(rounds):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            torch.matmul(a, b)
-        synchronize(device)
-        best = max(best, 2 * n**3 * calls / (time.perf_counter() - start))
-    return best / 1e12
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -145,7 +130,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
 
     matmul_dtype = torch.bfloat16 if precision == "bf16-mixed" and dtype == torch.float32 else dtype
-    peak = matmul_tflops(device, matmul_dtype, args.matmul_size or (8192 if device.type == "cuda" else 1024))
+    peak = matmul_gflops(args.matmul_size or (8192 if device.type == "cuda" else 1024), device=device,
+                         dtype=matmul_dtype) / 1000
     non_embedding = model.num_parameters(exclude_embeddings=True)
     achieved = 6 * non_embedding * n_tokens / seconds / 1e12
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"

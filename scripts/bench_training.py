@@ -29,6 +29,7 @@ from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
 
 THOUGHTS, BATCH_SIZES = (3, 6, 12), (8, 32, 128)
+CPU = torch.device("cpu")
 COLUMNS = (f"{'setting':<10}{'B':>5}{'T':>4}{'tok/ex':>8}{'cached':>9}{'naive':>9}{'batch-1':>9}{'c/b1':>8}"
            f"{'c/naive':>8}{'GFLOP/s':>9}{'MFU':>7}")
 
@@ -57,10 +58,16 @@ def interleaved(steps: dict[str, Callable[[], None]], threads: dict[str, int], r
     return {name: t / repeats for name, t in total.items()}
 
 
-def matmul_gflops(n: int = 1024, rounds: int = 5, calls: int = 20) -> float:
-    """This machine's fp32 matmul rate: 2n^3 / t for a square n x n torch.matmul, the best of `rounds`."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return max(2 * n**3 / timed(lambda: torch.matmul(a, b), calls) for _ in range(rounds)) / 1e9
+def matmul_gflops(n: int = 1024, rounds: int = 5, calls: int = 20, device: torch.device = CPU,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """The device's matmul rate in `dtype`: 2n^3 / t for a square n x n torch.matmul, the best of `rounds`."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def product() -> None:
+        torch.matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return max(2 * n**3 / timed(product, calls) for _ in range(rounds)) / 1e9
 
 
 def train_step(model, forward, batches: list[CoconutBatch]):
