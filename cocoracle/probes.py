@@ -120,14 +120,20 @@ def _fit_unit(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) 
 
 
 def _fit_labels(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) -> list[tuple[tuple, dict]]:
-    out = []
+    """Each distinct label vector of the unit is fitted once: at a thought its own step's labels are also step
+    labels (digit written, carry, operand digits of step t; the carry in is step t-1's carry), and the fit of
+    the same inputs and labels is the same fit."""
+    out, fits = [], {}
     for key in data["train"][1]:
         splits = []
         for split in SPLITS:
             x, targets = data[split]
             known = ~np.isnan(targets[key])
             splits.append((x[known], targets[key][known].astype(int)))
-        fitted = fit_probe(*splits, probes["C_grid"], probes["max_iter"])
+        labels = b"".join(data[split][1][key].tobytes() for split in SPLITS)
+        if labels not in fits:
+            fits[labels] = fit_probe(*splits, probes["C_grid"], probes["max_iter"])
+        fitted = None if fits[labels] is None else dict(fits[labels])  # its own copy: "hits" is popped below
         constant = np.unique(splits[0][1])
         if fitted is None and key[0] == "own" and len(constant) == 1:  # a reader knows it: no probe, no table row
             fitted = {CONSTANT: True, "hits": splits[2][1] == constant[0]}

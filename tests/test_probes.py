@@ -14,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.config import InputError
 from cocoracle.probes import (
+    _fit_labels,
     best_by_thought,
     best_probes,
     ceilings_by_tensor,
@@ -135,6 +136,27 @@ def test_warm_started_c_path_matches_independent_fits(tmp_path):
     assert fitted["val_accuracy"] == pytest.approx(fresh[best].score(x_va, y_va), abs=0.01)
     assert fitted["converged"]
     assert not fit_probe(*data, [1.0, 0.1], 1)["converged"]  # one iteration stops at max_iter
+
+
+def test_a_label_vector_two_labels_share_is_fitted_once(monkeypatch):
+    """At a thought its own step's labels are also step labels: the unit fits that vector once, both rows get it."""
+    rng = np.random.default_rng(0)
+    y = {split: rng.integers(0, 3, n).astype(float) for split, n in (("train", 200), ("val", 60), ("test", 60))}
+    data = {split: (rng.normal(size=(len(v), 8)) + v[:, None],
+                    {("own", None, "digit_written"): v, ("step", 0, "digit_written"): v.copy(),
+                     ("step", 1, "digit_written"): rng.permutation(v)}) for split, v in y.items()}
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0][1])
+        return fit_probe(*args, **kwargs)
+    monkeypatch.setattr("cocoracle.probes.fit_probe", counted)
+    fits = dict(_fit_labels(data, PROBES))
+    assert len(calls) == 2  # the own label and step 0's are one vector; step 1's differs
+    own, step0, step1 = (fits[key] for key in data["train"][1])
+    assert {k: v for k, v in own.items() if k != "hits"} == {k: v for k, v in step0.items() if k != "hits"}
+    assert own["accuracy"] != step1["accuracy"]
+    assert own["hits"].shape == (60,) and step0["hits"] is None  # the test hits are kept for the own label only
 
 
 def test_summary_picks_the_best_probe_on_val_not_test():
