@@ -1,12 +1,13 @@
-"""Where a self-oracle training step's CPU time goes, and what dropping dropout would buy, side by side.
+"""Where a self-oracle training step's CPU time goes, and what dropping dropout or bf16 would buy, side by side.
 
 On the params' model (untrained, with the oracle's tokens added) at oracle.self.train.batch_size, with items
 like the training's (each task's first template, targets of the first column of train problems, random vectors):
   - one oracle step's parts: tokenizing the batch, forward, backward, the optimizer step; a rehearsal step (the
     Coconut objective at the all-latent stage, as oracle.self.mix draws it); the examples/s these give at the
     params' mix;
-  - forward + backward as configured and without dropout (a science setting, not changed here: the ratio says
-    what choosing it on val could save), interleaved in one loop so that machine load hits both alike.
+  - forward + backward as configured, without dropout and under bf16 autocast as `model.precision: bf16-mixed`
+    runs it (both science settings, not changed here: the ratio says what choosing one on val could save),
+    interleaved in one loop so that machine load hits all alike.
 Usage: python scripts/bench_oracle_step.py [--params params.yaml] [--repeats 20]
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cocoracle.oracle.data import OracleCodec
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.questions import TEMPLATES, prompt, target
 from cocoracle.oracle.train import add_oracle_tokens, oracle_layers, oracle_loss
+from cocoracle.precision import autocast
 
 
 def items(rows: list[dict], tasks: list[str], size: int, source: int) -> tuple[list[str], list[str]]:
@@ -86,8 +88,12 @@ def main() -> None:
             module.p = 0.0
     no_dropout.config.attn_pdrop = 0.0
     quiet = Injector(no_dropout, inject, oracle["self"]["alpha"])
+    def bf16() -> None:
+        with autocast("bf16-mixed", torch.device("cpu")):
+            loss = oracle_loss(model, injector, batch, vectors)
+        loss.backward()
     variants = {"as configured": lambda: oracle_loss(model, injector, batch, vectors).backward(),
-                "no dropout": lambda: oracle_loss(no_dropout, quiet, batch, vectors).backward()}
+                "no dropout": lambda: oracle_loss(no_dropout, quiet, batch, vectors).backward(), "bf16 autocast": bf16}
     v = interleaved(variants, dict.fromkeys(variants, threads), args.repeats)
     base = v["as configured"]
     print("ms per forward + backward, interleaved; ratio = variant / as configured (> 1: slower): "

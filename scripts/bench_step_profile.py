@@ -1,4 +1,4 @@
-"""Where a Coconut training step's CPU time goes, and what three cheap changes would buy, side by side.
+"""Where a Coconut training step's CPU time goes, and what four cheap changes would buy, side by side.
 
 For each curriculum stage, on the params' model (untrained) at train.batch_size, one forward + backward:
   - a torch.profiler breakdown of the step's operator self time by kind (matrix products, elementwise, random
@@ -6,10 +6,11 @@ For each curriculum stage, on the params' model (untrained) at train.batch_size,
     (Python, autograd and dispatch overhead);
   - the step time of variants of the same model, interleaved in one loop so that machine load hits all alike:
     as configured; GPT-2's GELU as the unfused gelu_new (before the tiny model used the fused kernel); no
-    dropout (a science setting, not changed here: the ratio says what choosing it on val could save); one
-    thread instead of the process's threads (what running two single-thread jobs side by side could gain); with
-    --compile also the model under torch.compile as `train.compile: true` runs it (its compilation, in the
-    warm-up step of each stage, is not timed).
+    dropout (a science setting, not changed here: the ratio says what choosing it on val could save); bf16
+    autocast as `model.precision: bf16-mixed` runs it (also a science setting; CPUs with AVX512-BF16 or AMX
+    have bf16 matrix units); one thread instead of the process's threads (what running two single-thread jobs
+    side by side could gain); with --compile also the model under torch.compile as `train.compile: true` runs
+    it (its compilation, in the warm-up step of each stage, is not timed).
 Usage: python scripts/bench_step_profile.py [--params params.yaml] [--repeats 8] [--compile]
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_optio
 from cocoracle.config import load_params
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
-from cocoracle.precision import maybe_compile
+from cocoracle.precision import autocast, maybe_compile
 
 KINDS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
@@ -47,6 +48,14 @@ KINDS = {
 def step_fn(model, batch: CoconutBatch) -> Callable[[], None]:
     """One forward + backward of the cached path on `batch`, as bench_training times it."""
     return train_step(model, coconut_forward, [batch])
+
+
+def in_bf16(step: Callable[[], None]) -> Callable[[], None]:
+    """`step` under the bf16 autocast of `model.precision: bf16-mixed`."""
+    def run() -> None:
+        with autocast("bf16-mixed", torch.device("cpu")):
+            step()
+    return run
 
 
 def breakdown(step: Callable[[], None], repeats: int) -> tuple[float, dict[str, float]]:
@@ -103,10 +112,11 @@ def main() -> None:
     print("\nms per forward + backward, variants interleaved; ratio = variant time / as configured "
           "(> 1: the variant is slower)")
     models = variants(model, args.compile)
-    names = [*models, "1 thread"]
+    names = [*models, "bf16 autocast", "1 thread"]
     print(f"{'stage':<7}" + "".join(f"{n:>16}" for n in names) + "".join(f"{n + ' ratio':>22}" for n in names[1:]))
     for stage, batch in batches.items():
-        steps = {name: step_fn(m, batch) for name, m in models.items()} | {"1 thread": step_fn(model, batch)}
+        steps = {name: step_fn(m, batch) for name, m in models.items()} | {
+            "bf16 autocast": in_bf16(step_fn(model, batch)), "1 thread": step_fn(model, batch)}
         per = dict.fromkeys(steps, threads) | {"1 thread": 1}
         t = interleaved(steps, per, args.repeats)
         base = t["as configured"]
