@@ -8,7 +8,8 @@ half-width of one run's 95 % interval (what a single seed's interval claims, aga
     python scripts/seed_spread.py --runs seed-0=RUN_DIR seed-1=RUN_DIR ...   # finished Snakemake runs instead
 
 Figures at the all-latent stage: free-generation answer accuracy (val, test), each oracle's exact match per task
-over all thoughts and per thought (test), and the val-chosen thought probe per label and thought (test).
+over all thoughts and per thought (test), the val-chosen thought probe per label and thought (test), and the
+probe-composed ceiling of the step text per thought and over all thoughts (test).
 """
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def figures(metrics: Metrics, stage: int) -> Iterator[tuple[str, float, float | 
     for label, by_thought in probes["by_thought"].items():
         for thought, probe in by_thought.items():
             yield f"probe {label}, thought {thought}", probe["accuracy"], probe["low"], probe["high"]
+    for where, cell in probes.get("ceiling", {}).get("step", {}).items():
+        yield f"probe-composed ceiling, step text, {'all thoughts' if where == 'all' else 'thought ' + where}", \
+            cell["accuracy"], cell["low"], cell["high"]
 
 
 def spread_table(runs: dict[str, Metrics], stage: int) -> str:
