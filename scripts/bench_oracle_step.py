@@ -16,7 +16,7 @@ import argparse
 import copy
 
 import torch
-from bench_training import interleaved
+from bench_training import in_bf16, interleaved
 
 from cocoracle.coconut import Codec, coconut_forward, layout_options, loss_fn
 from cocoracle.config import load_params
@@ -27,7 +27,6 @@ from cocoracle.oracle.data import OracleCodec
 from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.questions import TEMPLATES, prompt, target
 from cocoracle.oracle.train import add_oracle_tokens, oracle_layers, oracle_loss
-from cocoracle.precision import autocast
 
 
 def items(rows: list[dict], tasks: list[str], size: int, source: int) -> tuple[list[str], list[str]]:
@@ -88,12 +87,9 @@ def main() -> None:
             module.p = 0.0
     no_dropout.config.attn_pdrop = 0.0
     quiet = Injector(no_dropout, inject, oracle["self"]["alpha"])
-    def bf16() -> None:
-        with autocast("bf16-mixed", torch.device("cpu")):
-            loss = oracle_loss(model, injector, batch, vectors)
-        loss.backward()
     variants = {"as configured": lambda: oracle_loss(model, injector, batch, vectors).backward(),
-                "no dropout": lambda: oracle_loss(no_dropout, quiet, batch, vectors).backward(), "bf16 autocast": bf16}
+                "no dropout": lambda: oracle_loss(no_dropout, quiet, batch, vectors).backward()}
+    variants["bf16 autocast"] = in_bf16(variants["as configured"])
     v = interleaved(variants, dict.fromkeys(variants, threads), args.repeats)
     base = v["as configured"]
     print("ms per forward + backward, interleaved; ratio = variant / as configured (> 1: slower): "

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_training import interleaved, train_step
+from bench_training import in_bf16, interleaved, train_step
 from torch.profiler import ProfilerActivity, profile
 from transformers.activations import ACT2FN
 
@@ -29,7 +29,7 @@ from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_optio
 from cocoracle.config import load_params
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
-from cocoracle.precision import autocast, maybe_compile
+from cocoracle.precision import maybe_compile
 
 KINDS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
@@ -48,14 +48,6 @@ KINDS = {
 def step_fn(model, batch: CoconutBatch) -> Callable[[], None]:
     """One forward + backward of the cached path on `batch`, as bench_training times it."""
     return train_step(model, coconut_forward, [batch])
-
-
-def in_bf16(step: Callable[[], None]) -> Callable[[], None]:
-    """`step` under the bf16 autocast of `model.precision: bf16-mixed`."""
-    def run() -> None:
-        with autocast("bf16-mixed", torch.device("cpu")):
-            step()
-    return run
 
 
 def breakdown(step: Callable[[], None], repeats: int) -> tuple[float, dict[str, float]]:

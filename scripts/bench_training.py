@@ -27,6 +27,7 @@ from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_optio
 from cocoracle.config import load_params
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
+from cocoracle.precision import autocast
 
 THOUGHTS, BATCH_SIZES = (3, 6, 12), (8, 32, 128)
 CPU = torch.device("cpu")
@@ -68,6 +69,14 @@ def matmul_gflops(n: int = 1024, rounds: int = 5, calls: int = 20, device: torch
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     return max(2 * n**3 / timed(product, calls) for _ in range(rounds)) / 1e9
+
+
+def in_bf16(step: Callable[[], None]) -> Callable[[], None]:
+    """`step` under the bf16 autocast of `model.precision: bf16-mixed`."""
+    def run() -> None:
+        with autocast("bf16-mixed", torch.device("cpu")):
+            step()
+    return run
 
 
 def train_step(model, forward, batches: list[CoconutBatch]):
