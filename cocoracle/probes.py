@@ -49,17 +49,18 @@ CONSTANT = "constant"  # in place of a tensor: a label with one value in train, 
 Split = tuple[np.ndarray, np.ndarray]  # (activations, labels) of the rows whose label is known
 
 
-def fit_probe(train: Split, val: Split, test: Split, c_grid: list[float], max_iter: int
+def fit_probe(train: Split, val: Split, test: Split, c_grid: list[float], max_iter: int, solver: str = "lbfgs"
               ) -> dict[str, float] | None:
     """Logistic-regression probe on standardised inputs with C picked on val (`hits`: which test items it gets
     right; `converged`: whether the chosen fit stopped before max_iter); None when train has a single class or
-    val or test has no item."""
+    val or test has no item. The default solver, lbfgs, makes no random choice; scripts/bench_probe_solvers.py
+    measures the others against it (docs/benchmarks.md)."""
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, val, test
     if len(np.unique(y_tr)) < 2 or not len(y_va) or not len(y_te):
         return None
     scaler = StandardScaler().fit(x_tr)
     x_tr, x_va, x_te = (scaler.transform(x) for x in (x_tr, x_va, x_te))
-    model = LogisticRegression(max_iter=max_iter, warm_start=True)  # lbfgs: no random choice
+    model = LogisticRegression(max_iter=max_iter, warm_start=True, solver=solver, random_state=0)
     best_score, best_c, best_hits, converged = -1.0, None, None, False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is a setting, recorded per probe

@@ -1,0 +1,81 @@
+"""Probe fitting with each of scikit-learn's logistic-regression solvers, side by side on the same units.
+
+Every distinct label vector of every --every-th (tensor, position) unit of one stage's caches is fitted by the probe
+step's fit (one standardisation, warm starts along the C grid, C chosen on val) once per solver, the solvers
+taking turns on each label, BLAS on one thread (as in the step's workers). Prints per solver the seconds, the ratio
+to the step's solver, the largest val and test accuracy difference to it, how many probes differ by more than the
+issue's 0.01, and how many chosen fits stopped at max_iter.
+Usage: python scripts/bench_probe_solvers.py [--params params.yaml] [--cache results/activations] [--stage 3]
+       [--every 3] [--solvers lbfgs newton-cg newton-cholesky sag saga]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from bench_probes import TOLERANCE, units
+from threadpoolctl import threadpool_limits
+
+from cocoracle.cache_reader import ActivationCache
+from cocoracle.config import load_params
+from cocoracle.probes import SPLITS, fit_probe
+
+
+def distinct_labels(data: dict) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """The unit's (train, val, test) splits of each distinct label vector, as the probe step fits them."""
+    seen, out = set(), []
+    for key in data["train"][1]:
+        labels = b"".join(data[split][1][key].tobytes() for split in SPLITS)
+        if labels in seen:
+            continue
+        seen.add(labels)
+        splits = []
+        for split in SPLITS:
+            x, targets = data[split]
+            known = ~np.isnan(targets[key])
+            splits.append((x[known], targets[key][known].astype(int)))
+        out.append(splits)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--cache", default="results/activations", help="directory of stage-K/{train,val,test}")
+    parser.add_argument("--stage", type=int, default=3)
+    parser.add_argument("--every", type=int, default=3, help="fit every k-th unit (1: all)")
+    parser.add_argument("--solvers", nargs="+", default=["lbfgs", "newton-cg", "newton-cholesky", "sag", "saga"],
+                        help="the first is the one the others are compared with")
+    args = parser.parse_args()
+    probes = load_params(args.params)["probes"]
+    caches = {s: ActivationCache(f"{args.cache}/stage-{args.stage}/{s}") for s in SPLITS}
+    work = [splits for _, data in units(caches, probes)[::args.every] for splits in distinct_labels(data)]
+    seconds = dict.fromkeys(args.solvers, 0.0)
+    fits: dict[str, list] = {solver: [] for solver in args.solvers}
+    with threadpool_limits(limits=1):
+        for splits in work:
+            for solver in args.solvers:  # taking turns: a slower minute of the machine hits every solver alike
+                start = time.perf_counter()
+                fits[solver].append(fit_probe(*splits, probes["C_grid"], probes["max_iter"], solver=solver))
+                seconds[solver] += time.perf_counter() - start
+    reference = args.solvers[0]
+    kept = [i for i, fitted in enumerate(fits[reference]) if fitted is not None]
+    print(f"stage {args.stage}: every {args.every}. unit, {len(kept)} probes, C grid {probes['C_grid']}, "
+          f"max_iter {probes['max_iter']}, one BLAS thread")
+    print("| solver | seconds | speed-up over " + reference + " | largest difference (val / test) | "
+          f"probes beyond {TOLERANCE} | chosen fits stopped at max_iter |")
+    print("|---|---|---|---|---|---|")
+    for solver in args.solvers:
+        pairs = [(fits[solver][i], fits[reference][i]) for i in kept]
+        val = max(abs(a["val_accuracy"] - b["val_accuracy"]) for a, b in pairs)
+        test = max(abs(a["accuracy"] - b["accuracy"]) for a, b in pairs)
+        beyond = sum(max(abs(a["val_accuracy"] - b["val_accuracy"]), abs(a["accuracy"] - b["accuracy"])) > TOLERANCE
+                     for a, b in pairs)
+        stopped = sum(not a["converged"] for a, _ in pairs)
+        print(f"| {solver} | {seconds[solver]:.1f} | {seconds[reference] / seconds[solver]:.2f}x | "
+              f"{val:.4f} / {test:.4f} | {beyond} | {stopped} |")
+
+
+if __name__ == "__main__":
+    main()
