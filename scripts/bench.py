@@ -2,7 +2,8 @@
 
 bench_training, bench_step_profile, bench_oracle_step, bench_kv_cache, bench_activation_memory (with a small
 --problems) and bench_rule_memory (two whole DAGs with capped training) always;
-bench_noop and bench_probes only with --run, a finished run directory (a checkout whose outputs are complete);
+bench_noop, bench_probes and bench_probe_solvers only with --run, a finished run directory (a checkout whose
+outputs are complete);
 bench_gpu (params/gpt2-large.yaml's first stage, random weights) only where CUDA is available.
 Usage: python scripts/bench.py [--params params.yaml] [--run DIR] [--quick]
 """
@@ -35,14 +36,16 @@ def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
     if run is not None:
         stage = str(load_params(params)["coconut"]["num_stages"])
         out += [["bench_noop.py", str(run), "--runs", "1" if quick else "5"],
-                ["bench_probes.py", "--params", params, "--cache", str(run / "results/activations"), "--stage", stage]]
+                ["bench_probes.py", "--params", params, "--cache", str(run / "results/activations"), "--stage", stage],
+                ["bench_probe_solvers.py", "--params", params, "--cache", str(run / "results/activations"),
+                 "--stage", stage, "--every", "27" if quick else "9"]]
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--run", type=Path, help="a finished run directory: also bench_noop and bench_probes")
+    parser.add_argument("--run", type=Path, help="a finished run directory: also bench_noop and the probe benchmarks")
     parser.add_argument("--quick", action="store_true", help="each benchmark at its smallest useful size")
     args = parser.parse_args()
     start, failed = time.perf_counter(), []
