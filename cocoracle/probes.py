@@ -111,6 +111,16 @@ def _unit_targets(rows: pd.DataFrame, position: str, n_steps: int, probes: dict[
     return own | {("step", s, label): y for (s, label), y in step_targets(rows, n_steps, probes["step_labels"]).items()}
 
 
+def label_splits(data: dict[str, tuple[np.ndarray, dict]], key: tuple) -> list[Split]:
+    """Train, val and test of one label of a unit: the rows whose label is known, labels as integers."""
+    out = []
+    for split in SPLITS:
+        x, targets = data[split]
+        known = ~np.isnan(targets[key])
+        out.append((x[known], targets[key][known].astype(int)))
+    return out
+
+
 def _fit_unit(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) -> list[tuple[tuple, dict]]:
     """Fit every label of one (tensor, position): [(target key, result)] for the labels train has two classes of.
 
@@ -126,11 +136,7 @@ def _fit_labels(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]
     the same inputs and labels is the same fit."""
     out, fits = [], {}
     for key in data["train"][1]:
-        splits = []
-        for split in SPLITS:
-            x, targets = data[split]
-            known = ~np.isnan(targets[key])
-            splits.append((x[known], targets[key][known].astype(int)))
+        splits = label_splits(data, key)
         labels = b"".join(data[split][1][key].tobytes() for split in SPLITS)
         if labels not in fits:
             fits[labels] = fit_probe(*splits, probes["C_grid"], probes["max_iter"])

@@ -14,12 +14,10 @@ import argparse
 import time
 
 import numpy as np
-from bench_probes import TOLERANCE, units
+from bench_probes import TOLERANCE, cache_arguments, load_units
 from threadpoolctl import threadpool_limits
 
-from cocoracle.cache_reader import ActivationCache
-from cocoracle.config import load_params
-from cocoracle.probes import SPLITS, fit_probe
+from cocoracle.probes import SPLITS, fit_probe, label_splits
 
 
 def distinct_labels(data: dict) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -27,30 +25,20 @@ def distinct_labels(data: dict) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     seen, out = set(), []
     for key in data["train"][1]:
         labels = b"".join(data[split][1][key].tobytes() for split in SPLITS)
-        if labels in seen:
-            continue
-        seen.add(labels)
-        splits = []
-        for split in SPLITS:
-            x, targets = data[split]
-            known = ~np.isnan(targets[key])
-            splits.append((x[known], targets[key][known].astype(int)))
-        out.append(splits)
+        if labels not in seen:
+            seen.add(labels)
+            out.append(label_splits(data, key))
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--cache", default="results/activations", help="directory of stage-K/{train,val,test}")
-    parser.add_argument("--stage", type=int, default=3)
+    parser = cache_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--every", type=int, default=3, help="fit every k-th unit (1: all)")
     parser.add_argument("--solvers", nargs="+", default=["lbfgs", "newton-cg", "newton-cholesky", "sag", "saga"],
                         help="the first is the one the others are compared with")
     args = parser.parse_args()
-    probes = load_params(args.params)["probes"]
-    caches = {s: ActivationCache(f"{args.cache}/stage-{args.stage}/{s}") for s in SPLITS}
-    work = [splits for _, data in units(caches, probes)[::args.every] for splits in distinct_labels(data)]
+    probes, units = load_units(args)
+    work = [splits for _, data in units[::args.every] for splits in distinct_labels(data)]
     seconds = dict.fromkeys(args.solvers, 0.0)
     fits: dict[str, list] = {solver: [] for solver in args.solvers}
     with threadpool_limits(limits=1):

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.config import load_params
-from cocoracle.probes import CONSTANT, SPLITS, _fit_unit, positions, probed_rows, step_targets
+from cocoracle.probes import CONSTANT, SPLITS, _fit_unit, label_splits, positions, probed_rows, step_targets
 
 TOLERANCE = 0.01  # the issue's: the same accuracies within 0.01 per probe
 
@@ -67,16 +67,26 @@ def units(caches: dict[str, ActivationCache], probes: dict) -> list[tuple[tuple,
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--params, --cache and --stage: which run's caches of which stage are probed."""
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--cache", default="results/activations", help="directory of stage-K/{train,val,test}")
     parser.add_argument("--stage", type=int, default=3)
-    parser.add_argument("--before-threads", type=int, default=1, help="BLAS threads of the way before (0: all)")
-    args = parser.parse_args()
+    return parser
+
+
+def load_units(args: argparse.Namespace) -> tuple[dict, list[tuple[tuple, dict]]]:
+    """The params' probes section and every unit of the stage's caches named by cache_arguments."""
     probes = load_params(args.params)["probes"]
     caches = {s: ActivationCache(f"{args.cache}/stage-{args.stage}/{s}") for s in SPLITS}
-    work = units(caches, probes)
+    return probes, units(caches, probes)
+
+
+def main() -> None:
+    parser = cache_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--before-threads", type=int, default=1, help="BLAS threads of the way before (0: all)")
+    args = parser.parse_args()
+    probes, work = load_units(args)
     threads = torch.get_num_threads()
 
     start = time.perf_counter()
@@ -84,12 +94,7 @@ def main() -> None:
     with threadpool_limits(limits=args.before_threads or None):
         for key, data in work:
             for target in data["train"][1]:
-                splits = []
-                for split in SPLITS:
-                    x, y = data[split][0], data[split][1][target]
-                    known = ~np.isnan(y)
-                    splits.append((x[known], y[known].astype(int)))
-                fitted = fit_before(*splits, probes["C_grid"], probes["max_iter"])
+                fitted = fit_before(*label_splits(data, target), probes["C_grid"], probes["max_iter"])
                 if fitted is not None:
                     before[key, target] = fitted
     seconds_before = time.perf_counter() - start
