@@ -121,6 +121,11 @@ def label_splits(data: dict[str, tuple[np.ndarray, dict]], key: tuple) -> list[S
     return out
 
 
+def label_key(data: dict[str, tuple[np.ndarray, dict]], key: tuple) -> bytes:
+    """One label's values over the unit's train, val and test rows: equal keys are the same fit's labels."""
+    return b"".join(data[split][1][key].tobytes() for split in SPLITS)
+
+
 def _fit_unit(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) -> list[tuple[tuple, dict]]:
     """Fit every label of one (tensor, position): [(target key, result)] for the labels train has two classes of.
 
@@ -137,7 +142,7 @@ def _fit_labels(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]
     out, fits = [], {}
     for key in data["train"][1]:
         splits = label_splits(data, key)
-        labels = b"".join(data[split][1][key].tobytes() for split in SPLITS)
+        labels = label_key(data, key)
         if labels not in fits:
             fits[labels] = fit_probe(*splits, probes["C_grid"], probes["max_iter"])
         fitted = None if fits[labels] is None else dict(fits[labels])  # its own copy: "hits" is popped below

@@ -17,14 +17,14 @@ import numpy as np
 from bench_probes import TOLERANCE, cache_arguments, load_units
 from threadpoolctl import threadpool_limits
 
-from cocoracle.probes import SPLITS, fit_probe, label_splits
+from cocoracle.probes import fit_probe, label_key, label_splits
 
 
 def distinct_labels(data: dict) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     """The unit's (train, val, test) splits of each distinct label vector, as the probe step fits them."""
     seen, out = set(), []
     for key in data["train"][1]:
-        labels = b"".join(data[split][1][key].tobytes() for split in SPLITS)
+        labels = label_key(data, key)
         if labels not in seen:
             seen.add(labels)
             out.append(label_splits(data, key))
