@@ -1,9 +1,9 @@
 """Run the benchmarks of scripts/ that are cheap enough by default, one after another, each under a header.
 
-bench_training, bench_step_profile, bench_oracle_step, bench_kv_cache, bench_activation_memory (with a small
---problems) and bench_rule_memory (two whole DAGs with capped training) always;
+bench_floor, bench_training, bench_step_profile, bench_oracle_step, bench_kv_cache, bench_activation_memory (with a
+small --problems) and bench_rule_memory (two whole DAGs with capped training) always;
 bench_noop, bench_probes and bench_probe_solvers only with --run, a finished run directory (a checkout whose
-outputs are complete);
+outputs are complete), which also gives bench_floor the run's measured wall times;
 bench_gpu (params/gpt2-large.yaml's first stage, random weights) only where CUDA is available.
 Usage: python scripts/bench.py [--params params.yaml] [--run DIR] [--quick]
 """
@@ -24,7 +24,9 @@ HERE = Path(__file__).resolve().parent
 
 def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
     """Each benchmark's argument list (script name first)."""
-    out = [["bench_training.py", "--params", params, *(["--quick"] if quick else [])],
+    out = [["bench_floor.py", "--params", params, "--samples", "1" if quick else "8",
+            *(["--logs", str(run / "logs")] if run is not None else [])],
+           ["bench_training.py", "--params", params, *(["--quick"] if quick else [])],
            ["bench_step_profile.py", "--params", params, "--repeats", "2" if quick else "8"],
            ["bench_oracle_step.py", "--params", params, "--repeats", "3" if quick else "20"],
            ["bench_kv_cache.py", "--params", params, "--batches", "3" if quick else "20"],
