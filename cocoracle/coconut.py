@@ -18,10 +18,12 @@ or from the first on when the text steps are blind.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -94,16 +96,26 @@ class CoconutOutput:
     finished: torch.Tensor | None = None  # (B,) bool after generation: the row emitted the end token
 
 
+TEXTS_REMEMBERED = 1 << 17  # distinct texts a codec keeps the ids of (the default's 20000 problems have ~60000)
+
+
+def remembering_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], list[int]]:
+    """The tokenizer's ids of a text (no special tokens), remembered for the last TEXTS_REMEMBERED texts: every
+    epoch tokenizes the same problems again, which cost 6-11 % of a training step. A fresh list each call."""
+    @functools.lru_cache(maxsize=TEXTS_REMEMBERED)
+    def ids(text: str) -> tuple[int, ...]:
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return lambda text: list(ids(text))
+
+
 class Codec:
-    """Turns problems into CoconutBatches for a tokenizer."""
+    """Turns problems into CoconutBatches for a tokenizer (which must not change afterwards: ids are remembered)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.tokenizer = tokenizer
         self.bot, self.eot = tokenizer.convert_tokens_to_ids([BOT, EOT])
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.encode = remembering_encoder(tokenizer)
 
     def suffix(self, steps: list[str], answer: int, separator: str = "after", steps_blind: bool = False
                ) -> tuple[list[int], list[int], list[int]]:
@@ -170,11 +182,11 @@ class Codec:
 def _padded(seqs: list[list[int]], fill: int, left: bool) -> torch.Tensor:
     """(B, longest) long tensor of `seqs`, padded with `fill` on the left or on the right."""
     width = max(map(len, seqs))
-    out = torch.full((len(seqs), width), fill, dtype=torch.long)
+    out = np.full((len(seqs), width), fill, dtype=np.int64)
     for i, seq in enumerate(seqs):
         start = width - len(seq) if left else 0
-        out[i, start:start + len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out
+        out[i, start:start + len(seq)] = seq
+    return torch.from_numpy(out)
 
 
 def _step(model: PreTrainedModel, embeds, mask, positions, cache):

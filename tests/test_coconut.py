@@ -22,6 +22,7 @@ from cocoracle.coconut import (
     kept_steps,
     loss_fn,
     naive_forward,
+    remembering_encoder,
     stage_layout,
     teacher_forced_correct,
     thought_steps,
@@ -550,3 +551,31 @@ def test_blind_layout_under_eager_attention(mixed_rows, layout):
     valid = batch.suffix_mask.bool()
     torch.testing.assert_close(cached.logits[valid], naive.logits[valid], atol=1e-10, rtol=0)
     torch.testing.assert_close(cached.logits[valid], sdpa.logits[valid], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_remembered_ids_build_the_batches_the_tokenizer_builds(tiny_model, mixed_rows, layout):
+    _, tokenizer = tiny_model
+    remembering, fresh = Codec(tokenizer), Codec(tokenizer)
+    fresh.encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    for stage in range(K + 1):
+        first = remembering.batch(mixed_rows, stage, K, C, **LAYOUTS[layout])
+        again = remembering.batch(mixed_rows, stage, K, C, **LAYOUTS[layout])
+        expected = fresh.batch(mixed_rows, stage, K, C, **LAYOUTS[layout])
+        for name, value in vars(expected).items():
+            for batch in (first, again):
+                got = getattr(batch, name)
+                assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value, name
+
+
+def test_the_encoder_tokenizes_a_text_once_and_hands_out_fresh_lists():
+    calls = []
+
+    def tokenizer(text, add_special_tokens):
+        calls.append(text)
+        return {"input_ids": [len(text), int(add_special_tokens)]}
+    encode = remembering_encoder(tokenizer)
+    assert [encode("12 + 34"), encode("5 + 6"), encode("12 + 34")] == [[7, 0], [5, 0], [7, 0]]
+    assert calls == ["12 + 34", "5 + 6"]
+    encode("5 + 6").append(-1)  # a caller's change to its list does not reach the next caller
+    assert encode("5 + 6") == [5, 0]

@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.coconut import IGNORE
+from cocoracle.coconut import IGNORE, remembering_encoder
 from cocoracle.config import InputError
 from cocoracle.oracle.questions import ACT, TEMPLATES, prompt, target
 
@@ -54,7 +54,8 @@ class OracleBatch:
 
 
 class OracleCodec:
-    """Tokenizes oracle prompts (left-padded, for generation) and prompt + target (for training)."""
+    """Tokenizes oracle prompts (left-padded, for generation) and prompt + target (for training); the tokenizer
+    must not change afterwards (ids are remembered)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.tokenizer = tokenizer
@@ -62,22 +63,21 @@ class OracleCodec:
         if self.act is None or self.act == tokenizer.unk_token_id:
             raise InputError(f"oracle tokenizer has no {ACT} token")
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.encode = remembering_encoder(tokenizer)
 
     def batch(self, prompts: list[str], targets: list[str] | None = None) -> OracleBatch:
         """Left-padded prompts, followed (targets given) by target + end token scored as labels."""
         heads = [self.encode(p) for p in prompts]
         tails = [self.encode(" " + t) + [self.eos] for t in targets] if targets is not None else [[] for _ in heads]
         P, T, B = max(map(len, heads)), max(map(len, tails)), len(heads)
-        ids = torch.full((B, P + T), self.pad, dtype=torch.long)
-        mask = torch.zeros((B, P + T), dtype=torch.long)
-        labels = torch.full((B, P + T), IGNORE, dtype=torch.long)
+        ids = np.full((B, P + T), self.pad, dtype=np.int64)
+        mask = np.zeros((B, P + T), dtype=np.int64)
+        labels = np.full((B, P + T), IGNORE, dtype=np.int64)
         for i, (head, tail) in enumerate(zip(heads, tails, strict=True)):
-            ids[i, P - len(head):P + len(tail)] = torch.tensor(head + tail)
+            ids[i, P - len(head):P + len(tail)] = head + tail
             mask[i, P - len(head):P + len(tail)] = 1
-            if tail:
-                labels[i, P:P + len(tail)] = torch.tensor(tail)
+            labels[i, P:P + len(tail)] = tail
+        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return OracleBatch(ids, mask, positions, ids == self.act, labels if targets is not None else None)
+        return OracleBatch(ids, mask, positions, ids == self.act,
+                           torch.from_numpy(labels) if targets is not None else None)
