@@ -1,7 +1,8 @@
-"""Run the benchmarks of scripts/ that are cheap enough by default, one after another, each under a header.
+"""Run the benchmarks of scripts/ that are cheap enough by default, one after another, each under a header, and end
+with one table of every benchmark's headline figures beside issue 13's targets (scripts/figures.py).
 
-bench_floor, bench_training, bench_step_profile, bench_oracle_step, bench_kv_cache, bench_activation_memory (with a
-small --problems) and bench_rule_memory (two whole DAGs with capped training) always;
+bench_floor, bench_training, bench_step_profile, bench_oracle_step, bench_batching, bench_kv_cache,
+bench_activation_memory (with a small --problems) and bench_rule_memory (two whole DAGs with capped training) always;
 bench_noop, bench_probes and bench_probe_solvers only with --run, a finished run directory (a checkout whose
 outputs are complete), which also gives bench_floor the run's measured wall times;
 bench_gpu (params/gpt2-large.yaml's first stage, random weights) only where CUDA is available.
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from figures import MARK, gathered, table
 
 from cocoracle.config import load_params
 
@@ -29,6 +31,7 @@ def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
            ["bench_training.py", "--params", params, *(["--quick"] if quick else [])],
            ["bench_step_profile.py", "--params", params, "--repeats", "2" if quick else "8"],
            ["bench_oracle_step.py", "--params", params, "--repeats", "3" if quick else "20"],
+           ["bench_batching.py", "--params", params, "--repeats", "3" if quick else "20"],
            ["bench_kv_cache.py", "--params", params, "--batches", "3" if quick else "20"],
            ["bench_activation_memory.py", "--params", params, "--problems", "20" if quick else "100"],
            ["bench_rule_memory.py", "--params", params, *(["--problems", "40", "--steps", "2"] if quick else [])]]
@@ -50,16 +53,29 @@ def main() -> int:
     parser.add_argument("--run", type=Path, help="a finished run directory: also bench_noop and the probe benchmarks")
     parser.add_argument("--quick", action="store_true", help="each benchmark at its smallest useful size")
     args = parser.parse_args()
-    start, failed = time.perf_counter(), []
+    start, failed, found = time.perf_counter(), [], []
     for script, *rest in commands(args.params, args.run, args.quick):
         print(f"\n=== {script} {' '.join(rest)}", flush=True)
         begin = time.perf_counter()
-        rc = subprocess.run([sys.executable, str(HERE / script), *rest]).returncode
+        rc, lines = run(script, rest)
+        found += [(script.removesuffix(".py"), f) for f in gathered(lines)]
         print(f"--- {time.perf_counter() - begin:.1f} s" + (f", FAILED (exit {rc})" if rc else ""), flush=True)
         if rc:
             failed.append(script)
     print(f"\ntotal {time.perf_counter() - start:.1f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print("\n" + table(found))
     return 1 if failed else 0
+
+
+def run(script: str, args: list[str]) -> tuple[int, list[str]]:
+    """Run one benchmark, passing its output through but for its figure lines; its exit status and every line."""
+    lines = []
+    with subprocess.Popen([sys.executable, str(HERE / script), *args], stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            lines.append(line)
+            if not line.startswith(MARK):
+                print(line, end="", flush=True)
+    return proc.returncode, lines
 
 
 if __name__ == "__main__":

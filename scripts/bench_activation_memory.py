@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from figures import figure
 
 
 def collect(params_path: str, n: int, work: Path) -> None:
@@ -88,6 +89,8 @@ def main() -> None:
               f"({rows / r['read']['seconds']:.0f} rows/s), peak RSS {r['read']['peak_rss_mb']:.0f} MB")
     for mode in ("collect", "read"):
         print(f"{mode} RSS ratio 10xN / N: {large[mode]['peak_rss_mb'] / small[mode]['peak_rss_mb']:.2f}")
+        figure(f"activations {mode}: peak RSS at 10x the problems / at 1x",
+               large[mode]["peak_rss_mb"] / small[mode]["peak_rss_mb"], "x", at_most=1.2)
 
 
 if __name__ == "__main__":

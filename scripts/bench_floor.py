@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from bench_training import matmul_gflops, timed
+from figures import figure
 from torch.utils.flop_counter import FlopCounterMode
 
 from cocoracle.activations import index_rows
@@ -203,6 +204,7 @@ def main() -> None:
     if all(measured.values()):
         seconds = sum(measured.values())
         print(f"{'all training jobs':<26}{'':>28}{total / peak:>9.0f}{seconds:>12.0f}{total / peak / seconds:>9.1%}")
+        figure("training jobs of the run: share of the matmul rate", total / peak / seconds, "%", at_least=0.5)
     last = f"stage {max(oracle_stages(params), default=params['coconut']['num_stages'])}"
     headline = sum(steps * per_step for job, steps, per_step in jobs if job.startswith("train") or job.endswith(last))
     for what, flop, minutes in [("the DAG's training jobs", total, args.dag_minutes),
@@ -210,6 +212,7 @@ def main() -> None:
         need = flop / (60 * minutes)
         print(f"{what}: {flop / 1e15:.3f} PFLOP, {flop / peak / 60:.1f} min at 100 % of the matmul rate; "
               f"in {minutes:g} min they need {need / 1e9:.0f} GFLOP/s sustained, {need / peak:.2f}x the matmul rate")
+        figure(f"{what} at 100 % of the matmul rate", flop / peak / 60, "min", at_most=minutes)
 
 if __name__ == "__main__":
     main()

@@ -41,6 +41,7 @@ from cocoracle.train import CoconutObjective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_training import matmul_gflops, tokens  # noqa: E402  (a script beside this one)
+from figures import figure  # noqa: E402
 
 GPT2_SIZES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
               "gpt2-xl": (48, 1600, 25)}  # name -> (n_layer, n_embd, n_head)
@@ -142,6 +143,8 @@ def main() -> None:
     print(f"{1000 * seconds / args.steps:.1f} ms/step, {n_tokens / seconds:,.0f} tokens/s, "
           f"{size * args.steps / seconds:,.1f} examples/s")
     print(f"model {achieved:.2f} TFLOP/s; {matmul_dtype} matmul peak {peak:.2f} TFLOP/s; MFU {achieved / peak:.1%}")
+    figure(f"{model_params['name']} on {name}: tokens/s", n_tokens / seconds)
+    figure(f"{model_params['name']} on {name}: MFU", achieved / peak, "%")
     print(f"peak memory {peak_memory_gib(device):.2f} GiB ({'torch allocated' if device.type == 'cuda' else 'RSS'})")
 
 

@@ -9,6 +9,7 @@ import argparse
 import time
 
 import torch
+from figures import figure
 
 from cocoracle.coconut import Codec, coconut_forward, loss_fn, naive_forward
 from cocoracle.config import load_params
@@ -45,6 +46,7 @@ def main() -> None:
     print(f"cached: {cached:.1f} examples/s")
     print(f"naive:  {naive:.1f} examples/s")
     print(f"ratio cached/naive: {cached / naive:.2f}x")
+    figure(f"KV-cached vs naive recompute, stage {stage}", cached / naive, "x", at_least=2)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from figures import figure
+
 COMMANDS = {
     "snakemake -n": (["snakemake", "-n", "--cores", "1"], lambda out: "Nothing to be done" in out),
     "dvc status": (["dvc", "status", "--json"], lambda out: json.loads(out or "{}") == {}),
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         noop = all(is_noop(out) for out in outs)
         print(f"{name:14s} {statistics.median(times):6.2f} s ({min(times):.2f}-{max(times):.2f})"
               f"  {'no-op' if noop else 'NOT a no-op: it plans work'}")
+        figure(f"no-op `{name}`, median" + ("" if noop else " (NOT a no-op)"), statistics.median(times), "s",
+               at_most=5)
     return 0
 
 

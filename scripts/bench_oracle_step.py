@@ -17,6 +17,7 @@ import copy
 
 import torch
 from bench_training import in_bf16, interleaved
+from figures import figure
 
 from cocoracle.coconut import Codec, coconut_forward, layout_options, loss_fn
 from cocoracle.config import load_params
@@ -80,6 +81,7 @@ def main() -> None:
     print("ms per part: " + ", ".join(f"{name} {s * 1000:.1f}" for name, s in t.items()))
     print(f"oracle step {oracle_step * 1000:.1f} ms; mean step at mix {mix}: {mean_step * 1000:.1f} ms, "
           f"{size / mean_step:.0f} examples/s")
+    figure("self-oracle training, examples/s", size / mean_step)
 
     no_dropout = copy.deepcopy(model)
     for module in no_dropout.modules():

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 from bench_probes import TOLERANCE, cache_arguments, load_units
+from figures import figure
 from threadpoolctl import threadpool_limits
 
 from cocoracle.probes import fit_probe, label_key, label_splits
@@ -63,6 +64,8 @@ def main() -> None:
         stopped = sum(not a["converged"] for a, _ in pairs)
         print(f"| {solver} | {seconds[solver]:.1f} | {seconds[reference] / seconds[solver]:.2f}x | "
               f"{val:.4f} / {test:.4f} | {beyond} | {stopped} |")
+        if solver != reference:
+            figure(f"probe solver {solver}: speed-up over {reference}", seconds[reference] / seconds[solver], "x")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import torch
+from figures import figure
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -116,6 +117,7 @@ def main() -> None:
     test = max(abs(now[k]["accuracy"] - before[k]["accuracy"]) for k in now)
     val = max(abs(now[k]["val_accuracy"] - before[k]["val_accuracy"]) for k in now)
     print(f"speed-up {seconds_before / seconds_now:.2f}x; largest accuracy difference: test {test:.4f}, val {val:.4f}")
+    figure(f"probes, stage {args.stage}: speed-up over a pipeline per C", seconds_before / seconds_now, "x", at_least=5)
     report_differences(now, before, TOLERANCE)
 
 
@@ -124,6 +126,7 @@ def report_differences(now: dict, before: dict, tolerance: float) -> None:
     converged before max_iter; then the counts of fits that stopped at max_iter in each way."""
     outside = [k for k in now if max(abs(now[k][m] - before[k][m]) for m in ("accuracy", "val_accuracy")) > tolerance]
     print(f"{len(outside)} of {len(now)} probes differ by more than {tolerance} (test or val accuracy):")
+    figure(f"probes differing by more than {tolerance}", len(outside), at_most=0)
     for key in sorted(outside, key=str):
         a, b = now[key], before[key]
         print(f"  {key}: test {a['accuracy']:.4f} vs {b['accuracy']:.4f}, val {a['val_accuracy']:.4f} vs "

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
+from figures import figure
 
 REPO = Path(__file__).resolve().parent.parent
 PEAK = re.compile(r"done in ([\d.]+) s, peak RSS of this process (\d+) MB$")
@@ -95,6 +96,9 @@ def main() -> None:
         (a, ta), (b, tb) = small[job], large[job]
         print(f"{job:<32}{a:>7.0f}MB{b:>7.0f}MB{b - a:>6.0f}MB{(b - a) / extra:>8.1f}{b / a:>6.2f}"
               f"{ta:>7.0f}MB{tb:>7.0f}MB{tb / ta:>6.2f}")
+    worst = max(small.keys() & large.keys(), key=lambda job: large[job][0] / small[job][0])
+    figure(f"largest peak-RSS growth, {sizes[1]} / {sizes[0]} problems ({worst})", large[worst][0] / small[worst][0],
+           "x")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
+from figures import figure
 
 from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_options, loss_fn, naive_forward
 from cocoracle.config import load_params
@@ -139,7 +140,11 @@ def main() -> None:
     print(COLUMNS)
     for stage in range(last + 1):
         batch, singles = batches(size, stage)
-        print(row(f"stage {stage}", batch, measure(model, batch, singles, repeats), peak), flush=True)
+        r = measure(model, batch, singles, repeats)
+        print(row(f"stage {stage}", batch, r, peak), flush=True)
+        figure(f"MFU of training, stage {stage}", r["gflops"] / peak, "%", at_least=0.5)
+    figure("batched KV-cached vs batch-of-1, all-latent stage", r["cached"] / r["single"], "x", at_least=10)
+    figure("batched KV-cached vs naive recompute, all-latent stage", r["cached"] / r["naive"], "x", at_least=2)
     batch, singles = batches(size, last)
     for t in thoughts:
         grown, grown_singles = replace(batch, n_thoughts=t), [replace(s, n_thoughts=t) for s in singles]
