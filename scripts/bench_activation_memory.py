@@ -1,4 +1,5 @@
-"""Peak RSS of collecting and reading the activation cache for N and 10xN problems.
+"""Peak RSS of collecting and reading the activation cache for N and 10xN problems, and collection's resident
+memory after each batch.
 
 Each measurement runs in a fresh subprocess that reports its own peak RSS (getrusage). Prints rows, seconds, rows/s,
 peak RSS for both sizes, and the RSS ratio (target <= 1.2).
@@ -22,7 +23,7 @@ from figures import figure
 
 def collect(params_path: str, n: int, work: Path) -> None:
     """Generate n test problems, save an untrained checkpoint, collect its all-latent activations."""
-    from cocoracle.activations import collect_activations
+    from cocoracle.activations import ShardWriter, collect_activations
     from cocoracle.config import load_params
     from cocoracle.data import load_split, write_splits
     from cocoracle.model import initial_model, save_checkpoint
@@ -34,9 +35,16 @@ def collect(params_path: str, n: int, work: Path) -> None:
     model, tokenizer = initial_model(params["model"], load_split(work / "data", "train"))
     stage = params["coconut"]["num_stages"]
     save_checkpoint(model, tokenizer, work / "ckpt", {**params, "stage": stage})
+    after_batches, add = [], ShardWriter.add
+
+    def traced(writer: ShardWriter, tensors: dict) -> None:
+        add(writer, tensors)
+        after_batches.append(_current_mb())
+    ShardWriter.add = traced
     start = time.perf_counter()
     collect_activations(params, stage, work / "ckpt", work / "data", "test", work / "cache", torch.device("cpu"))
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_mb()}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_mb(),
+                      "rss_after_batches_mb": after_batches}))
 
 
 def read(work: Path) -> None:
@@ -54,6 +62,12 @@ def read(work: Path) -> None:
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_mb() -> float:
+    """This process's resident memory now (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
 
 
 def measure(mode: str, params: str, n: int, work: Path) -> dict:
@@ -87,6 +101,13 @@ def main() -> None:
               f"({rows / r['collect']['seconds']:.0f} rows/s), "
               f"peak RSS {r['collect']['peak_rss_mb']:.0f} MB; read {r['read']['seconds']:.1f} s "
               f"({rows / r['read']['seconds']:.0f} rows/s), peak RSS {r['read']['peak_rss_mb']:.0f} MB")
+    trace = large["collect"]["rss_after_batches_mb"]
+    quarter = max(len(trace) // 4, 1)
+    first, last = sum(trace[:quarter]) / quarter, sum(trace[-quarter:]) / quarter
+    print(f"collect, {10 * args.problems} problems: resident memory after each of its {len(trace)} batches "
+          f"{min(trace):.0f}-{max(trace):.0f} MB, mean of the first quarter {first:.0f} MB, of the last {last:.0f} MB")
+    figure(f"activations collect: resident memory, last quarter of {len(trace)} batches / first", last / first, "x",
+           at_most=1.2)
     for mode in ("collect", "read"):
         print(f"{mode} RSS ratio 10xN / N: {large[mode]['peak_rss_mb'] / small[mode]['peak_rss_mb']:.2f}")
         figure(f"activations {mode}: peak RSS at 10x the problems / at 1x",

@@ -212,7 +212,7 @@ def main() -> None:
         need = flop / (60 * minutes)
         print(f"{what}: {flop / 1e15:.3f} PFLOP, {flop / peak / 60:.1f} min at 100 % of the matmul rate; "
               f"in {minutes:g} min they need {need / 1e9:.0f} GFLOP/s sustained, {need / peak:.2f}x the matmul rate")
-        figure(f"{what} at 100 % of the matmul rate", flop / peak / 60, "min", at_most=minutes)
+        figure(f"{what} in {minutes:g} min: the share of the matmul rate they need", need / peak, "%")
 
 if __name__ == "__main__":
     main()
