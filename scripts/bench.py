@@ -33,8 +33,8 @@ def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
            ["bench_oracle_step.py", "--params", params, "--repeats", "3" if quick else "20"],
            ["bench_batching.py", "--params", params, "--repeats", "3" if quick else "20"],
            ["bench_kv_cache.py", "--params", params, "--batches", "3" if quick else "20"],
-           # N above activations.batch_size (256): below it the batch itself grows with N
-           ["bench_activation_memory.py", "--params", params, "--problems", "20" if quick else "300"],
+           # N of several batches of activations.batch_size (256): with fewer, N's peak is of fewer batches
+           ["bench_activation_memory.py", "--params", params, "--problems", "20" if quick else "1000"],
            ["bench_rule_memory.py", "--params", params, *(["--problems", "40", "--steps", "2"] if quick else [])]]
     if torch.cuda.is_available():
         out.append(["bench_gpu.py", "--params", "params/gpt2-large.yaml", "--random",

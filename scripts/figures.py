@@ -24,7 +24,7 @@ def gathered(lines: Iterable[str]) -> list[dict]:
 def _shown(value: float, unit: str) -> str:
     if unit == "%":
         return f"{value:.1%}"
-    digits = 2 if abs(value) < 10 else 1 if abs(value) < 1000 else 0
+    digits = (3 if unit == "x" else 2) if abs(value) < 10 else 1 if abs(value) < 1000 else 0  # 1.996x is not 2x
     return f"{value:,.{digits}f}{'' if unit in ('x', '') else ' '}{unit}"
 
 

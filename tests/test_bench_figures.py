@@ -35,7 +35,7 @@ def test_the_table_says_whether_each_target_is_met():
         ("bench_oracle_step", {"name": "examples/s", "value": 573.2, "unit": "", "at_least": None, "at_most": None})])
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
     assert [(r[2], r[3], r[4].rstrip(" |")) for r in rows] == [
-        ("2.36x", "≥ 5.00x", "no"), ("1.43 s", "≤ 5.00 s", "yes"), ("29.7%", "≥ 50.0%", "no"), ("573.2", "", "")]
+        ("2.360x", "≥ 5.000x", "no"), ("1.43 s", "≤ 5.00 s", "yes"), ("29.7%", "≥ 50.0%", "no"), ("573.2", "", "")]
 
 
 def test_bench_passes_a_scripts_output_through_and_keeps_its_figures(tmp_path, monkeypatch, capsys):
