@@ -17,17 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_oracle_step import items
+from bench_oracle_step import items, oracle_model
 from bench_training import interleaved
 from figures import figure
 
 from cocoracle.coconut import Codec, coconut_forward, layout_options, loss_fn
 from cocoracle.config import load_params
-from cocoracle.data import make_splits, problems_table
-from cocoracle.model import initial_model
 from cocoracle.oracle.data import OracleCodec
 from cocoracle.oracle.injection import Injector
-from cocoracle.oracle.train import add_oracle_tokens, oracle_layers, oracle_loss
+from cocoracle.oracle.train import oracle_layers, oracle_loss
 
 
 def fresh_each_time(codec: Codec | OracleCodec) -> Codec | OracleCodec:
@@ -70,10 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     coconut, size = params["coconut"], params["train"]["batch_size"]
-    rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
-    model, tokenizer = initial_model(params["model"], rows)
-    add_oracle_tokens(model, tokenizer)
-    model.train()
+    rows, model, tokenizer = oracle_model(params)
     threads = torch.get_num_threads()
     layout = (coconut["num_stages"], coconut["thoughts_per_step"])
     picks = [rows[i] for i in np.random.default_rng(0).integers(0, len(rows), size)]

@@ -18,6 +18,7 @@ import copy
 import torch
 from bench_training import in_bf16, interleaved
 from figures import figure
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cocoracle.coconut import Codec, coconut_forward, layout_options, loss_fn
 from cocoracle.config import load_params
@@ -41,6 +42,14 @@ def items(rows: list[dict], tasks: list[str], size: int, source: int) -> tuple[l
     return prompts, targets
 
 
+def oracle_model(params: dict) -> tuple[list[dict], PreTrainedModel, PreTrainedTokenizerBase]:
+    """The params' train problems and their untrained model with the oracle's tokens added, in train mode."""
+    rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
+    model, tokenizer = initial_model(params["model"], rows)
+    add_oracle_tokens(model, tokenizer)
+    return rows, model.train(), tokenizer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -49,10 +58,7 @@ def main() -> None:
     params = load_params(args.params)
     oracle, coconut = params["oracle"], params["coconut"]
     hp, mix = oracle["self"]["train"], oracle["self"]["mix"]
-    rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
-    model, tokenizer = initial_model(params["model"], rows)
-    add_oracle_tokens(model, tokenizer)
-    model.train()
+    rows, model, tokenizer = oracle_model(params)
     source, inject = oracle_layers(oracle, model.config.num_hidden_layers)
     injector = Injector(model, inject, oracle["self"]["alpha"])
     codec, size = OracleCodec(tokenizer), hp["batch_size"]
