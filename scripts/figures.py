@@ -24,6 +24,8 @@ def gathered(lines: Iterable[str]) -> list[dict]:
 def _shown(value: float, unit: str) -> str:
     if unit == "%":
         return f"{value:.1%}"
+    if isinstance(value, int):  # a count
+        return f"{value:,}{' ' + unit if unit else ''}"
     digits = (3 if unit == "x" else 2) if abs(value) < 10 else 1 if abs(value) < 1000 else 0  # 1.996x is not 2x
     return f"{value:,.{digits}f}{'' if unit in ('x', '') else ' '}{unit}"
 
@@ -33,8 +35,9 @@ def table(figures: list[tuple[str, dict]]) -> str:
     out = ["| benchmark | figure | value | target | met |", "|---|---|---|---|---|"]
     for bench, f in figures:
         value, unit, low, high = f["value"], f["unit"], f["at_least"], f["at_most"]
-        target = (f"≥ {_shown(low, unit)}" if low is not None else f"≤ {_shown(high, unit)}" if high is not None
-                  else "")
+        like = int if isinstance(value, int) else float  # a target is shown as its figure is
+        target = (f"≥ {_shown(like(low), unit)}" if low is not None else f"≤ {_shown(like(high), unit)}"
+                  if high is not None else "")
         met = "" if not target else "yes" if (low is None or value >= low) and (high is None or value <= high) \
             and not math.isnan(value) else "no"
         out.append(f"| {bench} | {f['name']} | {_shown(value, unit)} | {target} | {met} |")

@@ -32,10 +32,12 @@ def test_the_table_says_whether_each_target_is_met():
         ("bench_probes", {"name": "speed-up", "value": 2.36, "unit": "x", "at_least": 5, "at_most": None}),
         ("bench_noop", {"name": "dvc status", "value": 1.43, "unit": "s", "at_least": None, "at_most": 5}),
         ("bench_training", {"name": "MFU", "value": 0.297, "unit": "%", "at_least": 0.5, "at_most": None}),
-        ("bench_oracle_step", {"name": "examples/s", "value": 573.2, "unit": "", "at_least": None, "at_most": None})])
+        ("bench_oracle_step", {"name": "examples/s", "value": 573.2, "unit": "", "at_least": None, "at_most": None}),
+        ("bench_probes", {"name": "probes outside 0.01", "value": 0, "unit": "", "at_least": None, "at_most": 0})])
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
     assert [(r[2], r[3], r[4].rstrip(" |")) for r in rows] == [
-        ("2.360x", "≥ 5.000x", "no"), ("1.43 s", "≤ 5.00 s", "yes"), ("29.7%", "≥ 50.0%", "no"), ("573.2", "", "")]
+        ("2.360x", "≥ 5.000x", "no"), ("1.43 s", "≤ 5.00 s", "yes"), ("29.7%", "≥ 50.0%", "no"), ("573.2", "", ""),
+        ("0", "≤ 0", "yes")]
 
 
 def test_bench_passes_a_scripts_output_through_and_keeps_its_figures(tmp_path, monkeypatch, capsys):
