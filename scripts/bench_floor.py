@@ -75,7 +75,7 @@ def training_jobs(per_stage: list[float], params: dict[str, Any], n_rows: int) -
     train, jobs = params["train"], []
     for stage, own in enumerate(per_stage):
         earlier = np.mean(per_stage[:stage]) if stage else own
-        micro = (1 - train["mix_prob"]) * own + train["mix_prob"] * earlier if stage else own
+        micro = (1 - train["mix_prob"]) * own + train["mix_prob"] * earlier
         jobs.append((f"train stage {stage}", stage_optimizer_steps(train, stage, n_rows), micro * train["grad_accum"]))
     return jobs
 
