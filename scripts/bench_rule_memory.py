@@ -3,9 +3,13 @@
 Runs the whole DAG with Snakemake twice, each in a fresh clone of this checkout's HEAD (commit first), with the
 same params except the number of problems: data.n_train = N (val, test and OOD N/4 each; every problem cached,
 activations.max_problems null), then SCALE times as many. Training and oracle training stop after --steps
-optimizer steps in both runs, so the two runs differ only in how many problems each job reads, holds and
-scores. Two figures per job: the peak RSS of its own process, exact (the last line of its log: `cocoracle`
-logs getrusage's maximum), and Snakemake's `max_rss` (benchmark file: the whole process tree, e.g. the probe
+optimizer steps in both runs, and train.mix_prob is 0, so the two runs differ only in how many problems each job
+reads, holds and scores: with mixing, which earlier-stage layouts a capped stage draws depends on the number of
+problems (the batches are drawn from the same RNG first), and a stage-0 layout's longer sequences set a later
+stage's peak in one run and not the other. Choose sizes whose splits fill every declared batch size (e.g.
+--problems 1024: splits of 256 = evaluate.batch_size) so that no batch grows with the problems either.
+Two figures per job: the peak RSS of its own process, exact (the last line of its log: `cocoracle` logs
+getrusage's maximum), and Snakemake's `max_rss` (benchmark file: the whole process tree, e.g. the probe
 step's worker processes, summed and sampled every 0.5 s for the first 15 s, then every 30 s). The table prints
 both at both sizes, and the process's growth per 1000 train problems.
 Usage: python scripts/bench_rule_memory.py [--params params.yaml] [--problems 200] [--scale 4] [--steps 20]
@@ -30,12 +34,12 @@ PEAK = re.compile(r"done in ([\d.]+) s, peak RSS of this process (\d+) MB$")
 
 
 def scaled_params(params: dict, problems: int, steps: int) -> dict:
-    """params with `problems` train problems (a quarter as many in each other split) and capped training."""
+    """params with `problems` train problems (a quarter as many in each other split), capped training, no mixing."""
     out = copy.deepcopy(params)
     quarter = max(problems // 4, 1)
     out["data"].update(n_train=problems, n_val=quarter, n_test=quarter, n_ood=quarter)
     out["activations"]["max_problems"] = None
-    out["train"].update(max_steps=steps, val_examples=min(out["train"]["val_examples"], quarter))
+    out["train"].update(max_steps=steps, mix_prob=0.0, val_examples=min(out["train"]["val_examples"], quarter))
     for kind in ("separate", "self"):
         out["oracle"][kind]["train"]["max_steps"] = steps
     out["resume"] = {"every_steps": None, "every_minutes": None}
