@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import re
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -301,3 +302,21 @@ def test_dvc_reruns_only_the_self_oracle_after_its_param_change(dvc_repo):
     after = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
     assert all(before[p] == after[p] for p in UPSTREAM + CACHES + PROBES + SEPARATE), "another step reran"
     assert all(before[p] < after[p] for p in SELF + ORACLE_EVAL), "the self-oracle did not rerun"
+
+
+def test_bench_noop_times_no_op_and_incremental_planning(snakemake_repo):
+    """scripts/bench_noop.py on a run both engines take as current: each command is a no-op; after a probe
+    parameter is changed each plans exactly the probe steps (Snakemake also what follows them), and the run's
+    params.yaml is put back."""
+    params = (snakemake_repo / "params.yaml").read_text()
+    run(["dvc", "commit", "-f", "-q"], cwd=snakemake_repo)  # DVC takes Snakemake's outputs as its own
+    try:
+        out = run([sys.executable, str(REPO / "scripts" / "bench_noop.py"), str(snakemake_repo), "--runs", "1",
+                   "--change", "probes.max_iter=301"], cwd=REPO).stdout
+    finally:
+        (snakemake_repo / "dvc.lock").unlink()
+    assert (snakemake_repo / "params.yaml").read_text() == params
+    lines = [line for line in out.splitlines() if not line.startswith("FIGURE")]
+    assert re.search(r"^snakemake -n .* no-op$", lines[1]) and re.search(r"^dvc status .* no-op$", lines[2]), out
+    assert lines[3].endswith("after probes.max_iter=301: probe_stage x2, report, all"), out
+    assert lines[4].endswith("after probes.max_iter=301: " + ", ".join(f"probe_stage_{k}" for k in STAGES[1:])), out
