@@ -7,6 +7,7 @@ like the training's (each task's first template, targets of the first column of 
     params' mix;
   - forward + backward as configured, without dropout and under bf16 autocast as `model.precision: bf16-mixed`
     runs it (both science settings, not changed here: the ratio says what choosing one on val could save),
+    and on one thread instead of the process's (what running two single-thread jobs side by side costs each),
     interleaved in one loop so that machine load hits all alike.
 Usage: python scripts/bench_oracle_step.py [--params params.yaml] [--repeats 20]
 """
@@ -98,10 +99,14 @@ def main() -> None:
     variants = {"as configured": lambda: oracle_loss(model, injector, batch, vectors).backward(),
                 "no dropout": lambda: oracle_loss(no_dropout, quiet, batch, vectors).backward()}
     variants["bf16 autocast"] = in_bf16(variants["as configured"])
-    v = interleaved(variants, dict.fromkeys(variants, threads), args.repeats)
+    variants["1 thread"] = variants["as configured"]
+    v = interleaved(variants, dict.fromkeys(variants, threads) | {"1 thread": 1}, args.repeats)
+    torch.set_num_threads(threads)
     base = v["as configured"]
     print("ms per forward + backward, interleaved; ratio = variant / as configured (> 1: slower): "
           + ", ".join(f"{name} {s * 1000:.1f} ({s / base:.2f}x)" for name, s in v.items()))
+    if threads > 1:
+        figure(f"self-oracle step on 1 thread / on {threads}", v["1 thread"] / base, "x")
 
 
 if __name__ == "__main__":
