@@ -51,7 +51,9 @@ def planned(name: str, out: str) -> list[str]:
 def changed_params(repo: Path, change: str) -> Iterator[None]:
     """REPO's params.yaml with one dotted key set to a YAML value; the file's own text put back afterwards, also
     when a planning command fails or the script is stopped by SIGINT or SIGTERM (each write is atomic)."""
-    key, _, value = change.partition("=")
+    key, equals, value = change.partition("=")
+    if not equals:
+        sys.exit(f"--change {change}: expected KEY=VALUE, e.g. probes.max_iter=301")
     path = repo / "params.yaml"
     original = path.read_text()
     params = yaml.safe_load(original)
@@ -80,12 +82,17 @@ def time_runs(cmd: list[str], repo: Path, env: dict[str, str], runs: int) -> tup
     times, outs = [], []
     for _ in range(runs):
         start = time.perf_counter()
-        outs.append(subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=True).stdout)
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
         times.append(time.perf_counter() - start)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            sys.exit(f"`{' '.join(cmd)}` failed in {repo} ({proc.returncode}): {last}")
+        outs.append(proc.stdout)
     return times, outs
 
 
 def spread(times: list[float]) -> str:
+    """Median (min-max) seconds."""
     return f"{statistics.median(times):6.2f} s ({min(times):.2f}-{max(times):.2f})"
 
 

@@ -78,3 +78,13 @@ def test_a_stopped_benchmark_puts_the_params_back(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
     assert (tmp_path / "params.yaml").read_text() == text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_bad_input_is_one_line_naming_it(tmp_path):
+    script = _script()
+    (tmp_path / "params.yaml").write_text("probes:\n  max_iter: 300\n")
+    with pytest.raises(SystemExit, match=r"--change probes.max_iter: expected KEY=VALUE"), \
+            script.changed_params(tmp_path, "probes.max_iter"):
+        pass
+    with pytest.raises(SystemExit, match=r"`dvc status --json` failed in .* \(\d+\): .*DVC repository"):
+        script.time_runs(["dvc", "status", "--json"], tmp_path, dict(os.environ), 1)  # not a DVC repository
