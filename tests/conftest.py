@@ -5,6 +5,7 @@ Everything here is sized so that the whole unit suite runs in well under a minut
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -103,6 +104,17 @@ def cocoracle_command() -> list[str]:
         return [str(script)]
     found = shutil.which("cocoracle")
     return [found] if found else [sys.executable, "-m", "cocoracle.cli"]
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (scripts/ put on sys.path: the scripts import their siblings)."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    if str(scripts) not in sys.path:
+        sys.path.insert(0, str(scripts))
+    spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

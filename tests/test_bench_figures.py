@@ -2,23 +2,15 @@
 issue 13's targets."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from conftest import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def _script(name: str):
-    sys.path.insert(0, str(SCRIPTS))  # bench.py imports its sibling figures.py
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_printed_figure_is_gathered_back(capsys):
-    figures = _script("figures")
+    figures = load_script("figures")
     figures.figure("probes speed-up", 2.36, "x", at_least=5)
     print("a table line")
     lines = capsys.readouterr().out.splitlines(keepends=True)
@@ -27,7 +19,7 @@ def test_a_printed_figure_is_gathered_back(capsys):
 
 
 def test_the_table_says_whether_each_target_is_met():
-    figures = _script("figures")
+    figures = load_script("figures")
     table = figures.table([
         ("bench_probes", {"name": "speed-up", "value": 2.36, "unit": "x", "at_least": 5, "at_most": None}),
         ("bench_noop", {"name": "dvc status", "value": 1.43, "unit": "s", "at_least": None, "at_most": 5}),
@@ -41,7 +33,7 @@ def test_the_table_says_whether_each_target_is_met():
 
 
 def test_bench_passes_a_scripts_output_through_and_keeps_its_figures(tmp_path, monkeypatch, capsys):
-    bench = _script("bench")
+    bench = load_script("bench")
     (tmp_path / "figures.py").write_text((SCRIPTS / "figures.py").read_text())
     (tmp_path / "fake_bench.py").write_text("from figures import figure\nprint('a table line')\n"
                                             "figure('no-op planning', 1.5, 's', at_most=5)\n")

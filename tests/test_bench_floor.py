@@ -2,7 +2,6 @@
 trains on, the FLOPs of a step), or its floor says nothing."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -16,22 +15,14 @@ from cocoracle.cache_reader import ActivationCache
 from cocoracle.data import load_split, make_splits, problems_table
 from cocoracle.model import save_checkpoint
 from cocoracle.oracle.data import build_items
-from conftest import make_tiny_model
+from conftest import load_script, make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench_floor.py"
 
 
-def _script():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling bench_training
-    spec = importlib.util.spec_from_file_location("bench_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_items_it_counts_are_those_a_collected_cache_gives(tmp_path, tiny_params, data_dir, mixed_rows):
-    bench = _script()
+    bench = load_script("bench_floor")
     model, tokenizer = make_tiny_model(mixed_rows, dtype=torch.float32)
     save_checkpoint(model, tokenizer, tmp_path / "stage-2", {**tiny_params, "stage": 2})
     collect_activations(tiny_params, 2, tmp_path / "stage-2", data_dir, "train", tmp_path / "cache",
@@ -48,7 +39,7 @@ def test_the_items_it_counts_are_those_a_collected_cache_gives(tmp_path, tiny_pa
 
 
 def test_a_training_steps_flops_are_about_six_per_parameter_and_token(tiny_params, train_rows):
-    bench = _script()
+    bench = load_script("bench_floor")
     model, tokenizer = make_tiny_model(train_rows, dtype=torch.float32)
     tiny_params["coconut"]["num_stages"] = 0
     per_stage = bench.coconut_step_flops(model.train(), tokenizer, train_rows, tiny_params, 1,

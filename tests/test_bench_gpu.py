@@ -2,7 +2,6 @@
 on the CPU with a tiny model."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -11,19 +10,14 @@ from pathlib import Path
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench_gpu.py"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_random_gpt2_large_has_gpt2_larges_shape_and_vocabulary():
-    bench = _script()
+    bench = load_script("bench_gpu")
     config = bench.random_config("gpt2-large", bench.build_tiny_tokenizer(["12 + 34 = 46"]))
     assert (config.n_layer, config.n_embd, config.n_head, config.vocab_size) == (36, 1280, 20, 50257)
 

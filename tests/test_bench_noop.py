@@ -2,51 +2,28 @@
 their output, and the run's params.yaml put back whatever happens."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_noop.py"
-DRY_RUN = """Building DAG of jobs...
-Job stats:
+from conftest import load_script
+
+JOB_STATS = """Job stats:
 job            count
 -----------  -------
 probe_stage        2
 report             1
 all                1
 total              4
-
-rule probe_stage:
-    wildcards: stage=1
-
-Job stats:
-job            count
------------  -------
-probe_stage        2
-report             1
-all                1
-total              4
-
-Reasons:
 """
-
-
-def _script():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling figures
-    spec = importlib.util.spec_from_file_location("bench_noop", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+DRY_RUN = f"Building DAG of jobs...\n{JOB_STATS}\nrule probe_stage:\n    wildcards: stage=1\n\n{JOB_STATS}\nReasons:\n"
 
 
 def test_planned_reads_each_engines_work():
-    planned = _script().planned
+    planned = load_script("bench_noop").planned
     assert planned("snakemake -n", DRY_RUN) == ["probe_stage x2", "report", "all"]
     assert planned("snakemake -n", "Building DAG of jobs...\nNothing to be done (all requested files exist).") == []
     status = {"probe_stage_1": [{"changed deps": {"params.yaml": {"modified": ["probes.max_iter"]}}}]}
@@ -55,7 +32,7 @@ def test_planned_reads_each_engines_work():
 
 
 def test_changed_params_sets_one_key_and_puts_the_file_back(tmp_path):
-    changed_params = _script().changed_params
+    changed_params = load_script("bench_noop").changed_params
     text = "# a comment the engines never see\nprobes:\n  max_iter: 300\n  C_grid: [0.1, 1.0]\n"
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(RuntimeError), changed_params(tmp_path, "probes.max_iter=301"):
@@ -70,7 +47,7 @@ def test_changed_params_sets_one_key_and_puts_the_file_back(tmp_path):
 
 
 def test_a_stopped_benchmark_puts_the_params_back(tmp_path):
-    changed_params = _script().changed_params
+    changed_params = load_script("bench_noop").changed_params
     text = "probes:\n  max_iter: 300\n"
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(SystemExit, match="stopped by signal"), changed_params(tmp_path, "probes.max_iter=301"):
@@ -81,7 +58,7 @@ def test_a_stopped_benchmark_puts_the_params_back(tmp_path):
 
 
 def test_bad_input_is_one_line_naming_it(tmp_path):
-    script = _script()
+    script = load_script("bench_noop")
     (tmp_path / "params.yaml").write_text("probes:\n  max_iter: 300\n")
     with pytest.raises(SystemExit, match=r"--change probes.max_iter: expected KEY=VALUE"), \
             script.changed_params(tmp_path, "probes.max_iter"):

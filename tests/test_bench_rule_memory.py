@@ -2,8 +2,6 @@
 ratio measures something else (issue 13's memory target)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +9,9 @@ import pytest
 
 from cocoracle.config import load_params, validate_params
 from cocoracle.train import batch_stages, micro_batches, stage_optimizer_steps
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "bench_rule_memory.py"
-
-
-def _script():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling figures
-    spec = importlib.util.spec_from_file_location("bench_rule_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _layouts(params: dict, stage: int) -> list[int]:
@@ -37,7 +27,7 @@ def _layouts(params: dict, stage: int) -> list[int]:
 def test_both_sizes_draw_the_same_layouts(problems: int) -> None:
     """Every stage's capped steps draw the same layouts at both sizes (with mixing they do not: at 200 vs 800
     problems stage 3 draws no earlier stage in one run and stages 0, 1 and 2 in the other)."""
-    scaled_params = _script().scaled_params
+    scaled_params = load_script("bench_rule_memory").scaled_params
     params = load_params(REPO / "params.yaml")
     small, large = (validate_params(scaled_params(params, n, 20)) for n in (problems, 4 * problems))
     assert (small["data"]["n_train"], large["data"]["n_train"]) == (problems, 4 * problems)
