@@ -51,9 +51,12 @@ def _oracle_csv(paths: list[str | Path]) -> pd.DataFrame:
 
 
 def _loss_curve(train_dir: str | Path) -> pd.DataFrame:
-    """The dvclive training loss of one run: columns step and loss."""
-    return _read(Path(train_dir) / "plots/metrics/train/loss.tsv",
-                 lambda p: pd.read_csv(p, sep="\t", usecols=["step", "loss"]))
+    """The dvclive training loss of one run: columns step and loss (none where a self-oracle run's every step was
+    a rehearsal step, which logs only train/rehearsal_loss)."""
+    metrics = Path(train_dir) / "plots/metrics/train"
+    if not (metrics / "loss.tsv").exists() and (metrics / "rehearsal_loss.tsv").exists():
+        return pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float)})
+    return _read(metrics / "loss.tsv", lambda p: pd.read_csv(p, sep="\t", usecols=["step", "loss"]))
 
 
 def _run_labels(train_dirs: list[str | Path]) -> list[str]:

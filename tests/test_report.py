@@ -175,6 +175,15 @@ def test_missing_loss_curve_names_the_file(inputs: dict) -> None:
         write_report(**inputs)
 
 
+def test_a_self_oracle_run_of_rehearsal_steps_only_has_an_empty_curve(inputs: dict) -> None:
+    """A short self-oracle run whose every step drew a rehearsal batch logs train/rehearsal_loss, not train/loss."""
+    metrics = inputs["train_dirs"][1] / "plots/metrics/train"
+    (metrics / "loss.tsv").rename(metrics / "rehearsal_loss.tsv")
+    write_report(**inputs)
+    assert (Path(inputs["out_md"]).read_text()).count("![Training loss]") == 1
+    assert (Path(inputs["plots_dir"]) / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_corrupt_inputs_name_the_file(inputs: dict) -> None:
     inputs["eval_metrics"][1].write_text("{not json")
     with pytest.raises(InputError, match=re.escape(f"{inputs['eval_metrics'][1]}: unreadable")):
