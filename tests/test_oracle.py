@@ -15,11 +15,13 @@ from transformers import AutoTokenizer
 
 from cocoracle.config import InputError
 from cocoracle.model import save_checkpoint
+from cocoracle.oracle import evaluate as oracle_evaluate
 from cocoracle.oracle import train as oracle_train
 from cocoracle.oracle.data import OracleCodec, build_items
 from cocoracle.oracle.evaluate import (
     COLUMNS,
     CONDITIONS,
+    condition_inputs,
     evaluate_oracles,
     majority_answers,
     score_oracle,
@@ -92,6 +94,37 @@ def test_baselines_are_scored_on_exactly_the_oracle_items(tmp_path, checkpoint, 
     assert set(items) == {"oracle", "shuffled", "random", "no_injection", "majority", "majority_per_position"}
     for condition, frame in items.items():
         pd.testing.assert_frame_equal(frame, items["oracle"], obj=condition)
+
+
+def test_each_distinct_question_about_a_vector_is_decoded_once(tmp_path, checkpoint, tiny_params, data_dir,
+                                                                monkeypatch):
+    """Every condition's answers are those of decoding every item, while no_injection decodes each distinct
+    prompt once and shuffled only what the oracle condition did not already ask."""
+    caches = _caches(tmp_path, encoded=True)
+    params = _oracle_params(tiny_params, steps=2)
+    params["oracle"]["tasks"] = ["digit", "carry"]
+    out = tmp_path / "oracle"
+    train_oracle("self", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, None, data_dir,
+                 out, tmp_path / "live", CPU)
+    decoded = []
+    real = oracle_evaluate.answer_prompts
+    monkeypatch.setattr(oracle_evaluate, "answer_prompts",
+                        lambda *args, **kwargs: decoded.append(len(args[3])) or real(*args, **kwargs))
+    scored = score_oracle("self", out, caches, params, 1, CPU)
+
+    _, items, inputs = condition_inputs(caches, params["oracle"], 1, 1)
+    model, tokenizer, spec = load_oracle(out, CPU)
+    injector, codec = Injector(model, spec.inject_layers, spec.alpha), OracleCodec(tokenizer)
+    for condition, (_, vectors) in inputs.items():
+        expected = real(model, injector, codec, items["prompt"].tolist(), vectors,
+                        params["oracle"]["max_new_tokens"], params["oracle"]["batch_size"])
+        predicted = scored.loc[scored["condition"] == condition, "predicted"].tolist()
+        assert predicted == expected, condition
+    prompts, n = items["prompt"].tolist(), len(items)
+    not_asked = (set(zip(prompts, inputs["shuffled"][0], strict=True))
+                 - set(zip(prompts, inputs["oracle"][0], strict=True)))
+    assert decoded == [n, len(not_asked), n, len(set(prompts))], decoded
+    assert len(not_asked) < n and len(set(prompts)) == 4
 
 
 def test_shuffled_activation_comes_from_another_problem_at_the_same_position(tmp_path):

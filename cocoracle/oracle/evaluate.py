@@ -3,7 +3,9 @@
 Conditions: the real activation (`oracle`), an activation from a different problem at the same thought
 position (`shuffled`), a random vector of the same norm (`random`), no injection (`no_injection`), the
 most common training target (`majority`) and the most common one per thought position
-(`majority_per_position`). Per item, every condition: every metric of `metrics.METRICS`.
+(`majority_per_position`). Per item, every condition: every metric of `metrics.METRICS`. Each distinct
+(prompt, injected vector) is decoded once: without injection only the prompt differs between items, and a
+shuffled item whose question template matches its source item's asks what the `oracle` condition asked.
 
 The table has one row per (oracle, condition, task, thought), thought 'all' pooling the positions: each
 metric's mean and 95 % interval (`{metric}_low`, `{metric}_high`: Wilson for the exact matches, a bootstrap
@@ -64,6 +66,21 @@ def random_like(vectors: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
     """Gaussian directions with each row's norm."""
     noise = torch.from_numpy(rng.standard_normal(vectors.shape).astype(np.float32))
     return noise / noise.norm(dim=-1, keepdim=True) * vectors.norm(dim=-1, keepdim=True)
+
+
+def condition_inputs(caches: dict[str, ActivationCache], oracle: dict[str, Any], source_layer: int, stage: int
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[list[Any], torch.Tensor | None]]]:
+    """The train and test items and, per condition that asks the model, each test item's injected vectors and
+    their sources (a cache row, a random draw, or None for no injection): one seeded RNG's draws, in this order."""
+    rng = np.random.default_rng([oracle["seed"], stage, 99])
+    train_items = build_items(caches["train"], oracle["tasks"], source_layer, rng)
+    items = build_items(caches["test"], oracle["tasks"], source_layer, rng)
+    vectors = item_vectors(caches["test"], items, source_layer)
+    rows, shuffled = items["row"].to_numpy(), shuffled_rows(items, rng)
+    return train_items, items, {
+        "oracle": (rows.tolist(), vectors), "shuffled": (rows[shuffled].tolist(), vectors[shuffled]),
+        "random": ([("random", i) for i in range(len(items))], random_like(vectors, rng)),
+        "no_injection": ([None] * len(items), None)}
 
 
 def majority_answers(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, list[str]]:
@@ -157,24 +174,30 @@ def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache]
     model, tokenizer, spec = load_oracle(path, device)
     if spec.stage != stage:
         raise InputError(f"{path}: an oracle for stage {spec.stage}, not {stage}")
-    rng = np.random.default_rng([oracle["seed"], stage, 99])
-    train_items = build_items(caches["train"], oracle["tasks"], spec.source_layer, rng)
-    items = build_items(caches["test"], oracle["tasks"], spec.source_layer, rng)
-    vectors = item_vectors(caches["test"], items, spec.source_layer)
+    train_items, items, inputs = condition_inputs(caches, oracle, spec.source_layer, stage)
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
     prompts = items["prompt"].tolist()
+    decoded: dict[tuple[str, Any], str] = {}  # (prompt, the injected vector's source) -> answer, across conditions
 
-    def run(condition: str, vectors: torch.Tensor | None) -> list[str]:
+    def run(condition: str, sources: list[Any], vectors: torch.Tensor | None) -> list[str]:
+        """Every item's answer; each distinct (prompt, vector source) is decoded once, earlier conditions' reused."""
+        keys = list(zip(prompts, sources, strict=True))
+        todo: dict[tuple[str, Any], int] = {}  # each key not decoded yet -> its first item
+        for i, key in enumerate(keys):
+            if key not in decoded:
+                todo.setdefault(key, i)
+        first = list(todo.values())
         start = time.perf_counter()
-        answers = answer_prompts(model, injector, codec, prompts, vectors, oracle["max_new_tokens"],
+        answers = answer_prompts(model, injector, codec, [prompts[i] for i in first],
+                                 None if vectors is None else vectors[first], oracle["max_new_tokens"],
                                  oracle["batch_size"])
+        decoded.update(zip(todo, answers, strict=True))
         seconds = time.perf_counter() - start
-        log.info("%s oracle stage %d, %s: %d items in %.1f s (%.0f items/s)", kind, stage, condition, len(prompts),
-                 seconds, len(prompts) / max(seconds, 1e-9))
-        return answers
-    answers = {"oracle": run("oracle", vectors), "shuffled": run("shuffled", vectors[shuffled_rows(items, rng)]),
-               "random": run("random", random_like(vectors, rng)), "no_injection": run("no_injection", None),
-               **majority_answers(train_items, items)}
+        log.info("%s oracle stage %d, %s: %d items, %d decoded in %.1f s (%.0f items/s)", kind, stage, condition,
+                 len(keys), len(first), seconds, len(keys) / max(seconds, 1e-9))
+        return [decoded[key] for key in keys]
+    answers = {condition: run(condition, sources, vectors) for condition, (sources, vectors) in inputs.items()}
+    answers.update(majority_answers(train_items, items))
     injector.remove()
     frames = []
     for condition in CONDITIONS:
