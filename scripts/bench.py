@@ -3,8 +3,8 @@ with one table of every benchmark's headline figures beside issue 13's targets (
 
 bench_floor, bench_training, bench_step_profile, bench_oracle_step, bench_batching, bench_kv_cache,
 bench_activation_memory (with a small --problems) and bench_rule_memory (two whole DAGs with capped training) always;
-bench_noop, bench_probes and bench_probe_solvers only with --run, a finished run directory (a checkout whose
-outputs are complete), which also gives bench_floor the run's measured wall times;
+bench_noop, bench_probes, bench_probe_solvers and bench_oracle_eval only with --run, a finished run directory (a
+checkout whose outputs are complete), which also gives bench_floor the run's measured wall times;
 bench_gpu (params/gpt2-large.yaml's first stage, random weights) only where CUDA is available.
 Usage: python scripts/bench.py [--params params.yaml] [--run DIR] [--quick]
 """
@@ -44,7 +44,8 @@ def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
         out += [["bench_noop.py", str(run), "--runs", "1" if quick else "5"],
                 ["bench_probes.py", "--params", params, "--cache", str(run / "results/activations"), "--stage", stage],
                 ["bench_probe_solvers.py", "--params", params, "--cache", str(run / "results/activations"),
-                 "--stage", stage, "--every", "27" if quick else "9"]]
+                 "--stage", stage, "--every", "27" if quick else "9"],
+                ["bench_oracle_eval.py", str(run), "--stage", stage]]
     return out
 
 

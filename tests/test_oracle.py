@@ -21,6 +21,7 @@ from cocoracle.oracle.data import OracleCodec, build_items
 from cocoracle.oracle.evaluate import (
     COLUMNS,
     CONDITIONS,
+    answer_conditions,
     condition_inputs,
     evaluate_oracles,
     majority_answers,
@@ -110,7 +111,7 @@ def test_each_distinct_question_about_a_vector_is_decoded_once(tmp_path, checkpo
     real = oracle_evaluate.answer_prompts
     monkeypatch.setattr(oracle_evaluate, "answer_prompts",
                         lambda *args, **kwargs: decoded.append(len(args[3])) or real(*args, **kwargs))
-    scored = score_oracle("self", out, caches, params, 1, CPU)
+    _, shared = answer_conditions("self", out, caches, params, 1, CPU)
 
     _, items, inputs = condition_inputs(caches, params["oracle"], 1, 1)
     model, tokenizer, spec = load_oracle(out, CPU)
@@ -118,8 +119,7 @@ def test_each_distinct_question_about_a_vector_is_decoded_once(tmp_path, checkpo
     for condition, (_, vectors) in inputs.items():
         expected = real(model, injector, codec, items["prompt"].tolist(), vectors,
                         params["oracle"]["max_new_tokens"], params["oracle"]["batch_size"])
-        predicted = scored.loc[scored["condition"] == condition, "predicted"].tolist()
-        assert predicted == expected, condition
+        assert shared[condition] == expected, condition
     prompts, n = items["prompt"].tolist(), len(items)
     not_asked = (set(zip(prompts, inputs["shuffled"][0], strict=True))
                  - set(zip(prompts, inputs["oracle"][0], strict=True)))

@@ -320,3 +320,11 @@ def test_bench_noop_times_no_op_and_incremental_planning(snakemake_repo):
     assert re.search(r"^snakemake -n .* no-op$", lines[1]) and re.search(r"^dvc status .* no-op$", lines[2]), out
     assert lines[3].endswith("after probes.max_iter=301: probe_stage x2, report, all"), out
     assert lines[4].endswith("after probes.max_iter=301: " + ", ".join(f"probe_stage_{k}" for k in STAGES[1:])), out
+
+
+def test_bench_oracle_eval_answers_as_decoding_every_item(snakemake_repo):
+    """scripts/bench_oracle_eval.py on the finished run: the step's shared decoding and every item decoded give
+    the same answers (the script fails otherwise), and it prints its ratio as a figure."""
+    out = run([sys.executable, str(REPO / "scripts" / "bench_oracle_eval.py"), str(snakemake_repo)], cwd=REPO).stdout
+    assert f"stage {STAGES[-1]}:" in out and "every answer the same both ways" in out, out
+    assert re.search(r'^FIGURE\t\{"name": "oracle evaluation: each distinct question decoded once', out, re.M), out

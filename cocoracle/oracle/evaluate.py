@@ -167,9 +167,9 @@ def summary(table: pd.DataFrame, stage: int, accuracy: dict[str, float],
     return out
 
 
-def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache], params: dict[str, Any],
-                 stage: int, device: torch.device) -> pd.DataFrame:
-    """Every condition's answer and scores on the test items, for one oracle."""
+def answer_conditions(kind: str, path: str | Path, caches: dict[str, ActivationCache], params: dict[str, Any],
+                      stage: int, device: torch.device) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The test items and every condition's answers to them, for one oracle."""
     oracle = params["oracle"]
     model, tokenizer, spec = load_oracle(path, device)
     if spec.stage != stage:
@@ -199,6 +199,13 @@ def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache]
     answers = {condition: run(condition, sources, vectors) for condition, (sources, vectors) in inputs.items()}
     answers.update(majority_answers(train_items, items))
     injector.remove()
+    return items, answers
+
+
+def score_oracle(kind: str, path: str | Path, caches: dict[str, ActivationCache], params: dict[str, Any],
+                 stage: int, device: torch.device) -> pd.DataFrame:
+    """Every condition's answer and scores on the test items, for one oracle."""
+    items, answers = answer_conditions(kind, path, caches, params, stage, device)
     frames = []
     for condition in CONDITIONS:
         scores = pd.DataFrame([score(a, t) for a, t in zip(answers[condition], items["target"], strict=True)])
