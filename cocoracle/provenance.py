@@ -1,5 +1,7 @@
 """What made an output: the code's git revision (and whether the tree had uncommitted changes), the package and
-library versions, a hash of the params the step read and the hashes of its inputs. Checkpoints and oracle
+library versions, the number of threads torch computed with (one seed gives the same bits on the same number of
+threads, not across numbers: docs/reliability.md), a hash of the params the step read and the hashes of its
+inputs. Checkpoints and oracle
 directories keep it in provenance.json, caches in their manifest, metrics files under a `provenance` key;
 `cocoracle provenance PATH` prints it. Nothing in it depends on the time or the directory, so two runs of the
 same commit and params write the same bytes."""
@@ -12,6 +14,8 @@ from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from cocoracle.atomic import sha256
 from cocoracle.config import InputError
@@ -55,6 +59,7 @@ def describe(params: dict[str, Any], inputs: Iterable[str | Path]) -> dict[str, 
         "git_revision": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "versions": {name: _version(name) for name in LIBRARIES},
+        "torch_threads": torch.get_num_threads(),
         "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
         "inputs": {str(path): input_hash(path) for path in inputs},
     }
@@ -80,10 +85,11 @@ def read(path: str | Path) -> dict[str, Any]:
 
 
 def format_record(record: dict[str, Any]) -> str:
-    """Readable lines: revision, versions, params hash, one line per input."""
+    """Readable lines: revision, versions, threads, params hash, one line per input."""
     dirty = " (uncommitted changes)" if record.get("git_dirty") else ""
     versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items() if v)
     lines = [f"git revision: {record.get('git_revision')}{dirty}", f"versions: {versions}",
-             f"params sha256: {record.get('params_sha256')}", "inputs:"]
+             f"torch threads: {record.get('torch_threads')}", f"params sha256: {record.get('params_sha256')}",
+             "inputs:"]
     lines += [f"  {name}  {digest}" for name, digest in record.get("inputs", {}).items()]
     return "\n".join(lines)

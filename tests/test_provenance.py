@@ -5,6 +5,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from cocoracle.provenance import describe, format_record, input_hash, read
 from conftest import run_cli
@@ -18,9 +19,24 @@ def test_a_record_names_the_revision_versions_params_and_each_input(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert record["git_revision"] == head and isinstance(record["git_dirty"], bool)
     assert record["versions"]["torch"] and record["versions"]["transformers"]
+    assert record["torch_threads"] == torch.get_num_threads()
     assert set(record["inputs"]) == {str(tmp_path / "dir"), str(tmp_path / "b.txt")}
     assert describe({"train": {"lr": 0.1}}, [tmp_path / "b.txt"])["params_sha256"] == record["params_sha256"]
     assert describe({"train": {"lr": 0.2}}, [])["params_sha256"] != record["params_sha256"]
+
+
+def test_a_record_names_the_thread_count_it_was_computed_with():
+    """One seed gives other bits on another number of threads, so a record says how many there were."""
+    before = torch.get_num_threads()
+    try:
+        counts = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            counts.append(describe({}, [])["torch_threads"])
+    finally:
+        torch.set_num_threads(before)
+    assert counts == [1, 2]
+    assert "torch threads: 2" in format_record({"torch_threads": 2})
 
 
 def test_input_hash_of_a_directory_follows_names_and_contents_not_place(tmp_path):
