@@ -1,10 +1,9 @@
 """What made an output: the code's git revision (and whether the tree had uncommitted changes), the package and
 library versions, the number of threads torch computed with (one seed gives the same bits on the same number of
 threads, not across numbers: docs/reliability.md), a hash of the params the step read and the hashes of its
-inputs. Checkpoints and oracle
-directories keep it in provenance.json, caches in their manifest, metrics files under a `provenance` key;
-`cocoracle provenance PATH` prints it. Nothing in it depends on the time or the directory, so two runs of the
-same commit and params write the same bytes."""
+inputs. Checkpoints and oracle directories keep it in provenance.json, caches in their manifest, metrics files
+under a `provenance` key; `cocoracle provenance PATH` prints it. Nothing in it depends on the time or the
+directory, so two runs of the same commit and params on the same number of threads write the same bytes."""
 from __future__ import annotations
 
 import hashlib
