@@ -6,8 +6,9 @@ activations.max_problems null), then SCALE times as many. Training and oracle tr
 optimizer steps in both runs, and train.mix_prob is 0, so the two runs differ only in how many problems each job
 reads, holds and scores: with mixing, which earlier-stage layouts a capped stage draws depends on the number of
 problems (the batches are drawn from the same RNG first), and a stage-0 layout's longer sequences set a later
-stage's peak in one run and not the other. Choose sizes whose splits fill every declared batch size (e.g.
---problems 1024: splits of 256 = evaluate.batch_size) so that no batch grows with the problems either.
+stage's peak in one run and not the other. Choose sizes whose splits fill every declared batch size so that no
+batch grows with the problems either: --problems 1024 gives splits of 256 = evaluate.batch_size, --problems 2048
+test splits of 512 = oracle.batch_size, with which the oracle evaluation measures answer accuracy on the test split.
 Two figures per job: the peak RSS of its own process, exact (the last line of its log: `cocoracle` logs
 getrusage's maximum), and Snakemake's `max_rss` (benchmark file: the whole process tree, e.g. the probe
 step's worker processes, summed and sampled every 0.5 s for the first 15 s, then every 30 s). The table prints
