@@ -82,13 +82,19 @@ def test_oracle_trained_on_noise_does_not_beat_shuffled(tmp_path, checkpoint, ti
     assert em["oracle"] < em["shuffled"] + 0.1, em
 
 
-def test_baselines_are_scored_on_exactly_the_oracle_items(tmp_path, checkpoint, tiny_params, data_dir):
+def _two_task_oracle(tmp_path, checkpoint, tiny_params, data_dir) -> tuple[dict, dict, Path]:
+    """Caches, params (tasks digit and carry) and a self-oracle trained for two steps on them."""
     caches = _caches(tmp_path, encoded=True)
     params = _oracle_params(tiny_params, steps=2)
     params["oracle"]["tasks"] = ["digit", "carry"]
     out = tmp_path / "oracle"
     train_oracle("self", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, None, data_dir,
                  out, tmp_path / "live", CPU)
+    return caches, params, out
+
+
+def test_baselines_are_scored_on_exactly_the_oracle_items(tmp_path, checkpoint, tiny_params, data_dir):
+    caches, params, out = _two_task_oracle(tmp_path, checkpoint, tiny_params, data_dir)
     scored = score_oracle("self", out, caches, params, 1, CPU)
     keys = ["row", "task", "thought", "prompt", "target"]
     items = {c: g[keys].reset_index(drop=True) for c, g in scored.groupby("condition")}
@@ -101,12 +107,7 @@ def test_each_distinct_question_about_a_vector_is_decoded_once(tmp_path, checkpo
                                                                 monkeypatch):
     """Every condition's answers are those of decoding every item, while no_injection decodes each distinct
     prompt once and shuffled only what the oracle condition did not already ask."""
-    caches = _caches(tmp_path, encoded=True)
-    params = _oracle_params(tiny_params, steps=2)
-    params["oracle"]["tasks"] = ["digit", "carry"]
-    out = tmp_path / "oracle"
-    train_oracle("self", params, 1, {s: caches[s].path for s in ("train", "val")}, checkpoint, None, data_dir,
-                 out, tmp_path / "live", CPU)
+    caches, params, out = _two_task_oracle(tmp_path, checkpoint, tiny_params, data_dir)
     decoded = []
     real = oracle_evaluate.answer_prompts
     monkeypatch.setattr(oracle_evaluate, "answer_prompts",
