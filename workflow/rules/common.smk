@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from snakemake.logging import logger
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from cocoracle.config import InputError, load_params
@@ -27,6 +28,9 @@ if DVC_YAML.is_file() and DVC_YAML.read_text() != render_dvc_yaml(PARAMS, config
         f"cocoracle: {DVC_YAML} is out of date with the steps, the code's imports or the params; "
         "run `cocoracle dvc-yaml` before `dvc repro`"
     )
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    # envs/cocoracle.yaml holds the dependencies, not the project: jobs run this checkout's code
+    shell.prefix(f'export PATH="{LAYOUT.root}/workflow/bin:$PATH"; ')
 BENCH = config["benchmarks_dir"]
 GPU_MODEL = os.environ.get("COCORACLE_GPU_MODEL", "")  # SLURM GPU type for the GPU rules; empty: any
 
