@@ -152,6 +152,16 @@ def test_report_plots_are_pngs_linked_relatively(inputs: dict) -> None:
     assert all((inputs["out_md"].parent / link).is_file() for link in links)
 
 
+def test_accuracy_table_is_written_as_data_beside_the_plots(inputs: dict) -> None:
+    write_report(**inputs)
+    lines = (inputs["plots_dir"] / "accuracy.csv").read_text().splitlines()
+    assert lines == ["stage,split,n,accuracy,accuracy_low,accuracy_high,teacher_forced,truncated",
+                     "0,val,50,0.44,0.3116,0.5769,0.512,0",  # the Wilson interval of the report's "44.0 % [31.2, 57.7]"
+                     "0,test,100,0.4,0.3094,0.498,0.5,0",
+                     "3,val,50,0.9,0.7864,0.9565,0.95,0",
+                     "3,test,100,0.978,0.93,0.9945,0.99,0"]
+
+
 def test_no_oracle_outputs_is_one_line(inputs: dict) -> None:
     write_report(**{**inputs, "oracle_tables": [], "oracle_metrics": []})
     text = inputs["out_md"].read_text()
