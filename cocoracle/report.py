@@ -12,6 +12,7 @@ import pandas as pd
 from cocoracle.atomic import write_text
 from cocoracle.config import ORACLE_KINDS, ORACLE_TASKS, InputError
 from cocoracle.plots import pyplot, save_png
+from cocoracle.report_html import markdown_page
 from cocoracle.stats import format_interval, wilson
 from cocoracle.summarize import accuracy_table
 
@@ -361,8 +362,8 @@ def accuracy_frame(evals: list[dict[str, Any]]) -> pd.DataFrame:
 def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path], probe_heatmaps: list[str | Path],
                  step_heatmaps: list[str | Path], oracle_tables: list[str | Path], oracle_metrics: list[str | Path],
                  train_dirs: list[str | Path], out_md: str | Path, plots_dir: str | Path) -> None:
-    """Write the markdown report, and in plots_dir accuracy.png, oracle.png, training.png and accuracy.csv (the
-    answer-accuracy table as data), from the pipeline outputs."""
+    """Write the markdown report, and in plots_dir accuracy.png, oracle.png, training.png, accuracy.csv (the
+    answer-accuracy table as data) and results.html (the markdown report as a page), from the pipeline outputs."""
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     evals = [_json(p, ("stage",)) for p in eval_metrics]
     probes = [_json(p, ("stage", "by_thought", "readable", "readable_at", "unconverged")) for p in probe_metrics]
@@ -384,3 +385,4 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
                                                 [_link(p, out_md.parent) for p in step_heatmaps])
              + ["## Training curves\n"] + training)
     write_text(out_md, "\n".join(parts))
+    write_text(plots_dir / "results.html", markdown_page("\n".join(parts), "cocoracle results"))

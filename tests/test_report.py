@@ -162,6 +162,20 @@ def test_accuracy_table_is_written_as_data_beside_the_plots(inputs: dict) -> Non
                      "3,test,100,0.978,0.93,0.9945,0.99,0"]
 
 
+def test_the_results_page_is_also_written_as_html(inputs: dict) -> None:
+    write_report(**inputs)
+    page = (inputs["plots_dir"] / "results.html").read_text()
+    text = inputs["out_md"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "|" not in page.split("<body>")[1]  # no markdown table left
+    assert all(f"<h2>{h}</h2>" in page for h in ("Coconut answer accuracy", "Oracles", "Probes", "Training curves"))
+    assert page.count("<table>") == text.count("\n|---") and page.count("<h3>") == text.count("\n### ")
+    assert ("<tr><td>1</td><td>self</td><td>answer</td><td>200</td><td>35.0 % [30.0, 40.0] / 31.0%</td>"
+            in page)  # the oracle table's row, cell by cell
+    assert "<code>&lt;eot&gt;</code> input" in page  # markdown code, escaped
+    assert '<p class="figure">Figure: Coconut answer accuracy by stage (plots/accuracy.png)</p>' in page
+    assert "src=" not in page  # the figures are named, not embedded or linked
+
+
 def test_no_oracle_outputs_is_one_line(inputs: dict) -> None:
     write_report(**{**inputs, "oracle_tables": [], "oracle_metrics": []})
     text = inputs["out_md"].read_text()

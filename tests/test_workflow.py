@@ -221,7 +221,8 @@ def test_snakemake_html_report_holds_the_figures_tables_and_run_statistics(snake
 
     results, categories = variable("results"), variable("categories")
     r, latent = "results", STAGES[1:]  # smoke params: oracle.stages = all latent stages
-    expected = {f"{r}/report.md": ("Results", "all stages"), f"{r}/report/training.png": ("Training", "all runs"),
+    expected = {f"{r}/report.md": ("Results", "all stages"), f"{r}/report/results.html": ("Results", "all stages"),
+                f"{r}/report/training.png": ("Training", "all runs"),
                 f"{r}/report/accuracy.csv": ("Coconut", "all stages"),
                 f"{r}/report/accuracy.png": ("Coconut", "all stages"),
                 f"{r}/report/oracle.png": ("Oracles", "all stages"),
@@ -237,6 +238,9 @@ def test_snakemake_html_report_holds_the_figures_tables_and_run_statistics(snake
         assert result["caption"].startswith("<p>") and result["labels"]["item"], path
         if path.startswith((f"{r}/oracle/", f"{r}/probes/")):  # per-stage captions name their stage
             assert f"stage {path.split('stage-')[1][0]}" in result["caption"], path
+    assert results[f"{r}/report/results.html"]["mime_type"] == "text/html"  # shown in the page, not downloaded
+    page, markdown = ((snakemake_repo / r / name).read_text() for name in ("report/results.html", "report.md"))
+    assert page.count("<table>") == markdown.count("\n|---") > 5 and "<h2>Oracles</h2>" in page  # report.md's
     accuracy = (snakemake_repo / r / "report" / "accuracy.csv").read_text().splitlines()
     assert accuracy[0] == "stage,split,n,accuracy,accuracy_low,accuracy_high,teacher_forced,truncated"
     assert len(accuracy) == 1 + 3 * len(STAGES)  # val, test and ood of every stage

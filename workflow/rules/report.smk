@@ -8,7 +8,13 @@ rule report:
                 caption="../report/results.rst",
                 category="Results",
                 subcategory="all stages",
-                labels={"item": "results page (report.md)"},
+                labels={"item": "results page (markdown)"},
+            ),
+            page=dict(
+                caption="../report/results-page.rst",
+                category="Results",
+                subcategory="all stages",
+                labels={"item": "results page (HTML)"},
             ),
             accuracy_table=dict(
                 caption="../report/accuracy-table.rst",
