@@ -217,7 +217,7 @@ def test_snakemake_html_report_holds_the_figures_tables_and_run_statistics(snake
     html = (snakemake_repo / "results" / "report.html").read_text()
 
     def variable(name):  # the report's data: one line of JSON per JavaScript variable
-        return json.loads(re.search(rf"^\s*var {name} = (.*);$", html, re.M).group(1))
+        return json.loads(re.search(rf"^\s*var {name} = (\{{.*\}});$", html, re.M).group(1))
 
     results, categories = variable("results"), variable("categories")
     r, latent = "results", STAGES[1:]  # smoke params: oracle.stages = all latent stages
