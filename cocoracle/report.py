@@ -384,5 +384,6 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
              + ["## Probes\n"] + _probe_section(probes, [_link(p, out_md.parent) for p in probe_heatmaps],
                                                 [_link(p, out_md.parent) for p in step_heatmaps])
              + ["## Training curves\n"] + training)
-    write_text(out_md, "\n".join(parts))
-    write_text(plots_dir / "results.html", markdown_page("\n".join(parts), "cocoracle results"))
+    text = "\n".join(parts)
+    write_text(out_md, text)
+    write_text(plots_dir / "results.html", markdown_page(text, "cocoracle results"))
