@@ -12,7 +12,8 @@ import pandas as pd
 from cocoracle.atomic import write_text
 from cocoracle.config import ORACLE_KINDS, ORACLE_TASKS, InputError
 from cocoracle.plots import pyplot, save_png
-from cocoracle.stats import format_interval
+from cocoracle.report_html import markdown_page
+from cocoracle.stats import format_interval, wilson
 from cocoracle.summarize import accuracy_table
 
 T = TypeVar("T")
@@ -343,10 +344,26 @@ def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatm
     return parts + [f"![{Path(link).stem} step x position heatmap]({link})\n" for link in step_heatmaps]
 
 
+def accuracy_frame(evals: list[dict[str, Any]]) -> pd.DataFrame:
+    """Answer accuracy as data: one row per stage and split, free-generation accuracy with its 95 % Wilson
+    interval, teacher-forced accuracy and the generations cut off by the decoding budget (fractions, 4 places)."""
+    rows = []
+    for m in sorted(evals, key=lambda m: m["stage"]):
+        for split in (s for s in SPLITS if s in m):
+            scores, n = m[split], m[split]["n"]
+            low, high = wilson(round(scores["accuracy"] * n), n)
+            rows.append({"stage": m["stage"], "split": split, "n": n, "accuracy": scores["accuracy"],
+                         "accuracy_low": low, "accuracy_high": high, "teacher_forced": scores["teacher_forced"],
+                         "truncated": scores.get("truncated", 0)})
+    columns = ["stage", "split", "n", "accuracy", "accuracy_low", "accuracy_high", "teacher_forced", "truncated"]
+    return pd.DataFrame(rows, columns=columns).round(4)
+
+
 def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path], probe_heatmaps: list[str | Path],
                  step_heatmaps: list[str | Path], oracle_tables: list[str | Path], oracle_metrics: list[str | Path],
                  train_dirs: list[str | Path], out_md: str | Path, plots_dir: str | Path) -> None:
-    """Write the markdown report and accuracy.png, oracle.png and training.png, from the pipeline outputs."""
+    """Write the markdown report, and in plots_dir accuracy.png, oracle.png, training.png, accuracy.csv (the
+    answer-accuracy table as data) and results.html (the markdown report as a page), from the pipeline outputs."""
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     evals = [_json(p, ("stage",)) for p in eval_metrics]
     probes = [_json(p, ("stage", "by_thought", "readable", "readable_at", "unconverged")) for p in probe_metrics]
@@ -357,6 +374,7 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     plot_accuracy(evals, plots["accuracy"])
     plot_oracle(oracle, plots["oracle"])
     plot_training(curves, plots["training"])
+    write_text(plots_dir / "accuracy.csv", accuracy_frame(evals).to_csv(index=False, lineterminator="\n"))
     links = {name: _link(path, out_md.parent) for name, path in plots.items()}
     training = [f"![Training loss]({links['training']})\n" if curves else "No training runs.\n"]
     parts = (["# cocoracle results\n",
@@ -366,4 +384,6 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
              + ["## Probes\n"] + _probe_section(probes, [_link(p, out_md.parent) for p in probe_heatmaps],
                                                 [_link(p, out_md.parent) for p in step_heatmaps])
              + ["## Training curves\n"] + training)
-    write_text(out_md, "\n".join(parts))
+    text = "\n".join(parts)
+    write_text(out_md, text)
+    write_text(plots_dir / "results.html", markdown_page(text, "cocoracle results"))

@@ -294,9 +294,11 @@ def evaluate_oracles(layout: Layout, out: Paths, stage: int) -> Job:
 
 @step("report", "report", log="{logs}/report.log",
       outputs={"report": Out("{results}/report.md"),
-               **{name: Out(f"{{results}}/report/{name}.png", kind="plots") for name in REPORT_PLOTS}})
+               **{name: Out(f"{{results}}/report/{name}.png", kind="plots") for name in REPORT_PLOTS},
+               "accuracy_table": Out("{results}/report/accuracy.csv"), "page": Out("{results}/report/results.html")})
 def report(layout: Layout, out: Paths) -> Job:
-    """results/report.md and its plots, from every step's metrics, tables and curves."""
+    """results/report.md, its plots, the answer-accuracy table and report.md as an HTML page, from every step's
+    metrics, tables and curves."""
     r, stages, latent, oracles = layout.results, layout.stages, layout.latent_stages, layout.oracle_stages
     inputs: dict[str, str | list[str]] = {
         "eval": [f"{r}/eval/stage-{k}.json" for k in stages],

@@ -152,6 +152,30 @@ def test_report_plots_are_pngs_linked_relatively(inputs: dict) -> None:
     assert all((inputs["out_md"].parent / link).is_file() for link in links)
 
 
+def test_accuracy_table_is_written_as_data_beside_the_plots(inputs: dict) -> None:
+    write_report(**inputs)
+    lines = (inputs["plots_dir"] / "accuracy.csv").read_text().splitlines()
+    assert lines == ["stage,split,n,accuracy,accuracy_low,accuracy_high,teacher_forced,truncated",
+                     "0,val,50,0.44,0.3116,0.5769,0.512,0",  # the Wilson interval of the report's "44.0 % [31.2, 57.7]"
+                     "0,test,100,0.4,0.3094,0.498,0.5,0",
+                     "3,val,50,0.9,0.7864,0.9565,0.95,0",
+                     "3,test,100,0.978,0.93,0.9945,0.99,0"]
+
+
+def test_the_results_page_is_also_written_as_html(inputs: dict) -> None:
+    write_report(**inputs)
+    page = (inputs["plots_dir"] / "results.html").read_text()
+    text = inputs["out_md"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "|" not in page.split("<body>")[1]  # no markdown table left
+    assert all(f"<h2>{h}</h2>" in page for h in ("Coconut answer accuracy", "Oracles", "Probes", "Training curves"))
+    assert page.count("<table>") == text.count("\n|---") and page.count("<h3>") == text.count("\n### ")
+    assert ("<tr><td>1</td><td>self</td><td>answer</td><td>200</td><td>35.0 % [30.0, 40.0] / 31.0%</td>"
+            in page)  # the oracle table's row, cell by cell
+    assert "<code>&lt;eot&gt;</code> input" in page  # markdown code, escaped
+    assert '<p class="figure">Figure: Coconut answer accuracy by stage (plots/accuracy.png)</p>' in page
+    assert "src=" not in page  # the figures are named, not embedded or linked
+
+
 def test_no_oracle_outputs_is_one_line(inputs: dict) -> None:
     write_report(**{**inputs, "oracle_tables": [], "oracle_metrics": []})
     text = inputs["out_md"].read_text()

@@ -211,16 +211,41 @@ def test_code_dependencies_match_what_the_code_imports(dvc_repo, module, stages)
 
 
 def test_snakemake_html_report_holds_the_figures_tables_and_run_statistics(snakemake_repo):
+    """Every results table, report.md and figure is embedded byte for byte, in its category and (per stage) its
+    subcategory, with its caption; nothing is left under "Other"; the run statistics are there."""
     run(["snakemake", "--report", "results/report.html", "--cores", "1"], cwd=snakemake_repo)
     html = (snakemake_repo / "results" / "report.html").read_text()
-    embedded = {name: base64.b64decode(data) for kind, name, data in
-                re.findall(r"data:(image/png|text/csv)[^\"]*?filename=([^;\"]+);base64,([A-Za-z0-9+/=]+)", html)}
-    for figure in ("accuracy", "oracle", "training"):
-        assert embedded[f"{figure}.png"] == (snakemake_repo / "results" / "report" / f"{figure}.png").read_bytes()
-    for heatmap in ("stage-2.png", "stage-2-steps.png"):
-        assert embedded[heatmap] == (snakemake_repo / "results" / "probes" / heatmap).read_bytes()
-    assert embedded["stage-2.csv"] in {(snakemake_repo / "results" / d / "stage-2.csv").read_bytes()
-                                       for d in ("probes", "oracle")}
+
+    def variable(name):  # the report's data: one line of JSON per JavaScript variable
+        return json.loads(re.search(rf"^\s*var {name} = (\{{.*\}});$", html, re.M).group(1))
+
+    results, categories = variable("results"), variable("categories")
+    r, latent = "results", STAGES[1:]  # smoke params: oracle.stages = all latent stages
+    expected = {f"{r}/report.md": ("Results", "all stages"), f"{r}/report/results.html": ("Results", "all stages"),
+                f"{r}/report/training.png": ("Training", "all runs"),
+                f"{r}/report/accuracy.csv": ("Coconut", "all stages"),
+                f"{r}/report/accuracy.png": ("Coconut", "all stages"),
+                f"{r}/report/oracle.png": ("Oracles", "all stages"),
+                **{f"{r}/oracle/stage-{k}.csv": ("Oracles", f"stage {k}") for k in latent},
+                **{f"{r}/probes/stage-{k}{end}": ("Probes", f"stage {k}") for k in latent
+                   for end in (".csv", "-steps.csv", ".png", "-steps.png")}}
+    placed = {path: (category, sub) for category, subs in categories.items() for sub, paths in subs.items()
+              for path in paths}
+    assert placed == expected
+    for path in expected:
+        result = results[path]
+        assert base64.b64decode(result["data_uri"].split(";base64,")[1]) == (snakemake_repo / path).read_bytes()
+        assert result["caption"].startswith("<p>") and result["labels"]["item"], path
+        if path.startswith((f"{r}/oracle/", f"{r}/probes/")):  # per-stage captions name their stage
+            assert f"stage {path.split('stage-')[1][0]}" in result["caption"], path
+    assert results[f"{r}/report/results.html"]["mime_type"] == "text/html"  # shown in the page, not downloaded
+    page, markdown = ((snakemake_repo / r / name).read_text() for name in ("report/results.html", "report.md"))
+    assert page.count("<table>") == markdown.count("\n|---") > 5 and "<h2>Oracles</h2>" in page  # report.md's
+    accuracy = (snakemake_repo / r / "report" / "accuracy.csv").read_text().splitlines()
+    assert accuracy[0] == "stage,split,n,accuracy,accuracy_low,accuracy_high,teacher_forced,truncated"
+    assert len(accuracy) == 1 + 3 * len(STAGES)  # val, test and ood of every stage
+    caption = results[f"{r}/report/accuracy.csv"]["caption"]  # the table itself, shown in its description
+    assert all(f"<td>{cell}</td>" in caption for line in accuracy[1:] for cell in line.split(","))
     runtimes = json.loads(re.search(r"var runtimes_spec = (\{.*?\});\n", html).group(1))["data"]["values"]
     assert {"train_stage", "probe_stage", "train_oracle"} <= {job["rule"] for job in runtimes}
     assert all(job["runtime"] > 0 for job in runtimes if job["rule"] == "train_stage")

@@ -27,7 +27,12 @@ rule evaluate_oracles:
     output:
         **step_output(
             "evaluate_oracles",
-            table=dict(caption="../report/oracle-table.rst", category="Oracles", labels={"stage": "{stage}"}),
+            table=dict(
+                caption="../report/oracle-table.rst",
+                category="Oracles",
+                subcategory="stage {stage}",
+                labels={"item": "results table"},
+            ),
         ),
     log:
         step_log("evaluate_oracles"),

@@ -5,22 +5,28 @@ rule probe_stage:
         **step_output(
             "probe_stage",
             table=dict(
-                caption="../report/probe-table.rst", category="Probes", labels={"stage": "{stage}", "what": "table"}
+                caption="../report/probe-table.rst",
+                category="Probes",
+                subcategory="stage {stage}",
+                labels={"item": "per-thought table"},
             ),
             heatmap=dict(
                 caption="../report/probe-heatmap.rst",
                 category="Probes",
-                labels={"stage": "{stage}", "what": "heatmap"},
+                subcategory="stage {stage}",
+                labels={"item": "per-thought heatmap"},
             ),
             steps_table=dict(
                 caption="../report/probe-steps-table.rst",
                 category="Probes",
-                labels={"stage": "{stage}", "what": "steps table"},
+                subcategory="stage {stage}",
+                labels={"item": "step x position table"},
             ),
             steps_heatmap=dict(
                 caption="../report/probe-steps-heatmap.rst",
                 category="Probes",
-                labels={"stage": "{stage}", "what": "steps heatmap"},
+                subcategory="stage {stage}",
+                labels={"item": "step x position heatmap"},
             ),
         ),
     log:

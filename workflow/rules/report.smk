@@ -4,9 +4,42 @@ rule report:
     output:
         **step_output(
             "report",
-            accuracy=dict(caption="../report/accuracy.rst", category="Results", labels={"figure": "answer accuracy"}),
-            oracle=dict(caption="../report/oracle.rst", category="Results", labels={"figure": "oracles"}),
-            training=dict(caption="../report/training.rst", category="Results", labels={"figure": "training curves"}),
+            report=dict(
+                caption="../report/results.rst",
+                category="Results",
+                subcategory="all stages",
+                labels={"item": "results page (markdown)"},
+            ),
+            page=dict(
+                caption="../report/results-page.rst",
+                category="Results",
+                subcategory="all stages",
+                labels={"item": "results page (HTML)"},
+            ),
+            accuracy_table=dict(
+                caption="../report/accuracy-table.rst",
+                category="Coconut",
+                subcategory="all stages",
+                labels={"item": "answer accuracy table"},
+            ),
+            accuracy=dict(
+                caption="../report/accuracy.rst",
+                category="Coconut",
+                subcategory="all stages",
+                labels={"item": "answer accuracy figure"},
+            ),
+            oracle=dict(
+                caption="../report/oracle.rst",
+                category="Oracles",
+                subcategory="all stages",
+                labels={"item": "exact match by thought figure"},
+            ),
+            training=dict(
+                caption="../report/training.rst",
+                category="Training",
+                subcategory="all runs",
+                labels={"item": "training loss figure"},
+            ),
         ),
     log:
         step_log("report"),
