@@ -7,6 +7,7 @@ byte-level BPE tokenizer built in the test (the kind of tokenizer a hub GPT-2 ha
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from cocoracle.model import CHECKSUMS, MARKERS
 from cocoracle.provenance import format_record, read
 from cocoracle.steps import Layout, jobs
 from conftest import REPO, run_cli, tiny_params_dict
+from helpers_workflow import repo_copy, run, set_param
 
 CPU = torch.device("cpu")
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -373,3 +375,84 @@ def test_a_record_without_a_base_shows_none():
     shown = format_record({"base": {"name": "/data/gpt2", "revision": None, "directory": "/data/gpt2",
                                     "weights_sha256": {"model.safetensors": "ab" * 32}}})
     assert "base model: /data/gpt2 at a local directory (no revision)" in shown
+
+
+# --- both engines, for real (e2e) --------------------------------------------------------------------
+
+def _planned(dry_run: str) -> list[str]:
+    """The jobs of a `snakemake -n` output: 'rule' or 'rule[wildcards]' (sorted by name), sorted."""
+    jobs, rule = [], None
+    for line in dry_run.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if match:
+            rule = match.group(1)
+            jobs.append(rule)
+        elif rule and line.strip().startswith("wildcards:"):
+            jobs[-1] = f"{rule}[{', '.join(sorted(line.split(':', 1)[1].strip().split(', ')))}]"
+    return sorted(jobs)
+
+
+@pytest.mark.e2e
+def test_both_engines_fetch_a_hub_model_first_on_the_head_node(tmp_path):
+    """A hub id: the fetch comes before stage 0 in both DAGs. (That Snakemake runs it as a local rule a dry run
+    does not show: test_the_fetch_rule_is_a_local_rule.)"""
+    repo = repo_copy(tmp_path / "repo")
+    set_param(repo, "model", "name", HUB_ID)
+    set_param(repo, "model", "revision", SHA)
+    run(["cocoracle", "dvc-yaml"], cwd=repo)
+    dry = run(["snakemake", "-n", "--cores", "1", "models/stage-0"], cwd=repo).stdout
+    assert _planned(dry) == ["fetch_model[base=model]", "generate", "train_stage[stage=0]"]
+    stage0 = dry.split("rule train_stage:")[1].split("\n\n")[0]
+    assert "models/base/model" in stage0.split("input:")[1].split("\n")[0]
+    dag = run(["dvc", "dag", "--dot", "train_stage_0"], cwd=repo).stdout
+    assert re.search(r'"fetch_model_base" -> "train_stage_0"', dag), dag
+
+
+@pytest.mark.e2e
+def test_replacing_a_local_bases_weights_reruns_its_dependents_and_nothing_else(tmp_path):
+    """A local directory (byte-level BPE GPT-2) as model.name and as the separate oracle's base: both engines
+    declare its files, and after a finished run, new weights rerun stage 0 and everything after it up to the
+    separate oracle (which reads the base directly too), not the data."""
+    from safetensors.torch import load_file, save_file
+
+    repo = repo_copy(tmp_path / "repo")
+    base = build_bpe_gpt2(repo / "pretrained" / "bpe-gpt2")
+    weights = base / "model.safetensors"
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["name"] = params["oracle"]["separate"]["base"] = "pretrained/bpe-gpt2"
+    # smaller still than the smoke run: an untrained BPE model decodes every validation and collection problem
+    # to its token budget, which on a loaded two-core machine takes minutes at the smoke sizes
+    params["data"].update(n_train=64, n_val=16, n_test=16, n_ood=8)
+    params["train"].update(max_steps=3, val_examples=0)
+    params["activations"]["max_problems"] = 32
+    params["oracle"]["separate"]["train"].update(batch_size=8, max_steps=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["cocoracle", "dvc-yaml"], cwd=repo)
+    target, stage = "models/oracle/separate/stage-1", "train_separate_oracle_stage_1"
+    deps = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert "pretrained/bpe-gpt2/model.safetensors" in deps["train_stage_0"]["deps"]
+    assert "pretrained/bpe-gpt2/model.safetensors" in deps[stage]["deps"]
+    dry = run(["snakemake", "-n", "--cores", "1", target], cwd=repo).stdout
+    for rule in ("train_stage", "train_oracle"):
+        assert "pretrained/bpe-gpt2/model.safetensors" in dry.split(f"rule {rule}:")[1].split("output:")[0]
+
+    run(["snakemake", "--cores", "2", target], cwd=repo)
+    run(["dvc", "commit", "-f", "--with-deps", stage], cwd=repo)  # DVC records the same finished run
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1", target], cwd=repo).stdout
+    assert json.loads(run(["dvc", "status", "--json", "--with-deps", stage], cwd=repo).stdout or "{}") == {}
+    provenance = run(["cocoracle", "provenance", "models/stage-0"], cwd=repo).stdout
+    assert "base model: pretrained/bpe-gpt2 at a local directory (no revision)" in provenance
+
+    tensors = load_file(weights)
+    tensors["transformer.wte.weight"] += 0.01
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    dependents = ["collect_activations[split=train, stage=1]", "collect_activations[split=val, stage=1]",
+                  "train_oracle[kind=separate, stage=1]", "train_stage[stage=0]", "train_stage[stage=1]"]
+    assert _planned(run(["snakemake", "-n", "--cores", "1", target], cwd=repo).stdout) == dependents
+    status = json.loads(run(["dvc", "status", "--json", "--with-deps", stage], cwd=repo).stdout)
+    assert set(status) == {"train_stage_0", stage}  # the two that read the weights; the rest follow them
+    assert {"changed deps": {"pretrained/bpe-gpt2/model.safetensors": "modified"}} in status["train_stage_0"]
+    ran = re.findall(r"Running stage '(\w+)'", run(["dvc", "repro", stage], cwd=repo).stdout)
+    assert sorted(ran) == sorted(["train_stage_0", "train_stage_1", "collect_stage_1_train", "collect_stage_1_val",
+                                  stage])
