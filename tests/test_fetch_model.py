@@ -7,8 +7,10 @@ byte-level BPE tokenizer built in the test (the kind of tokenizer a hub GPT-2 ha
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import huggingface_hub
@@ -25,7 +27,7 @@ from cocoracle.fetch import ALLOW_PATTERNS, SOURCE
 from cocoracle.model import CHECKSUMS, MARKERS
 from cocoracle.provenance import format_record, read
 from cocoracle.steps import Layout, jobs
-from conftest import REPO, run_cli, tiny_params_dict
+from conftest import REPO, cocoracle_command, run_cli, tiny_params_dict
 from helpers_workflow import repo_copy, run, set_param
 
 CPU = torch.device("cpu")
@@ -126,7 +128,7 @@ class FakeHub:
     def __init__(self, source: Path, out: Path, error: Exception | None = None):
         self.source, self.out, self.error, self.calls = source, out, error, []
 
-    def __call__(self, repo_id, revision=None, local_dir=None, allow_patterns=None, **kwargs):
+    def __call__(self, repo_id, *, revision=None, local_dir=None, allow_patterns=None, **kwargs):
         import fnmatch
 
         self.calls.append({"repo_id": repo_id, "revision": revision, "local_dir": Path(local_dir),
@@ -198,6 +200,21 @@ def test_a_failed_fetch_is_one_line_and_keeps_the_previous_directory(tmp_path, m
                            f"{SHA} (An error happened") and "Traceback" not in err
     assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+
+
+def test_an_unreachable_hub_is_a_one_line_error_with_the_real_library(tmp_path):
+    """No fake here: huggingface_hub itself, offline (as a compute node is), with an empty cache."""
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(_params(name=HUB_ID, revision=SHA)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([*cocoracle_command(), "fetch-model", "--params", str(file), "--which", "model", "--out",
+                             str(tmp_path / "models/base/model")], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if "error" in line]
+    assert line.startswith(f"cocoracle fetch-model: error: model.name: cannot fetch '{HUB_ID}' at model.revision "
+                           f"{SHA} (") and "Traceback" not in result.stderr
+    assert list((tmp_path / "models" / "base").iterdir()) == []
 
 
 def test_a_snapshot_without_safetensors_is_refused(tmp_path, monkeypatch, capsys):
