@@ -143,7 +143,7 @@ def _semantic_errors(p: dict[str, Any]):
 
 def _is_model_ref(name: str) -> bool:
     """An existing local directory, or something shaped like a Hugging Face model id."""
-    return Path(name).is_dir() or (not name.startswith((".", "/", "~")) and bool(HUB_ID.match(name)))
+    return Path(name).is_dir() or is_hub_id(name)
 
 
 def is_hub_id(name: str) -> bool:
