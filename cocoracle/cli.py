@@ -21,7 +21,8 @@ from cocoracle.engine_lock import check_free
 
 # the commands the pipeline's steps run (cocoracle/steps.py): they refuse while another engine's run holds the
 # workspace (cocoracle/engine_lock.py)
-STEP_COMMANDS = {"generate", "train", "evaluate", "collect", "probe", "train-oracle", "evaluate-oracle", "report"}
+STEP_COMMANDS = {"generate", "fetch-model", "train", "evaluate", "collect", "probe", "train-oracle", "evaluate-oracle",
+                 "report"}
 
 
 def _setup_logging(log_file: str | None) -> None:
@@ -50,11 +51,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     write_splits(load_params(args.params)["data"], args.out)
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> None:
+    from cocoracle.fetch import fetch_base
+    fetch_base(load_params(args.params), args.which, args.out)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     from cocoracle.model import pick_device
     from cocoracle.train import train_stage
-    train_stage(params, args.stage, args.data, args.init, args.out, args.live, pick_device(args.device))
+    train_stage(params, args.stage, args.data, args.init, args.out, args.live, pick_device(args.device),
+                base=args.base)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -176,8 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-params", cmd_check_params, "validate a parameter file and exit", params)
     p = command("generate", cmd_generate, "write the addition problems as <split>.parquet", params)
     p.add_argument("--out", default="data", help="output directory")
+    p = command("fetch-model", cmd_fetch_model, "download a Hugging Face base model at its pinned revision", params)
+    p.add_argument("--which", required=True, choices=["model", "oracle"],
+                   help="model: model.name at model.revision; oracle: oracle.separate.base at its revision")
+    _paths(p, out="directory to write (config, safetensors weights, tokenizer)")
     p = command("train", cmd_train, "train one Coconut curriculum stage", params, device, data, stage)
     p.add_argument("--init", help="checkpoint to start from (the previous stage's; not for stage 0)")
+    p.add_argument("--base", help="stage 0: directory holding model.name's weights (the fetched or local model)")
     _paths(p, out="checkpoint directory to write", live="dvclive directory for the training curves")
     p = command("evaluate", cmd_evaluate, "answer accuracy of one stage's checkpoint", params, device, data, stage)
     _paths(p, checkpoint="checkpoint directory", metrics="metrics JSON to write",

@@ -55,6 +55,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         return f"must be a mapping with the sections {', '.join(error.schema['required'])}, got {got}"
     if error.validator == "oneOf" and "description" in error.schema:
         return f"{error.instance!r} is not allowed: {error.schema['description']}"
+    if error.validator == "pattern" and error.parent is not None and "description" in error.parent.schema:
+        return f"{error.instance!r} is not allowed: {error.parent.schema['description']}"  # a oneOf's string form
     if error.validator == "additionalProperties":
         return f"unknown key (allowed: {', '.join(error.schema['properties'])})"
     return error.message.splitlines()[0]
@@ -119,10 +121,14 @@ def _semantic_errors(p: dict[str, Any]):
             yield from _depth_errors(p, tiny["n_layer"])
     elif not _is_model_ref(name):
         yield "model.name", f"'{name}' is not 'tiny', an existing local directory, or a Hugging Face model id"
-    base = p["oracle"]["separate"]["base"]
+    yield from _revision_errors(name, model.get("revision"), "model.name", "model.revision", "tiny")
+    separate = p["oracle"]["separate"]
+    base = separate["base"]
     if base != "stage-0" and not _is_model_ref(base):
         yield "oracle.separate.base", (f"'{base}' is not 'stage-0', an existing local directory, "
                                        "or a Hugging Face model id")
+    yield from _revision_errors(base, separate.get("revision"), "oracle.separate.base", "oracle.separate.revision",
+                                "stage-0")
     stages = p["oracle"]["stages"]
     if stages != "all" and max(stages) > coconut["num_stages"]:
         yield "oracle.stages", f"latent stages are 1..coconut.num_stages ({coconut['num_stages']}), got {max(stages)}"
@@ -137,7 +143,23 @@ def _semantic_errors(p: dict[str, Any]):
 
 def _is_model_ref(name: str) -> bool:
     """An existing local directory, or something shaped like a Hugging Face model id."""
-    return Path(name).is_dir() or (not name.startswith((".", "/", "~")) and bool(HUB_ID.match(name)))
+    return Path(name).is_dir() or is_hub_id(name)
+
+
+def is_hub_id(name: str) -> bool:
+    """A Hugging Face model id (to fetch at a pinned revision), not an existing local directory nor a path."""
+    return not Path(name).is_dir() and not name.startswith((".", "/", "~")) and bool(HUB_ID.match(name))
+
+
+def _revision_errors(name: str, revision: str | None, name_key: str, key: str, own: str) -> Iterator[tuple[str, str]]:
+    """A hub id needs its commit pinned (the schema checks the sha's form); anything else takes no revision."""
+    if is_hub_id(name) and name != own:
+        if revision is None:
+            yield key, (f"required: {name_key} '{name}' is no local directory, so it is fetched from the Hugging Face "
+                        "Hub and must be pinned to a 40-character commit sha")
+    elif revision is not None:
+        what = f"'{own}'" if name == own else "a local directory"
+        yield key, f"only for a Hugging Face model id, and {name_key} is {what}: set it to null"
 
 
 def _hidden_state(spec: int | float, n_layer: int) -> int:

@@ -83,29 +83,38 @@ def _tiny_model(tiny: dict[str, int], tokenizer: PreTrainedTokenizerBase) -> Pre
     return GPT2LMHeadModel(config)
 
 
-def pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def pretrained(name: str | Path, revision: str | None = None, key: str = "model.name"
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A Hugging Face causal LM and its tokenizer with our tokens added: from a directory (offline, as the
+    pipeline's steps load a fetched or local model), else from the Hub at `revision`."""
+    local = Path(name).is_dir()
+    where = {"local_files_only": True} if local else {"revision": revision}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, **where)
+        model = AutoModelForCausalLM.from_pretrained(name, **where)
     except (OSError, ValueError) as exc:
-        raise InputError(f"model.name: cannot load '{name}' ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{key}: cannot load '{name}' ({str(exc).splitlines()[0]})") from None
     tokenizer.add_special_tokens({"additional_special_tokens": MARKERS})
     if tokenizer.eos_token is None:
-        raise InputError(f"model.name: '{name}' has no end-of-sequence token")
+        raise InputError(f"{key}: '{name}' has no end-of-sequence token")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.resize_token_embeddings(len(tokenizer))
     return model, tokenizer
 
 
-def initial_model(model_params: dict[str, Any], train_rows: list[dict[str, Any]]
+def initial_model(model_params: dict[str, Any], train_rows: list[dict[str, Any]], base: str | Path | None = None
                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The stage-0 starting point: tiny GPT-2 from scratch, or a pretrained model with our tokens."""
+    """The stage-0 starting point: tiny GPT-2 from scratch, or a pretrained model with our tokens, loaded from
+    `base` (the directory the pipeline fetched model.name into, or model.name's own local directory) when given,
+    else from model.name (at model.revision when a hub id)."""
     torch.manual_seed(model_params["seed"])
     if model_params["name"] == "tiny":
         tokenizer = build_tiny_tokenizer(corpus_texts(train_rows))
         return _tiny_model(model_params["tiny"], tokenizer), tokenizer
-    return pretrained(model_params["name"])
+    if base is not None and not Path(base).is_dir():
+        raise InputError(f"{base}: no such model directory (--base: the fetched or local model.name)")
+    return pretrained(base if base is not None else model_params["name"], model_params.get("revision"))
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
@@ -224,10 +233,11 @@ def _check_vocabulary(path: Path, model: PreTrainedModel, tokenizer: PreTrainedT
                          "(tokenizer and model.safetensors of different checkpoints)")
 
 
-def load_base(name: str | Path, device: torch.device, dtype: torch.dtype
+def load_base(name: str | Path, device: torch.device, dtype: torch.dtype, revision: str | None = None
               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A checkpoint of ours (a directory with params.json) or any Hugging Face id / directory, with our tokens."""
+    """A checkpoint of ours (a directory with params.json) or any Hugging Face directory, or id at `revision`,
+    with our tokens."""
     if (Path(name) / "params.json").is_file():
         return load_checkpoint(name, device, dtype)
-    model, tokenizer = pretrained(str(name))
+    model, tokenizer = pretrained(str(name), revision, key="oracle.separate.base")
     return model.to(device=device, dtype=dtype), tokenizer

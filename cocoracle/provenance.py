@@ -1,7 +1,8 @@
 """What made an output: the code's git revision (and whether the tree had uncommitted changes), the package and
 library versions, the number of threads torch computed with (one seed gives the same bits on the same number of
 threads, not across numbers: docs/reliability.md), a hash of the params the step read and the hashes of its
-inputs. Checkpoints and oracle directories keep it in provenance.json, caches in their manifest, metrics files
+inputs; for an output trained from a pretrained base, which model and revision that was and its weights' hashes.
+Checkpoints and oracle directories keep it in provenance.json, caches in their manifest, metrics files
 under a `provenance` key; `cocoracle provenance PATH` prints it. Nothing in it depends on the time or the
 directory, so two runs of the same commit and params on the same number of threads write the same bytes."""
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cocoracle.atomic import sha256
 from cocoracle.config import InputError
 
 FILE = "provenance.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")  # a base model's weights files, hashed one by one in its record
 LIBRARIES = ("cocoracle", "torch", "transformers", "peft", "safetensors", "scikit-learn")
 
 
@@ -51,10 +53,21 @@ def input_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def describe(params: dict[str, Any], inputs: Iterable[str | Path]) -> dict[str, Any]:
-    """The provenance record of an output made from `params` (the sections its step read) and `inputs`."""
+def base_record(name: str, revision: str | None, directory: str | Path) -> dict[str, Any]:
+    """The pretrained base an output started from: its params name (a hub id or directory), the hub revision
+    (None for a local directory) and the sha256 of each weights file in `directory`, where it was loaded from."""
+    directory = Path(directory)
+    weights = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return {"name": name, "revision": revision, "directory": str(directory),
+            "weights_sha256": {p.relative_to(directory).as_posix(): sha256(p) for p in weights}}
+
+
+def describe(params: dict[str, Any], inputs: Iterable[str | Path], base: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """The provenance record of an output made from `params` (the sections its step read) and `inputs`, and
+    from the pretrained `base` (a base_record) where it started from one."""
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
+    record = {
         "git_revision": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "versions": {name: _version(name) for name in LIBRARIES},
@@ -62,6 +75,9 @@ def describe(params: dict[str, Any], inputs: Iterable[str | Path]) -> dict[str, 
         "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
         "inputs": {str(path): input_hash(path) for path in inputs},
     }
+    if base is not None:
+        record["base"] = base
+    return record
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -91,4 +107,9 @@ def format_record(record: dict[str, Any]) -> str:
              f"torch threads: {record.get('torch_threads')}", f"params sha256: {record.get('params_sha256')}",
              "inputs:"]
     lines += [f"  {name}  {digest}" for name, digest in record.get("inputs", {}).items()]
+    base = record.get("base")
+    if base:
+        revision = f"revision {base['revision']}" if base.get("revision") else "a local directory (no revision)"
+        lines += [f"base model: {base['name']} at {revision}, loaded from {base['directory']}"]
+        lines += [f"  {name}  {digest}" for name, digest in base.get("weights_sha256", {}).items()]
     return "\n".join(lines)

@@ -6,7 +6,7 @@ captions), and `cocoracle dvc-yaml` writes dvc.yaml's stages from it (cocoracle/
 code dependencies are not listed here: they are the import closure of its command (cocoracle/codedeps.py).
 
 Paths are patterns: `{data}`, `{models}`, `{results}`, `{logs}` come from config.yaml, and a step's
-wildcards (`{stage}`, `{split}`, `{kind}`) from the job. Adding a step is one `@step` function here and
+wildcards (`{stage}`, `{split}`, `{kind}`, `{base}`) from the job. Adding a step is one `@step` function here and
 one rule stanza for its resources; adding a flag is an edit of its function.
 """
 from __future__ import annotations
@@ -18,12 +18,13 @@ from string import Formatter
 from typing import Any
 
 from cocoracle.codedeps import code_files
-from cocoracle.config import ORACLE_KINDS, SPLITS, InputError, oracle_stages
+from cocoracle.config import ORACLE_KINDS, SPLITS, InputError, is_hub_id, oracle_stages
 
 CACHE_SPLITS = ("train", "val", "test")  # the splits whose activations are collected
 REPORT_PLOTS = ("accuracy", "oracle", "training")
 ORACLE_SHARED_KEYS = ["oracle.seed", "oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
-WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"stage": int, "split": str, "kind": str}
+WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"stage": int, "split": str, "kind": str, "base": str}
+FETCHED = "{models}/base/{base}"  # a hub model fetched at its revision: base 'model' (model.name) or 'oracle'
 # config.yaml's keys and their types (workflow/schemas/config.schema.yaml): paths, and processes per training stage
 CONFIG_KEYS: dict[str, type] = {"params_file": str, "data_dir": str, "models_dir": str, "results_dir": str,
                                 "logs_dir": str, "benchmarks_dir": str, "train_processes": int}
@@ -93,10 +94,46 @@ class Layout:
         return oracle_stages(self.params)
 
     @property
+    def model_base(self) -> str | None:
+        """The directory stage 0 starts from: model.name's fetched copy (a hub id) or its own local directory;
+        None for the tiny model trained from scratch."""
+        name = self.params["model"]["name"]
+        if name == "tiny":
+            return None
+        return self.fill(FETCHED, {"base": "model"}) if is_hub_id(name) else name
+
+    @property
     def separate_base(self) -> str:
-        """The separate oracle's base model: the stage-0 checkpoint, or a Hugging Face id / directory."""
-        base = self.params["oracle"]["separate"]["base"]
-        return f"{self.models}/stage-0" if base == "stage-0" else base
+        """The separate oracle's base model directory: the stage-0 checkpoint, the fetched copy of a hub id (the
+        stage-0 base's when it is the same model and revision), or a local directory."""
+        separate, model = self.params["oracle"]["separate"], self.params["model"]
+        base = separate["base"]
+        if base == "stage-0":
+            return f"{self.models}/stage-0"
+        if not is_hub_id(base):
+            return base
+        shared = (base, separate.get("revision")) == (model["name"], model.get("revision"))
+        return self.fill(FETCHED, {"base": "model" if shared else "oracle"})
+
+    @property
+    def fetched(self) -> list[dict[str, str]]:
+        """The fetch jobs these params need: {'base': 'model'} and/or {'base': 'oracle'}."""
+        wanted = [self.model_base] + ([self.separate_base] if self.oracle_stages else [])
+        return [{"base": which} for which in ("model", "oracle")
+                if self.fill(FETCHED, {"base": which}) in wanted]
+
+    def base_inputs(self, directory: str) -> list[str]:
+        """What a step starting from a base directory declares: a fetched directory or a checkpoint (another
+        step's output) as itself; a local directory of the user's as its files, so that replacing a weights
+        file in it reruns the step under both engines (Snakemake dates a directory by its own mtime, which
+        rewriting a file inside it does not change)."""
+        if directory in (f"{self.models}/stage-0", *(self.fill(FETCHED, {"base": b}) for b in ("model", "oracle"))):
+            return [directory]
+        path = Path(directory)
+        if not path.is_dir():
+            raise InputError(f"{directory}: model directory not found")
+        return sorted(str(file) for file in path.rglob("*") if file.is_file()
+                      and not any(part.startswith(".") for part in file.relative_to(path).parts))
 
     def fill(self, pattern: str, wildcards: dict[str, Any] | None = None) -> str:
         """The pattern with the layout's directories filled in, and the wildcards given (others kept)."""
@@ -196,18 +233,29 @@ def generate(layout: Layout, out: Paths) -> Job:
     return Job(f"--params {layout.params_file} --out {layout.data}", inputs={}, params=["data"])
 
 
+@step("fetch_model", "fetch-model", outputs={"model": Out(FETCHED, directory=True)}, log="{logs}/fetch/{base}.log",
+      dvc_stage="fetch_{base}_base", instances=lambda layout: layout.fetched)
+def fetch_model(layout: Layout, out: Paths, base: str) -> Job:
+    """Download a hub model at its pinned revision (the pipeline's only network step: a local rule on SLURM)."""
+    keys = ["model.name", "model.revision"] if base == "model" else ["oracle.separate.base", "oracle.separate.revision"]
+    return Job(f"--params {layout.params_file} --which {base} --out {out.model}", inputs={}, params=keys)
+
+
 @step("train_stage", "train", log="{logs}/train/stage-{stage}.log", dvc_stage="train_stage_{stage}",
       outputs={"checkpoint": Out("{models}/stage-{stage}", directory=True),
                "live": Out("{results}/train/stage-{stage}", kind="curves", directory=True)},
       instances=lambda layout: [{"stage": k} for k in layout.stages])
 def train_stage(layout: Layout, out: Paths, stage: int) -> Job:
-    """Train one curriculum stage, from the previous stage's checkpoint."""
+    """Train one curriculum stage, from the previous stage's checkpoint (stage 0: from the pretrained base, if any)."""
     init = [f"{layout.models}/stage-{stage - 1}"] if stage else []
+    base = [layout.model_base] if stage == 0 and layout.model_base else []
     processes = layout.train_processes
     return Job(f"--params {layout.params_file} --stage {stage} --data {layout.data}"
-               + "".join(f" --init {path}" for path in init) + f" --out {out.checkpoint} --live {out.live}",
+               + "".join(f" --init {path}" for path in init) + "".join(f" --base {path}" for path in base)
+               + f" --out {out.checkpoint} --live {out.live}",
                # trains on train, validates on val, and checks that every split fits the position table
-               inputs={"data": [f"{layout.data}/{split}.parquet" for split in SPLITS], "init": init},
+               inputs={"data": [f"{layout.data}/{split}.parquet" for split in SPLITS], "init": init,
+                       "base": [file for path in base for file in layout.base_inputs(path)]},
                params=["model", "coconut", "train"],
                launcher=f"torchrun --standalone --nproc-per-node {processes} --no-python -- " if processes > 1 else "")
 
@@ -267,8 +315,7 @@ def train_oracle(layout: Layout, out: Paths, kind: str, stage: int) -> Job:
     return Job(f"--params {layout.params_file} --kind {kind} --stage {stage} --checkpoint {checkpoint}{base_flag}"
                f" --train {caches['train']} --val {caches['val']} --data {layout.data}"
                f" --out {out.oracle} --live {out.live}",
-               inputs={"checkpoint": checkpoint,
-                       "base": [base] if kind == "separate" and base == f"{layout.models}/stage-0" else [],
+               inputs={"checkpoint": checkpoint, "base": layout.base_inputs(base) if kind == "separate" else [],
                        "train": caches["train"], "val": caches["val"], "data": f"{layout.data}/train.parquet"},
                params=oracle_train_keys(kind))
 

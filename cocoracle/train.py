@@ -37,7 +37,7 @@ from cocoracle.loop import (
 )
 from cocoracle.model import initial_model, load_checkpoint, pick_dtype, save_checkpoint
 from cocoracle.precision import autocast, maybe_compile
-from cocoracle.provenance import describe
+from cocoracle.provenance import base_record, describe
 from cocoracle.resume import Saver, fingerprint
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,10 @@ class CoconutObjective(torch.nn.Module):
 
 
 def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: str | Path | None,
-                out_dir: str | Path, live_dir: str | Path, device: torch.device) -> None:
-    """Train stage `stage` from `init` (stage 0: a fresh model) and save the checkpoint to out_dir.
+                out_dir: str | Path, live_dir: str | Path, device: torch.device, base: str | Path | None = None
+                ) -> None:
+    """Train stage `stage` from `init` (stage 0: a fresh model, or model.name's weights from the directory
+    `base`, the fetched or local model) and save the checkpoint to out_dir.
 
     Under torchrun every process takes an equal share of each global batch (`train.batch_size`) and
     DDP averages the gradients; the loss is normalised by the global batch's tokens, so the updates
@@ -100,21 +102,23 @@ def train_stage(params: dict[str, Any], stage: int, data_dir: str | Path, init: 
         raise InputError(f"--stage {stage}: must be within 0..coconut.num_stages ({coconut['num_stages']})")
     if stage > 0 and init is None:
         raise InputError(f"--init: stage {stage} starts from the previous stage's checkpoint")
+    if base is not None and (stage > 0 or params["model"]["name"] == "tiny"):
+        raise InputError("--base: only stage 0 of a pretrained model.name starts from a base directory")
     with data_parallel(device) as dp:
         if train["batch_size"] % dp.world:
             raise InputError(f"train.batch_size: {train['batch_size']} is not divisible by the {dp.world} "
                              "training processes")
-        _train(params, stage, data_dir, init, out_dir, live_dir, dp)
+        _train(params, stage, data_dir, init, out_dir, live_dir, dp, base)
 
 
 def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str | Path | None,
-           out_dir: str | Path, live_dir: str | Path, dp: DataParallel) -> None:
+           out_dir: str | Path, live_dir: str | Path, dp: DataParallel, base: str | Path | None) -> None:
     train, coconut, device = params["train"], params["coconut"], dp.device
     splits = {split: load_split(data_dir, split) for split in SPLITS}
     rows, val_rows = splits["train"], splits["val"][: train["val_examples"]]
     dtype = pick_dtype(params["model"]["dtype"], device)
     if stage == 0:
-        model, tokenizer = initial_model(params["model"], rows)
+        model, tokenizer = initial_model(params["model"], rows, base)
         model = model.to(device=device, dtype=dtype)
     else:
         model, tokenizer = load_checkpoint(init, device, dtype, expect=params["model"])
@@ -135,7 +139,8 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                                             broadcast_buffers=False)
     precision = params["model"]["precision"]
 
-    inputs = [Path(data_dir) / f"{split}.parquet" for split in SPLITS] + ([Path(init)] if init else [])
+    inputs = ([Path(data_dir) / f"{split}.parquet" for split in SPLITS] + ([Path(init)] if init else [])
+              + ([Path(base)] if base else []))
     saver = Saver(out_dir, live_dir, fingerprint({**params, "stage": stage}, inputs, code_files("train")),
                   params.get("resume", {}), dp)
     start = saver.restore(model, optimizer, scheduler)
@@ -189,6 +194,7 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
                 saver.stop_if_asked(step + 1, model, optimizer, scheduler)
     if dp.main:
         read = {key: params[key] for key in ("model", "coconut", "train")}
+        origin = base_record(params["model"]["name"], params["model"].get("revision"), base) if base else None
         save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage},
-                        describe({**read, "stage": stage}, inputs))
+                        describe({**read, "stage": stage}, inputs, base=origin))
     saver.clear()

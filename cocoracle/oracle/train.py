@@ -48,7 +48,7 @@ from cocoracle.oracle.metrics import score
 from cocoracle.oracle.questions import ACT, vocabulary_texts
 from cocoracle.precision import autocast, precision_of
 from cocoracle.provenance import FILE as PROVENANCE_FILE
-from cocoracle.provenance import describe
+from cocoracle.provenance import base_record, describe
 from cocoracle.resume import Saver, fingerprint
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def build_oracle(kind: str, params: dict[str, Any], stage: int, checkpoint: str 
     if kind == "separate":
         if base is None:
             raise InputError("--base: the separate oracle needs a base model (oracle.separate.base)")
-        model, tokenizer = load_base(base, device, dtype)
+        model, tokenizer = load_base(base, device, dtype, settings.get("revision"))  # a directory in the pipeline
         finetune, base_name = "lora", str(base)
     else:
         model, tokenizer = load_checkpoint(checkpoint, device, dtype)
@@ -403,6 +403,9 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     best.restore(model)
     log.info("%s oracle stage %d: keeping the weights of step %d/%d (best val exact match %.3f)", kind, stage,
              best.step, steps, best.exact_match)
+    origin = None
+    if kind == "separate" and base is not None and Path(base).is_dir():
+        origin = base_record(settings["base"], settings.get("revision"), base)
     save_oracle(model, tokenizer, spec, checkpoint, out_dir, best.record(steps),
-                describe({"oracle": oracle, "kind": kind, "stage": stage}, inputs))
+                describe({"oracle": oracle, "kind": kind, "stage": stage}, inputs, base=origin))
     saver.clear()

@@ -39,6 +39,7 @@ wildcard_constraints:
     stage=r"\d+",
     split=r"train|val|test|ood",
     kind=r"separate|self",
+    base=r"model|oracle",
 
 
 # Each rule's input, output, params and shell come from its step in cocoracle/steps.py; the rule adds
