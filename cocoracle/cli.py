@@ -98,8 +98,9 @@ def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
 
 def cmd_ask(args: argparse.Namespace) -> None:
     from cocoracle.model import pick_device
-    from cocoracle.oracle.ask import ask_problem
-    print(ask_problem(args.problem, args.checkpoint, args.oracle, args.task, pick_device(args.device)))
+    from cocoracle.oracle.ask import ask_paths, ask_problem
+    checkpoint, oracle = ask_paths(args.checkpoint, args.oracle, args.config, args.params, args.stage, args.kind)
+    print(ask_problem(args.problem, checkpoint, oracle, args.task, pick_device(args.device)))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -123,6 +124,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _Version(argparse.Action):
+    """--version: the installed package's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the installed cocoracle version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            found = version("cocoracle")
+        except PackageNotFoundError:
+            found = "(not installed: pip install --no-deps -e .)"
+        print(f"cocoracle {found}")
+        parser.exit()
 
 
 def _stage(text: str) -> int:
@@ -159,6 +177,7 @@ def _paths(parser: argparse.ArgumentParser, **helps: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cocoracle", description=__doc__)
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     log = _parent("--log", help="also write the log to this file")
     params = _parent("--params", default="params.yaml", help="parameter file (default: params.yaml)")
@@ -207,8 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
            metrics="JSON summary to write", predictions="per-item answers parquet to write")
     p = command("ask", cmd_ask, "solve a new problem and ask the oracle what each latent thought computed", device)
     p.add_argument("problem", help='a sum such as "347 + 285"')
-    p.add_argument("--checkpoint", default="models/stage-3", help="Coconut checkpoint (default: models/stage-3)")
-    p.add_argument("--oracle", default="models/oracle/self/stage-3", help="oracle directory (default: the self-oracle)")
+    p.add_argument("--config", default="config.yaml", help="wiring file: where the models are (default: config.yaml)")
+    p.add_argument("--params", help="parameter file the defaults follow (default: config.yaml's params_file)")
+    p.add_argument("--stage", type=_stage, help="the stage whose checkpoint and oracle are the defaults (default: the "
+                   "last stage with oracles, the last of oracle.stages: coconut.num_stages unless left out)")
+    p.add_argument("--kind", choices=ORACLE_KINDS, default="self", help="the default oracle (default: self)")
+    p.add_argument("--checkpoint", help="Coconut checkpoint (default: the stage's, e.g. models/stage-3)")
+    p.add_argument("--oracle", help="oracle directory (default: the stage's oracle of --kind, e.g. "
+                   "models/oracle/self/stage-3)")
     p.add_argument("--task", default="step", choices=THOUGHT_TASKS, help="question asked per thought")
     p = command("report", cmd_report, "results/report.md and its plots from the pipeline's outputs")
     for name, help in [("eval", "evaluation metrics JSON per stage"), ("probes", "probe summary JSON per stage"),
@@ -231,6 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; quietly (exit 1, no traceback) if its stdout's reader goes away, as in
+    `cocoracle provenance … | head -1` (the Python docs' recipe: stdout onto devnull, so that the flush at exit
+    does not fail again)."""
+    try:
+        try:
+            code = _run(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors print, then exit
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log)
     start = time.perf_counter()
@@ -241,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"cocoracle {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # not the command's failure: main's
+        raise
     except Exception:
         if args.log:  # keep the traceback in the declared log file too
             logging.getLogger("cocoracle").exception("cocoracle %s failed", args.command)
