@@ -13,6 +13,7 @@ import re
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,8 +25,35 @@ from cocoracle.engine_lock import check_free
 STEP_COMMANDS = {"generate", "train", "evaluate", "collect", "probe", "train-oracle", "evaluate-oracle", "report"}
 
 
+# Third-party chatter kept out of the step logs (what a step writes to stderr is the log of a SLURM job or of
+# `dvc repro`, and under CI transformers' logger reaches the --log file): transformers' progress bars (weights
+# loaded and saved) and the Hub's, which transformers follows, and transformers' warnings below errors. Set as
+# environment variables, which the libraries read when first imported (after this; no handler is run before),
+# so that cli.py imports none of them; a value the user set wins. The project's own bars are plain tqdm, on.
+QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+# the libraries' warnings every oracle training prints, about their own internals and nothing to act on:
+# (category, message start, module)
+QUIET_WARNINGS = [
+    (UserWarning, "fan_in_fan_out is set to False but the target module is `Conv1D`", r"peft\."),  # GPT-2's LoRA
+    (UserWarning, "Setting `save_embedding_layers` to `True`", r"peft\."),  # the oracle's added token rows
+    (FutureWarning, "`is_gradient_checkpointing` is deprecated", r"transformers\."),  # called by peft
+]
+
+
+def _quiet_libraries() -> None:
+    """QUIET_ENVIRONMENT and QUIET_WARNINGS, unless the user chose warnings (python -W, PYTHONWARNINGS)."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if not sys.warnoptions:
+        for category, message, module in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", re.escape(message), category, module)
+
+
 def _setup_logging(log_file: str | None) -> None:
-    """Log to stderr, and to log_file from the first process (the only one without torchrun)."""
+    """Log to stderr, and to log_file from the first process (the only one without torchrun); third-party
+    progress bars and warnings off (_quiet_libraries)."""
+    _quiet_libraries()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file and int(os.environ.get("RANK", "0")) == 0:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)

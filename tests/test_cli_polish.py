@@ -115,3 +115,36 @@ def test_a_closed_stdout_gives_no_traceback(tmp_path, args):
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (1, "")
+
+
+# what an oracle training printed before (a smoke run's step logs): transformers' weight-loading bar, peft's and
+# transformers' warnings about their own internals
+NOISE = ["Loading weights", "Writing model shards", "it/s]Loading", "Warning:", "warnings.warn", "fan_in_fan_out",
+         "save_embedding_layers", "is_gradient_checkpointing", "[transformers]"]
+
+
+def test_a_step_log_holds_no_third_party_progress_bars_or_warnings(tmp_path, mixed_rows, data_dir):
+    """A real separate-oracle training (LoRA over a checkpoint, a few steps): its stderr (a SLURM job's or `dvc
+    repro`'s log) and its --log file have no transformers or peft bars or warnings; its own bar is still there."""
+    from synthetic import synthetic_cache
+
+    params = tiny_params_dict()
+    params["oracle"].update({"tasks": ["digit"], "source_layer": 1, "inject_layers": None})
+    params["oracle"]["separate"]["train"].update({"max_steps": 2, "warmup_steps": 1})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    model, tokenizer = make_tiny_model(mixed_rows, dtype=torch.float32)
+    save_checkpoint(model, tokenizer, tmp_path / "stage-1", {**params, "stage": 1})
+    for split, n, seed in [("train", 100, 0), ("val", 20, 1)]:
+        synthetic_cache(tmp_path / split, n, True, seed, d=32, layer="layer_1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSFORMERS_", "HF_", "PYTHONWARNINGS"))}
+    done = subprocess.run(
+        [*cocoracle_command(), "train-oracle", "--params", "params.yaml", "--kind", "separate", "--stage", "1",
+         "--checkpoint", "stage-1", "--base", "stage-1", "--train", "train", "--val", "val", "--data", str(data_dir),
+         "--out", "oracle", "--live", "live", "--device", "cpu", "--log", "train.log"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**env, "CI": "1"})  # CI: transformers'
+    assert done.returncode == 0, done.stderr  # logger then propagates to the log file too
+    log = (tmp_path / "train.log").read_text()
+    assert "train-oracle done in" in log
+    assert "separate oracle stage 1: 100%" in done.stderr  # the project's own bar, on the terminal
+    for text in (done.stderr, log):
+        assert not [noise for noise in NOISE if noise in text], text
