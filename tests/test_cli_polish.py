@@ -69,8 +69,9 @@ def test_ask_without_paths_reads_the_last_stages_checkpoint_with_its_oracle(tmp_
     monkeypatch.chdir(tmp_path)
     assert main(["ask", "12 + 34", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("12 + 34: the model wrote no answer (no number after '###' in "), out
-    assert "true 46) after 2 latent thoughts (stage 2)\n" in out, out
+    assert out.startswith("12 + 34: the model wrote no answer ('"), out
+    assert "', where an answer is '###' then a number of at most 18 digits; true 46) after 2 latent thoughts " \
+        "(stage 2)\n" in out, out
     assert "oracle models/oracle/self/stage-2 (layer" in out, out
     shutil.rmtree(oracle_dir)
     assert main(["ask", "12 + 34", "--device", "cpu"]) == 2
@@ -82,7 +83,8 @@ def test_the_answer_line_says_what_the_model_answered():
     assert answer_line(12, 34, " 2 + 4 = 6 ### 46", 46) == "12 + 34: model answers 46 (correct)"
     assert answer_line(12, 34, " ### 47", 47) == "12 + 34: model answers 47 (wrong, true 46)"
     assert answer_line(12, 34, " 2 + 4 = 6\n1 + 3", None) == (
-        "12 + 34: the model wrote no answer (no number after '###' in '2 + 4 = 6 1 + 3'; true 46)")
+        "12 + 34: the model wrote no answer ('2 + 4 = 6 1 + 3', where an answer is '###' then a number of at most "
+        "18 digits; true 46)")
     long = answer_line(12, 34, "9 " * 100, None)
     assert "'" + "9 " * 28 + "9...'" in long and "None" not in long
 

@@ -84,8 +84,8 @@ def answer_line(a: int, b: int, text: str, predicted: int | None) -> str:
     if predicted is None:
         wrote = " ".join(text.split())
         wrote = wrote if len(wrote) <= 60 else wrote[:57] + "..."
-        return (f"{a} + {b}: the model wrote no answer (no number after '{ANSWER_MARK.strip()}' in {wrote!r}; "
-                f"true {a + b})")
+        return (f"{a} + {b}: the model wrote no answer ({wrote!r}, where an answer is '{ANSWER_MARK.strip()}' then "
+                f"a number of at most 18 digits; true {a + b})")
     verdict = "correct" if predicted == a + b else f"wrong, true {a + b}"
     return f"{a} + {b}: model answers {predicted} ({verdict})"
 
@@ -103,7 +103,8 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
                                    with_targets=False, **layout_options(coconut)).to(device)
     ids, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, NO_TOKEN_LIMIT)
     text = tokenizer.decode(ids[0])
-    lines = [f"{answer_line(a, b, text, parse_answer(text))} after {batch.n_thoughts} latent thoughts (stage {stage})"]
+    thoughts = f"{batch.n_thoughts} latent thought{'' if batch.n_thoughts == 1 else 's'}"
+    lines = [f"{answer_line(a, b, text, parse_answer(text))} after {thoughts} (stage {stage})"]
     oracle, oracle_tokenizer, spec = load_oracle(oracle_dir, device)
     stands_for = thought_steps(stage, coconut["num_stages"], coconut["thoughts_per_step"], len(steps),
                                layout_options(coconut)["order"])
