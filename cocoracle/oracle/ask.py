@@ -70,13 +70,15 @@ def ask_paths(checkpoint: str | None, oracle: str | None, config_file: str | Pat
               stage: int | None, kind: str) -> tuple[str, str]:
     """The checkpoint and oracle given, the pipeline's (default_paths) for those not given; a one-line error
     when a default one has not been made yet."""
-    if checkpoint is not None and oracle is not None:
+    given = {"--checkpoint": checkpoint, "--oracle": oracle}
+    if None not in given.values():
         return checkpoint, oracle
-    defaults = default_paths(config_file, params_file, stage, kind)
-    for flag, default in zip(("--checkpoint", "--oracle"), defaults, strict=True):
-        if (checkpoint if flag == "--checkpoint" else oracle) is None and not Path(default).is_dir():
+    paths = []
+    for (flag, path), default in zip(given.items(), default_paths(config_file, params_file, stage, kind), strict=True):
+        if path is None and not Path(default).is_dir():
             raise InputError(f"{default}: not made yet (run the pipeline: snakemake --cores all), or pass {flag}")
-    return checkpoint or defaults[0], oracle or defaults[1]
+        paths.append(default if path is None else path)
+    return paths[0], paths[1]
 
 
 def answer_line(a: int, b: int, text: str, predicted: int | None) -> str:
@@ -103,8 +105,9 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
                                    with_targets=False, **layout_options(coconut)).to(device)
     ids, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, NO_TOKEN_LIMIT)
     text = tokenizer.decode(ids[0])
-    thoughts = f"{batch.n_thoughts} latent thought{'' if batch.n_thoughts == 1 else 's'}"
-    lines = [f"{answer_line(a, b, text, parse_answer(text))} after {thoughts} (stage {stage})"]
+    plural = "" if batch.n_thoughts == 1 else "s"
+    lines = [f"{answer_line(a, b, text, parse_answer(text))} after {batch.n_thoughts} latent thought{plural} "
+             f"(stage {stage})"]
     oracle, oracle_tokenizer, spec = load_oracle(oracle_dir, device)
     stands_for = thought_steps(stage, coconut["num_stages"], coconut["thoughts_per_step"], len(steps),
                                layout_options(coconut)["order"])
