@@ -1,4 +1,5 @@
-"""The CLI around the steps: --version, `ask`'s defaults and its no-answer sentence, a closed stdout."""
+"""The CLI around the steps: --version, `ask`'s defaults and its no-answer sentence, a closed stdout, and step
+logs free of third-party progress bars and warnings."""
 from __future__ import annotations
 
 import json
