@@ -13,6 +13,7 @@ import re
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,8 +26,35 @@ STEP_COMMANDS = {"generate", "fetch-model", "train", "evaluate", "collect", "pro
                  "report"}
 
 
+# Third-party chatter kept out of the step logs (what a step writes to stderr is the log of a SLURM job or of
+# `dvc repro`, and under CI transformers' logger reaches the --log file): transformers' progress bars (weights
+# loaded and saved) and the Hub's, which transformers follows, and transformers' warnings below errors. Set as
+# environment variables, which the libraries read when first imported (after this; no handler is run before),
+# so that cli.py imports none of them; a value the user set wins. The project's own bars are plain tqdm, on.
+QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+# the libraries' warnings every oracle training prints, about their own internals and nothing to act on:
+# (category, message start, module)
+QUIET_WARNINGS = [
+    (UserWarning, "fan_in_fan_out is set to False but the target module is `Conv1D`", r"peft\."),  # GPT-2's LoRA
+    (UserWarning, "Setting `save_embedding_layers` to `True`", r"peft\."),  # the oracle's added token rows
+    (FutureWarning, "`is_gradient_checkpointing` is deprecated", r"transformers\."),  # called by peft
+]
+
+
+def _quiet_libraries() -> None:
+    """QUIET_ENVIRONMENT and QUIET_WARNINGS, unless the user chose warnings (python -W, PYTHONWARNINGS)."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if not sys.warnoptions:
+        for category, message, module in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", re.escape(message), category, module)
+
+
 def _setup_logging(log_file: str | None) -> None:
-    """Log to stderr, and to log_file from the first process (the only one without torchrun)."""
+    """Log to stderr, and to log_file from the first process (the only one without torchrun); third-party
+    progress bars and warnings off (_quiet_libraries)."""
+    _quiet_libraries()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file and int(os.environ.get("RANK", "0")) == 0:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +133,9 @@ def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
 
 def cmd_ask(args: argparse.Namespace) -> None:
     from cocoracle.model import pick_device
-    from cocoracle.oracle.ask import ask_problem
-    print(ask_problem(args.problem, args.checkpoint, args.oracle, args.task, pick_device(args.device)))
+    from cocoracle.oracle.ask import ask_paths, ask_problem
+    checkpoint, oracle = ask_paths(args.checkpoint, args.oracle, args.config, args.params, args.stage, args.kind)
+    print(ask_problem(args.problem, checkpoint, oracle, args.task, pick_device(args.device)))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -130,6 +159,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _Version(argparse.Action):
+    """--version: the installed package's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the installed cocoracle version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            found = version("cocoracle")
+        except PackageNotFoundError:
+            found = "(not installed: pip install --no-deps -e .)"
+        print(f"cocoracle {found}")
+        parser.exit()
 
 
 def _stage(text: str) -> int:
@@ -166,6 +212,7 @@ def _paths(parser: argparse.ArgumentParser, **helps: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cocoracle", description=__doc__)
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     log = _parent("--log", help="also write the log to this file")
     params = _parent("--params", default="params.yaml", help="parameter file (default: params.yaml)")
@@ -219,8 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
            metrics="JSON summary to write", predictions="per-item answers parquet to write")
     p = command("ask", cmd_ask, "solve a new problem and ask the oracle what each latent thought computed", device)
     p.add_argument("problem", help='a sum such as "347 + 285"')
-    p.add_argument("--checkpoint", default="models/stage-3", help="Coconut checkpoint (default: models/stage-3)")
-    p.add_argument("--oracle", default="models/oracle/self/stage-3", help="oracle directory (default: the self-oracle)")
+    p.add_argument("--config", default="config.yaml", help="wiring file: where the models are (default: config.yaml)")
+    p.add_argument("--params", help="parameter file the defaults follow (default: config.yaml's params_file)")
+    p.add_argument("--stage", type=_stage, help="the stage whose checkpoint and oracle are the defaults (default: the "
+                   "last stage with oracles, the last of oracle.stages: coconut.num_stages unless left out)")
+    p.add_argument("--kind", choices=ORACLE_KINDS, default="self", help="the default oracle (default: self)")
+    p.add_argument("--checkpoint", help="Coconut checkpoint (default: the stage's, e.g. models/stage-3)")
+    p.add_argument("--oracle", help="oracle directory (default: the stage's oracle of --kind, e.g. "
+                   "models/oracle/self/stage-3)")
     p.add_argument("--task", default="step", choices=THOUGHT_TASKS, help="question asked per thought")
     p = command("report", cmd_report, "results/report.md and its plots from the pipeline's outputs")
     for name, help in [("eval", "evaluation metrics JSON per stage"), ("probes", "probe summary JSON per stage"),
@@ -243,6 +296,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; quietly (exit 1, no traceback) if its stdout's reader goes away, as in
+    `cocoracle provenance … | head -1` (the Python docs' recipe: stdout onto devnull, so that the flush at exit
+    does not fail again)."""
+    try:
+        try:
+            code = _run(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors print, then exit
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log)
     start = time.perf_counter()
@@ -253,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"cocoracle {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # not the command's failure: main's
+        raise
     except Exception:
         if args.log:  # keep the traceback in the declared log file too
             logging.getLogger("cocoracle").exception("cocoracle %s failed", args.command)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from cocoracle.coconut import NO_TOKEN_LIMIT, Codec, generate_with_thoughts, layout_options, thought_steps
-from cocoracle.config import InputError
+from cocoracle.coconut import ANSWER_MARK, NO_TOKEN_LIMIT, Codec, generate_with_thoughts, layout_options, thought_steps
+from cocoracle.config import InputError, load_params, read_yaml
 from cocoracle.data import column_additions, cot_steps, question_text
 from cocoracle.evaluate import parse_answer
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
@@ -16,6 +16,7 @@ from cocoracle.oracle.injection import Injector
 from cocoracle.oracle.metrics import score, tokens
 from cocoracle.oracle.questions import TEMPLATES, prompt, target
 from cocoracle.oracle.train import answer_prompts, load_oracle
+from cocoracle.steps import STEPS, Layout
 
 SUM = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*=?\s*")
 
@@ -35,6 +36,62 @@ def parse_problem(problem: str, digits: list[int]) -> tuple[int, int]:
     return a, b
 
 
+def default_paths(config_file: str | Path, params_file: str | Path | None = None, stage: int | None = None,
+                  kind: str = "self") -> tuple[str, str]:
+    """The pipeline's checkpoint and oracle (of `kind`) of one stage, where the pipeline writes them.
+
+    The paths are the step table's outputs (cocoracle/steps.py) filled with config.yaml's directories; the
+    params file is config.yaml's params_file unless given. The stage defaults to the last one with oracles
+    (the last of oracle.stages: coconut.num_stages, unless oracle.stages leaves it out), so that the oracle
+    reads the checkpoint it was trained on.
+    """
+    config = read_yaml(config_file)
+    if params_file is None:
+        if not isinstance(config, dict) or not isinstance(config.get("params_file"), str):
+            raise InputError(f"{config_file}: params_file: missing (or pass --params)")
+        params_file = config["params_file"]
+    layout = Layout.from_config(config, load_params(params_file), Path.cwd())
+    with_oracles = layout.oracle_stages
+    if stage is None:
+        if not with_oracles:
+            raise InputError(f"{params_file}: coconut.num_stages is 0: no latent stage, no oracle to ask")
+        stage = with_oracles[-1]
+    elif stage not in layout.stages:
+        raise InputError(f"--stage {stage}: {params_file} trains stages {layout.stages[0]}..{layout.stages[-1]}")
+    elif stage not in with_oracles:
+        raise InputError(f"--stage {stage}: no oracle at this stage ({params_file} oracle.stages: "
+                         f"{', '.join(map(str, with_oracles)) or 'none'}); pass --oracle")
+    checkpoint = STEPS["train_stage"].output_paths(layout, {"stage": stage})["checkpoint"]
+    oracle = STEPS["train_oracle"].output_paths(layout, {"kind": kind, "stage": stage})["oracle"]
+    return checkpoint, oracle
+
+
+def ask_paths(checkpoint: str | None, oracle: str | None, config_file: str | Path, params_file: str | None,
+              stage: int | None, kind: str) -> tuple[str, str]:
+    """The checkpoint and oracle given, the pipeline's (default_paths) for those not given; a one-line error
+    when a default one has not been made yet."""
+    given = {"--checkpoint": checkpoint, "--oracle": oracle}
+    if None not in given.values():
+        return checkpoint, oracle
+    paths = []
+    for (flag, path), default in zip(given.items(), default_paths(config_file, params_file, stage, kind), strict=True):
+        if path is None and not Path(default).is_dir():
+            raise InputError(f"{default}: not made yet (run the pipeline: snakemake --cores all), or pass {flag}")
+        paths.append(default if path is None else path)
+    return paths[0], paths[1]
+
+
+def answer_line(a: int, b: int, text: str, predicted: int | None) -> str:
+    """What the model answered, or a sentence saying it wrote no answer (and what it wrote instead)."""
+    if predicted is None:
+        wrote = " ".join(text.split())
+        wrote = wrote if len(wrote) <= 60 else wrote[:57] + "..."
+        return (f"{a} + {b}: the model wrote no answer ({wrote!r}, where an answer is '{ANSWER_MARK.strip()}' then "
+                f"a number of at most 18 digits; true {a + b})")
+    verdict = "correct" if predicted == a + b else f"wrong, true {a + b}"
+    return f"{a} + {b}: model answers {predicted} ({verdict})"
+
+
 def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, task: str, device: torch.device) -> str:
     """The model's answer and, per latent thought, the oracle's reading next to the true value."""
     trained = checkpoint_params(checkpoint)
@@ -47,9 +104,9 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
     batch = Codec(tokenizer).batch([row], stage, coconut["num_stages"], coconut["thoughts_per_step"],
                                    with_targets=False, **layout_options(coconut)).to(device)
     ids, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, NO_TOKEN_LIMIT)
-    predicted = parse_answer(tokenizer.decode(ids[0]))
-    verdict = "correct" if predicted == a + b else f"wrong, true {a + b}"
-    lines = [f"{a} + {b}: model answers {predicted} ({verdict}) after {batch.n_thoughts} latent thoughts "
+    text = tokenizer.decode(ids[0])
+    plural = "" if batch.n_thoughts == 1 else "s"
+    lines = [f"{answer_line(a, b, text, parse_answer(text))} after {batch.n_thoughts} latent thought{plural} "
              f"(stage {stage})"]
     oracle, oracle_tokenizer, spec = load_oracle(oracle_dir, device)
     stands_for = thought_steps(stage, coconut["num_stages"], coconut["thoughts_per_step"], len(steps),
