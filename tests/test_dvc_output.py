@@ -53,15 +53,16 @@ def test_exp_show_has_a_few_numeric_metric_columns_each_named_by_its_key(dvc_run
 
 
 def test_exp_show_fits_a_wide_terminal(dvc_run):
+    (workspace, *_) = json.loads(run(["dvc", "exp", "show", "--json"], cwd=dvc_run).stdout)
+    keys = [key for file in workspace["data"]["metrics"].values() for key in _flat(file["data"])]
     env = {**engine_env(), "COLUMNS": str(WIDE)}
     shown = subprocess.run(["dvc", "exp", "show", "--no-pager"], cwd=dvc_run, env=env, capture_output=True, text=True,
                            check=True).stdout
     lines = shown.splitlines()
     assert lines and max(map(len, lines)) <= WIDE, shown
-    head = next(line for line in lines if "Experiment" in line)
-    assert re.search(r"eval\.stage-0\.val\s+eval\.stage-0\.test\b", head), shown  # names, not cut or wrapped
-    rows = [line for line in lines if line.lstrip().startswith(("workspace", "main", "master"))]
-    assert len(rows) == 2 and all(re.search(r"\d\.\d", row) for row in rows), shown
+    head = " ".join(line for line in lines[:lines.index(next(line for line in lines if "workspace" in line))])
+    visible = [key for key in keys if re.search(rf"(^|\s){re.escape(key)}(\s|$)", head)]
+    assert len(visible) >= 6, shown  # whole names, neither cut nor wrapped
 
 
 def test_dvclive_summaries_are_metrics_and_their_curves_plots(dvc_run):
