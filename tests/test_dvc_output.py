@@ -24,7 +24,7 @@ SMOKE_METRIC_COLUMNS = 12 + 4 + 4 + 3 + 4
 def dvc_run(tmp_path_factory):
     """A smoke run by `dvc repro`, committed."""
     repo = repo_copy(tmp_path_factory.mktemp("dvc-output"))
-    run(["dvc", "repro"], cwd=repo)
+    run(["dvc", "repro"], cwd=repo, timeout=3600)  # minutes on an idle machine, many more on a busy one
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run"], cwd=repo)
     return repo
@@ -52,17 +52,24 @@ def test_exp_show_has_a_few_numeric_metric_columns_each_named_by_its_key(dvc_run
     assert set(keys) <= set(header) and not [h for h in header if ".json:" in h]
 
 
-def test_exp_show_fits_a_wide_terminal(dvc_run):
+def _shown_at(repo, width: int, *args: str) -> list[str]:
+    """The lines of `dvc exp show --no-pager` in a terminal `width` columns wide."""
+    env = {**engine_env(), "COLUMNS": str(width)}
+    return subprocess.run(["dvc", "exp", "show", "--no-pager", *args], cwd=repo, env=env, capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+
+
+def test_exp_show_fits_a_wide_terminal_and_one_stages_figures_read_whole(dvc_run):
     (workspace, *_) = json.loads(run(["dvc", "exp", "show", "--json"], cwd=dvc_run).stdout)
     keys = [key for file in workspace["data"]["metrics"].values() for key in _flat(file["data"])]
-    env = {**engine_env(), "COLUMNS": str(WIDE)}
-    shown = subprocess.run(["dvc", "exp", "show", "--no-pager"], cwd=dvc_run, env=env, capture_output=True, text=True,
-                           check=True).stdout
-    lines = shown.splitlines()
-    assert lines and max(map(len, lines)) <= WIDE, shown
-    head = " ".join(line for line in lines[:lines.index(next(line for line in lines if "workspace" in line))])
+    lines = _shown_at(dvc_run, WIDE)
+    assert lines and max(map(len, lines)) <= WIDE, "\n".join(lines)
+    # the last stage's figures, as docs/experiments.md shows them
+    lines = _shown_at(dvc_run, WIDE, "--drop", ".*", "--keep", r"Experiment|[a-z_]+\.stage-2\.")
+    assert lines and max(map(len, lines)) <= WIDE, "\n".join(lines)
+    head = " ".join(lines[:next(i for i, line in enumerate(lines) if "workspace" in line)])
     visible = [key for key in keys if re.search(rf"(^|\s){re.escape(key)}(\s|$)", head)]
-    assert len(visible) >= 6, shown  # whole names, neither cut nor wrapped
+    assert len(visible) >= 6 and all(".stage-2." in key for key in visible), "\n".join(lines)  # neither cut nor wrapped
 
 
 def test_dvclive_summaries_are_metrics_and_their_curves_plots(dvc_run):
