@@ -17,6 +17,8 @@ from cocoracle.atomic import atomic_path, write_text
 from cocoracle.coconut import Codec, generate_with_thoughts, layout_options, teacher_forced_correct
 from cocoracle.config import InputError
 from cocoracle.data import load_split
+from cocoracle.headline import evaluation as headline
+from cocoracle.headline import write as write_headline
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.precision import autocast, precision_of
 from cocoracle.provenance import describe
@@ -110,4 +112,5 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
         pq.write_table(pa.Table.from_pylist(predictions, schema=PREDICTIONS_SCHEMA), tmp)
     metrics["provenance"] = describe({"evaluate": ev}, inputs)
     write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    write_headline(metrics_path, headline(metrics))
     return metrics

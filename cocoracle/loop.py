@@ -2,15 +2,20 @@
 schedule, one optimizer step, when to validate, the throughput they log, and the dvclive logger."""
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from transformers import get_scheduler
+
+from cocoracle.atomic import write_text
+from cocoracle.headline import training
 
 if TYPE_CHECKING:
     from dvclive import Live
@@ -61,12 +66,18 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, parameters:
     optimizer.zero_grad(set_to_none=True)
 
 
-def live_logger(live_dir: str | Path, start_step: int = 0) -> Live:
+@contextmanager
+def live_logger(live_dir: str | Path, start_step: int = 0, headline: tuple[str, ...] = ()) -> Iterator[Live]:
     """A dvclive logger that writes its metric files only (no DVC experiment, dvc.yaml or report); from
-    start_step > 0 it continues the curves already in live_dir (a resumed run)."""
+    start_step > 0 it continues the curves already in live_dir (a resumed run). Once the run has ended, its
+    summary (live_dir/metrics.json, which DVC shows as metrics) is rewritten as the run's headline under the
+    key path `headline` (cocoracle/headline.py), so that each run's columns in `dvc exp show` have a name of
+    their own; the curves under live_dir/plots/metrics are dvclive's, untouched."""
     # imported here: the loops' other parts run without DVC (scripts/bench_gpu.py on a bare GPU machine)
     from dvclive import Live
 
-    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=start_step > 0)
-    live.step = start_step
-    return live
+    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=start_step > 0) as live:
+        live.step = start_step
+        yield live
+    if headline:
+        write_text(live.metrics_file, json.dumps(training(headline, live.summary), indent=2) + "\n")

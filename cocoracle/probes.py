@@ -31,6 +31,8 @@ from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.config import InputError
 from cocoracle.data import column_additions
+from cocoracle.headline import probes as headline
+from cocoracle.headline import write as write_headline
 from cocoracle.plots import pyplot, save_png
 from cocoracle.provenance import describe
 from cocoracle.stats import wilson
@@ -363,4 +365,5 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
                                "stopped": int(sum((~t["converged"].astype(bool)).sum() for t in (table, steps)))},
                "provenance": describe({"probes": params["probes"]}, cache_dirs.values())}
     write_text(outputs["metrics"], json.dumps(summary, indent=2) + "\n")
+    write_headline(outputs["metrics"], headline(summary))
     return table, steps

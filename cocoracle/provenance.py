@@ -2,9 +2,10 @@
 library versions, the number of threads torch computed with (one seed gives the same bits on the same number of
 threads, not across numbers: docs/reliability.md), a hash of the params the step read and the hashes of its
 inputs; for an output trained from a pretrained base, which model and revision that was and its weights' hashes.
-Checkpoints and oracle directories keep it in provenance.json, caches in their manifest, metrics files
-under a `provenance` key; `cocoracle provenance PATH` prints it. Nothing in it depends on the time or the
-directory, so two runs of the same commit and params on the same number of threads write the same bytes."""
+Checkpoints and oracle directories keep it in provenance.json, caches in their manifest, results files under a
+`provenance` key (the headline file beside one, cocoracle/headline.py, has its results file's); `cocoracle
+provenance PATH` prints it. Nothing in it depends on the time or the directory, so two runs of the same commit and
+params on the same number of threads write the same bytes."""
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +20,7 @@ import torch
 
 from cocoracle.atomic import sha256
 from cocoracle.config import InputError
+from cocoracle.headline import results_for
 
 FILE = "provenance.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # a base model's weights files, hashed one by one in its record
@@ -81,12 +83,14 @@ def describe(params: dict[str, Any], inputs: Iterable[str | Path], base: dict[st
 
 
 def read(path: str | Path) -> dict[str, Any]:
-    """The provenance record of a checkpoint or oracle directory, a cache or a metrics file."""
+    """The provenance record of a checkpoint or oracle directory, a cache, a results file or its headline file."""
     path = Path(path)
     if path.is_dir():
         candidates = [(path / FILE, None), (path / "manifest.json", "provenance")]
     else:
         candidates = [(path, "provenance")]
+        if (results := results_for(path)) is not None:  # a headline file: its results file's record
+            candidates.append((results, "provenance"))
     for file, key in candidates:
         if file.is_file():
             try:

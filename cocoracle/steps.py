@@ -19,9 +19,11 @@ from typing import Any
 
 from cocoracle.codedeps import code_files
 from cocoracle.config import ORACLE_KINDS, SPLITS, InputError, is_hub_id, oracle_stages
+from cocoracle.headline import SUFFIX
 
 CACHE_SPLITS = ("train", "val", "test")  # the splits whose activations are collected
 REPORT_PLOTS = ("accuracy", "oracle", "training")
+LIVE_METRICS, LIVE_PLOTS = "metrics.json", "plots/metrics"  # what dvclive writes in its directory
 ORACLE_SHARED_KEYS = ["oracle.seed", "oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
 WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"stage": int, "split": str, "kind": str, "base": str}
 FETCHED = "{models}/base/{base}"  # a hub model fetched at its revision: base 'model' (model.name) or 'oracle'
@@ -35,7 +37,7 @@ class Out:
     """One output: a file or directory pattern, and how DVC tracks it (out, metrics, plots or curves)."""
 
     pattern: str
-    kind: str = "out"  # curves: a dvclive directory, plotted against its `step` column
+    kind: str = "out"  # curves: a dvclive plots directory, plotted against its `step` column
     directory: bool = False
 
 
@@ -222,6 +224,17 @@ def oracle_train_keys(kind: str) -> list[str]:
     return ORACLE_SHARED_KEYS + ["oracle.source_layer", "oracle.inject_layers", f"oracle.{kind}"]
 
 
+def live_outputs(live: str) -> dict[str, Out]:
+    """A dvclive directory's outputs: its summary (metrics.json, a metrics file) and its curves (plots)."""
+    return {"live_metrics": Out(f"{live}/{LIVE_METRICS}", kind="metrics"),
+            "live_plots": Out(f"{live}/{LIVE_PLOTS}", kind="curves", directory=True)}
+
+
+def live_dir(out: Paths) -> str:
+    """The dvclive directory of a job's live_outputs."""
+    return out.live_metrics.removesuffix(f"/{LIVE_METRICS}")
+
+
 def _caches(layout: Layout, stage: int) -> dict[str, str]:
     return {split: f"{layout.results}/activations/stage-{stage}/{split}" for split in CACHE_SPLITS}
 
@@ -243,7 +256,7 @@ def fetch_model(layout: Layout, out: Paths, base: str) -> Job:
 
 @step("train_stage", "train", log="{logs}/train/stage-{stage}.log", dvc_stage="train_stage_{stage}",
       outputs={"checkpoint": Out("{models}/stage-{stage}", directory=True),
-               "live": Out("{results}/train/stage-{stage}", kind="curves", directory=True)},
+               **live_outputs("{results}/train/stage-{stage}")},
       instances=lambda layout: [{"stage": k} for k in layout.stages])
 def train_stage(layout: Layout, out: Paths, stage: int) -> Job:
     """Train one curriculum stage, from the previous stage's checkpoint (stage 0: from the pretrained base, if any)."""
@@ -252,7 +265,7 @@ def train_stage(layout: Layout, out: Paths, stage: int) -> Job:
     processes = layout.train_processes
     return Job(f"--params {layout.params_file} --stage {stage} --data {layout.data}"
                + "".join(f" --init {path}" for path in init) + "".join(f" --base {path}" for path in base)
-               + f" --out {out.checkpoint} --live {out.live}",
+               + f" --out {out.checkpoint} --live {live_dir(out)}",
                # trains on train, validates on val, and checks that every split fits the position table
                inputs={"data": [f"{layout.data}/{split}.parquet" for split in SPLITS], "init": init,
                        "base": [file for path in base for file in layout.base_inputs(path)]},
@@ -261,7 +274,8 @@ def train_stage(layout: Layout, out: Paths, stage: int) -> Job:
 
 
 @step("evaluate_stage", "evaluate", log="{logs}/evaluate/stage-{stage}.log", dvc_stage="evaluate_stage_{stage}",
-      outputs={"metrics": Out("{results}/eval/stage-{stage}.json", kind="metrics"),
+      outputs={"metrics": Out("{results}/eval/stage-{stage}.json"),
+               "headline": Out("{results}/eval/stage-{stage}" + SUFFIX, kind="metrics"),
                "predictions": Out("{results}/eval/stage-{stage}-predictions.parquet")},
       instances=lambda layout: [{"stage": k} for k in layout.stages])
 def evaluate_stage(layout: Layout, out: Paths, stage: int) -> Job:
@@ -291,7 +305,8 @@ def collect_activations(layout: Layout, out: Paths, stage: int, split: str) -> J
                "steps_table": Out("{results}/probes/stage-{stage}-steps.csv"),
                "heatmap": Out("{results}/probes/stage-{stage}.png", kind="plots"),
                "steps_heatmap": Out("{results}/probes/stage-{stage}-steps.png", kind="plots"),
-               "metrics": Out("{results}/probes/stage-{stage}.json", kind="metrics")},
+               "metrics": Out("{results}/probes/stage-{stage}.json"),
+               "headline": Out("{results}/probes/stage-{stage}" + SUFFIX, kind="metrics")},
       instances=lambda layout: [{"stage": k} for k in layout.latent_stages])
 def probe_stage(layout: Layout, out: Paths, stage: int) -> Job:
     """Linear probes over one stage's activation caches."""
@@ -306,7 +321,7 @@ def probe_stage(layout: Layout, out: Paths, stage: int) -> Job:
 @step("train_oracle", "train-oracle", log="{logs}/oracle/train-{kind}-stage-{stage}.log",
       dvc_stage="train_{kind}_oracle_stage_{stage}",
       outputs={"oracle": Out("{models}/oracle/{kind}/stage-{stage}", directory=True),
-               "live": Out("{results}/oracle-train/{kind}/stage-{stage}", kind="curves", directory=True)},
+               **live_outputs("{results}/oracle-train/{kind}/stage-{stage}")},
       instances=lambda layout: [{"kind": kind, "stage": k} for k in layout.oracle_stages for kind in ORACLE_KINDS])
 def train_oracle(layout: Layout, out: Paths, kind: str, stage: int) -> Job:
     """Train the separate oracle or the self-oracle on one stage's activations."""
@@ -314,7 +329,7 @@ def train_oracle(layout: Layout, out: Paths, kind: str, stage: int) -> Job:
     base_flag = f" --base {base}" if kind == "separate" else ""
     return Job(f"--params {layout.params_file} --kind {kind} --stage {stage} --checkpoint {checkpoint}{base_flag}"
                f" --train {caches['train']} --val {caches['val']} --data {layout.data}"
-               f" --out {out.oracle} --live {out.live}",
+               f" --out {out.oracle} --live {live_dir(out)}",
                inputs={"checkpoint": checkpoint, "base": layout.base_inputs(base) if kind == "separate" else [],
                        "train": caches["train"], "val": caches["val"], "data": f"{layout.data}/train.parquet"},
                params=oracle_train_keys(kind))
@@ -323,7 +338,8 @@ def train_oracle(layout: Layout, out: Paths, kind: str, stage: int) -> Job:
 @step("evaluate_oracles", "evaluate-oracle", log="{logs}/oracle/evaluate-stage-{stage}.log",
       dvc_stage="evaluate_oracles_stage_{stage}",
       outputs={"table": Out("{results}/oracle/stage-{stage}.csv"),
-               "metrics": Out("{results}/oracle/stage-{stage}.json", kind="metrics"),
+               "metrics": Out("{results}/oracle/stage-{stage}.json"),
+               "headline": Out("{results}/oracle/stage-{stage}" + SUFFIX, kind="metrics"),
                "predictions": Out("{results}/oracle/stage-{stage}-predictions.parquet")},
       instances=lambda layout: [{"stage": k} for k in layout.oracle_stages])
 def evaluate_oracles(layout: Layout, out: Paths, stage: int) -> Job:
@@ -354,8 +370,9 @@ def report(layout: Layout, out: Paths) -> Job:
         "step_heatmaps": [f"{r}/probes/stage-{k}-steps.png" for k in latent],
         "oracle_tables": [f"{r}/oracle/stage-{k}.csv" for k in oracles],
         "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles],
-        "train": [f"{r}/train/stage-{k}" for k in stages]
-        + [f"{r}/oracle-train/{kind}/stage-{k}" for k in oracles for kind in ORACLE_KINDS],
     }
+    live = [f"{r}/train/stage-{k}" for k in stages] + [f"{r}/oracle-train/{kind}/stage-{k}" for k in oracles
+                                                        for kind in ORACLE_KINDS]
     return Job("".join(f"--{name.replace('_', '-')} {' '.join(paths)} " for name, paths in inputs.items())
-               + f"--out {out.report} --plots {r}/report", inputs=inputs)
+               + f"--train {' '.join(live)} --out {out.report} --plots {r}/report",
+               inputs={**inputs, "train": [f"{d}/{LIVE_PLOTS}" for d in live]})

@@ -147,7 +147,8 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(saver.watching_signals())
-        live = stack.enter_context(live_logger(live_dir, start)) if dp.main else None
+        live = (stack.enter_context(live_logger(live_dir, start, headline=("train", f"stage-{stage}")))
+                if dp.main else None)
         model.train()
         progress = tqdm(range(start, steps), desc=f"stage {stage}", mininterval=2, disable=not dp.main,
                         initial=start, total=steps)

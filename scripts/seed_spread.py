@@ -4,7 +4,7 @@ half-width of one run's 95 % interval (what a single seed's interval claims, aga
     dvc exp run --queue -n seed-1 -S model.seed=1 -S train.seed=1 -S oracle.seed=1   # and seed-2
     dvc queue start -j 1 && dvc queue status                   # after `dvc repro` made seed 0 in the workspace
     dvc exp show --json > experiments.json
-    python scripts/seed_spread.py experiments.json workspace seed-1 seed-2 [--stage 3]
+    python scripts/seed_spread.py experiments.json workspace seed-1 seed-2 [--stage 3] [--repo .]
     python scripts/seed_spread.py --runs seed-0=RUN_DIR seed-1=RUN_DIR ...   # finished Snakemake runs instead
 
 Figures at the all-latent stage: free-generation answer accuracy (val, test), each oracle's exact match per task
@@ -29,17 +29,32 @@ TASKS = ("step", "digit", "carry", "operands")
 ORACLES = ("self", "separate")
 
 
-def experiment_metrics(show: list[dict[str, Any]]) -> dict[str, Metrics]:
-    """{experiment name ('workspace' for the workspace row): metrics files} from `dvc exp show --json`."""
-    out: dict[str, Metrics] = {}
-
-    def add(name: str, data: dict[str, Any]) -> None:
-        out[name] = {path: file["data"] for path, file in data.get("metrics", {}).items() if "data" in file}
+def experiment_revs(show: list[dict[str, Any]]) -> dict[str, str | None]:
+    """{experiment name ('workspace' for the workspace row): its git revision (None: the workspace)} from
+    `dvc exp show --json`."""
+    out: dict[str, str | None] = {}
     for row in show:
-        add("workspace" if row["rev"] == "workspace" else row["name"] or row["rev"], row["data"])
+        out["workspace" if row["rev"] == "workspace" else row["name"] or row["rev"]] = (
+            None if row["rev"] == "workspace" else row["rev"])
         for experiment in row.get("experiments") or []:
             for rev in experiment["revs"]:
-                add(rev["name"] or rev["rev"], rev["data"])
+                out[rev["name"] or rev["rev"]] = rev["rev"]
+    return out
+
+
+def revision_metrics(repo: Path, rev: str | None, stage: int) -> Metrics:
+    """The stage's results files at a revision of the DVC repository `repo` (outputs, read from DVC's cache: `dvc
+    exp show` holds the headline figures only); a file the revision lacks is left out."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    out: Metrics = {}
+    for kind in ("eval", "oracle", "probes"):
+        path = f"results/{kind}/stage-{stage}.json"
+        try:
+            out[path] = json.loads(dvc.api.read(path, repo=str(repo), rev=rev))
+        except (DvcException, FileNotFoundError):
+            continue
     return out
 
 
@@ -97,15 +112,18 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="experiments to compare (default: every one with metrics)")
     parser.add_argument("--runs", nargs="+", default=[], help="NAME=RUN_DIR of finished runs, instead of DVC's")
     parser.add_argument("--stage", type=int, default=3, help="the all-latent stage (default 3)")
+    parser.add_argument("--repo", type=Path, default=Path("."),
+                        help="the DVC repository of the experiments (default: the current directory)")
     args = parser.parse_args()
     if args.runs:
         runs = {name: directory_metrics(Path(path)) for name, path in (item.split("=", 1) for item in args.runs)}
     else:
-        found = experiment_metrics(json.loads(Path(args.show).read_text()))
-        missing = [name for name in args.names if name not in found]
+        revs = experiment_revs(json.loads(Path(args.show).read_text()))
+        missing = [name for name in args.names if name not in revs]
         if missing:
-            parser.error(f"no experiment named {', '.join(missing)} in {args.show} (has {', '.join(found)})")
-        runs = {name: found[name] for name in args.names or [n for n, m in found.items() if m]}
+            parser.error(f"no experiment named {', '.join(missing)} in {args.show} (has {', '.join(revs)})")
+        found = {name: revision_metrics(args.repo, revs[name], args.stage) for name in args.names or revs}
+        runs = {name: metrics for name, metrics in found.items() if metrics or args.names}
     print(spread_table(runs, args.stage))
 
 

@@ -86,12 +86,11 @@ def test_exp_show_lists_both_experiments_with_their_params_and_metrics(experimen
             for rev in exp["revs"]:
                 data = rev["data"]
                 found[rev["name"]] = (data["params"]["params.yaml"]["data"]["probes"]["C_grid"],
-                                      data["metrics"]["results/probes/stage-1.json"]["data"]["best"])
+                                      data["metrics"]["results/probes/stage-1-headline.json"]["data"])
     assert set(found) == set(EXPERIMENTS)
     for name, grid in EXPERIMENTS.items():
-        best = {k: v for k, v in metrics[name]["results/probes/stage-1.json"].items() if k.startswith("best.")}
         assert found[name][0] == grid
-        assert _flat(found[name][1], "best") == best
+        assert _flat(found[name][1]) == metrics[name]["results/probes/stage-1-headline.json"]
 
 
 def test_metrics_diff_names_exactly_the_changed_metrics(experiments):
@@ -99,7 +98,7 @@ def test_metrics_diff_names_exactly_the_changed_metrics(experiments):
     old, new = metrics["c-small"], metrics["c-large"]
     expected = {path: _changed_leaves(old[path], new[path]) for path in new}
     expected = {path: keys for path, keys in expected.items() if keys}
-    assert expected and set(expected) <= {"results/probes/stage-1.json", "results/probes/stage-2.json"}
+    assert expected and set(expected) <= {f"results/probes/stage-{k}-headline.json" for k in (1, 2)}
     diff = json.loads(run(["dvc", "metrics", "diff", "c-small", "c-large", "--json"], cwd=repo).stdout)
     assert {path: set(keys) for path, keys in diff.items()} == expected
     some_path, keys = next(iter(diff.items()))

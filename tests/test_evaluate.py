@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cocoracle.evaluate as evaluate_module
+from cocoracle import headline
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError
 from cocoracle.data import problems_table, write_splits
@@ -184,6 +185,7 @@ def test_evaluate_stage_writes_metrics_and_predictions(checkpoint, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text()) == metrics
     assert metrics["stage"] == STAGE
     assert set(metrics) == {"stage", "val", "test", "provenance"}  # only the configured splits
+    assert json.loads((tmp_path / "m-headline.json").read_text()) == headline.evaluation(metrics)  # DVC's metrics
     assert metrics["val"]["n"] == 4 and metrics["test"]["n"] == 4
     assert metrics["val"]["accuracy"] == 1.0  # the problems the model was trained on
     table = pq.read_table(tmp_path / "p.parquet").to_pylist()

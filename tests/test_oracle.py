@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from cocoracle import headline
 from cocoracle.config import InputError
 from cocoracle.model import save_checkpoint
 from cocoracle.oracle import evaluate as oracle_evaluate
@@ -250,6 +251,7 @@ def test_evaluate_oracles_writes_every_metric_with_intervals(tmp_path, checkpoin
     assert table.loc[table["condition"] != "oracle", "exact_match_diff"].isna().all()
     metrics = json.loads(paths["metrics"].read_text())
     assert metrics["stage"] == 1 and set(metrics["self_answer_accuracy"]) == {"before", "after"}
+    assert json.loads(headline.path_for(paths["metrics"]).read_text()) == headline.oracles(metrics)  # DVC's metrics
     for kind in dirs:
         assert metrics[kind]["selected_step"] in (1, 2)
         assert metrics[kind]["source_tensor"] == f"layer_{read_spec(dirs[kind]).source_layer}"  # as probes name it

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cocoracle import headline
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.config import InputError
 from cocoracle.probes import (
@@ -85,6 +86,7 @@ def test_run_probes_writes_tables_heatmaps_and_summary(tmp_path):
     assert out["steps_table"].read_text().splitlines()[0] == \
         "stage,tensor,position,step,label,accuracy,baseline,val_accuracy,n,C,converged"
     summary = json.loads(out["metrics"].read_text())
+    assert json.loads(headline.path_for(out["metrics"]).read_text()) == headline.probes(summary)  # DVC's metrics
     n_probes = len(out["table"].read_text().splitlines()) + len(out["steps_table"].read_text().splitlines()) - 2
     assert summary["unconverged"] == {"max_iter": 300, "probes": n_probes, "stopped": 0}
     assert set(summary["best"]) == {"digit_written", "carry_out"}

@@ -2,6 +2,7 @@
 duplicates; a state from other params is ignored; the state is gone once the checkpoint is written."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -69,6 +70,8 @@ def test_a_killed_stage_resumes_to_the_same_bytes(tiny_params, data_dir, tmp_pat
     for name in ("model.safetensors", "params.json"):
         assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
     assert _steps(tmp_path / "resumed") == _steps(tmp_path / "whole") == list(range(6))
+    summary = json.loads((tmp_path / "resumed/live/metrics.json").read_text())  # the run's headline, as DVC shows it
+    assert summary == json.loads((tmp_path / "whole/live/metrics.json").read_text()) and list(summary) == ["train"]
     assert not resume_dir(resumed).exists()
 
 

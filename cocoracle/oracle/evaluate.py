@@ -32,6 +32,8 @@ from cocoracle.coconut import NO_TOKEN_LIMIT, Codec
 from cocoracle.config import ORACLE_KINDS, InputError
 from cocoracle.data import load_split
 from cocoracle.evaluate import predict
+from cocoracle.headline import oracles as headline
+from cocoracle.headline import write as write_headline
 from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
 from cocoracle.oracle.data import OracleCodec, build_items, item_vectors
 from cocoracle.oracle.injection import Injector
@@ -249,6 +251,7 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
         table.to_csv(tmp, index=False, float_format="%.4f")
     inputs = [checkpoint, *oracle_dirs.values(), *cache_dirs.values(), Path(data_dir) / "test.parquet"]
     record = describe({"oracle": params["oracle"], "stage": stage}, inputs)
-    write_text(metrics_path, json.dumps({**summary(table, stage, accuracy, validation, sources), "provenance": record},
-                                        indent=2) + "\n")
+    results = summary(table, stage, accuracy, validation, sources)
+    write_text(metrics_path, json.dumps({**results, "provenance": record}, indent=2) + "\n")
+    write_headline(metrics_path, headline(results))
     return table

@@ -367,7 +367,8 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
         scalars, weights = best.state()
         return {"rng": rng.bit_generator.state, "cursor": cursor, "best": scalars}, weights
 
-    with saver.watching_signals(), live_logger(live_dir, start) as live:
+    headline = ("oracle_train", f"stage-{stage}", kind)
+    with saver.watching_signals(), live_logger(live_dir, start, headline=headline) as live:
         model.train()
         speed = Throughput()
         for step in tqdm(range(start, steps), desc=f"{kind} oracle stage {stage}", mininterval=2, initial=start,
