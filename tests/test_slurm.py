@@ -131,8 +131,8 @@ def test_slurm_results_equal_a_local_run(slurm, local):
     assert not differ, differ
 
 
-HOLD_AT = 10  # stage 1's first attempt under SLURM holds after this optimizer step until its time limit stops it
-STAGE_1_STEPS = 4 * 7  # train.epochs [1, 4, 1]: 4 epochs of 7 batches (200 problems, batch 32)
+HOLD_AT = 10  # stage 1's training under SLURM holds after this optimizer step (mid-epoch) until SLURM stops it
+STAGE_1_STEPS = 2 * 7  # train.epochs [1, 2, 1]: 2 epochs of 7 batches (200 problems, batch 32)
 IDLE = 2  # attempts in a row allowed to end without progress (a job that never got as far as training)
 # `cocoracle` for the SLURM run of the time-limit test (first on PATH, which the jobs inherit: sbatch --export=ALL):
 # stage 1's training, after step HOLD_AT, waits for a stop signal before going on, so that the job outlasts its
@@ -182,7 +182,7 @@ def test_a_stage_longer_than_its_time_limit_finishes_by_rerunning(cluster, tmp_p
     the reruns go on for as long as each one finishes or moves the saved state forward."""
     local = repo_copy(tmp_path / "local")
     params = yaml.safe_load((local / "params.yaml").read_text())
-    params["train"]["epochs"] = [1, 4, 1]
+    params["train"]["epochs"] = [1, 2, 1]
     params["resume"] = {"every_steps": None, "every_minutes": None}  # only the signal saves
     (local / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["snakemake", "--cores", str(THREADS), "models/stage-0"], cwd=local)
@@ -210,14 +210,20 @@ def test_a_stage_longer_than_its_time_limit_finishes_by_rerunning(cluster, tmp_p
             before = max((step for _, _, _, step, _ in attempts[:-1] if step is not None), default=0)
             idle = idle + 1 if saved is None or saved <= before else 0
             assert idle <= IDLE, f"{idle} attempts in a row neither finished nor saved a later step: {attempts}"
-    first = attempts[0]
-    assert first[0] != 0 and first[2] != "COMPLETED" and first[3], attempts  # the first attempt was cut, and saved
-    assert re.search(r"^SIGTERM: stopped after step \d+; the resume state is in", first[4].read_text(), re.MULTILINE)
+    # the first attempt was cut; each attempt that saved did so on SLURM's signal (on a loaded machine the signal,
+    # which SLURM may send early, can also come before the training has started: then nothing is saved)
+    assert attempts[0][0] != 0 and all(state != "COMPLETED" for _, _, state, _, _ in attempts[:-1]), attempts
     assert attempts[-1][2] == "COMPLETED", attempts
-    # each rerun resumed from the step the attempt before it saved; one of them from the hold's
-    resumed = [[int(step) for step in re.findall(r"resuming from \S+ after step (\d+)", job_log.read_text())]
-               for *_, job_log in attempts]
-    assert resumed == [[]] + [[saved] if saved else [] for *_, saved, _ in attempts[:-1]], (resumed, attempts)
+    previous = None
+    for *_, saved, job_log in attempts[:-1]:
+        if saved != previous:
+            assert f"SIGTERM: stopped after step {saved}; the resume state is in" in job_log.read_text(), job_log
+        previous = saved
+    # every rerun that got as far as training resumed from the step saved before it; the last one did
+    for (*_, before, _), (*_, job_log) in zip(attempts, attempts[1:], strict=False):
+        found = [int(step) for step in re.findall(r"resuming from \S+ after step (\d+)", job_log.read_text())]
+        assert found in ([before], []) if before else found == [], (found, attempts)
+    assert f"resuming from models/stage-1.resume after step {attempts[-2][3]}\n" in attempts[-1][4].read_text()
     assert HOLD_AT in [saved for *_, saved, _ in attempts[:-1]], attempts
     steps = [int(line.split("\t")[0]) for line in
              (repo / "results/train/stage-1/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
