@@ -174,7 +174,7 @@ def _finished(tmp_path_factory, name: str, command: list[str]) -> FinishedRun:
     from helpers_workflow import repo_copy, run
 
     repo = repo_copy(tmp_path_factory.mktemp(name))
-    proc = run(command, cwd=repo, timeout=1800)
+    proc = run(command, cwd=repo, timeout=3600)
     return FinishedRun(repo, proc.stdout + proc.stderr)
 
 
