@@ -134,6 +134,8 @@ def test_slurm_results_equal_a_local_run(slurm, local):
 HOLD_AT = 10  # stage 1's training under SLURM holds after this optimizer step (mid-epoch) until SLURM stops it
 STAGE_1_STEPS = 2 * 7  # train.epochs [1, 2, 1]: 2 epochs of 7 batches (200 problems, batch 32)
 IDLE = 2  # attempts in a row allowed to end without progress (a job that never got as far as training)
+# (Progress is counted from the state each attempt started from: under load a state was seen lost, when SLURM's
+# signal reached the job step's Snakemake, which exited, and the step's training was killed while saving.)
 # `cocoracle` for the SLURM run of the time-limit test (first on PATH, which the jobs inherit: sbatch --export=ALL):
 # stage 1's training, after step HOLD_AT, waits for a stop signal before going on, so that the job outlasts its
 # time limit however fast the machine is. On a machine so slow that the signal comes before training has begun, it
@@ -207,8 +209,8 @@ def test_a_stage_longer_than_its_time_limit_finishes_by_rerunning(cluster, tmp_p
         attempts.append((proc.returncode, slurm_id, _scontrol(slurm_id)["JobState"], saved, Path(job_log)))
         if proc.returncode != 0:
             assert "SLURM-job" in out, out[-3000:]  # it is the job that failed
-            before = max((step for _, _, _, step, _ in attempts[:-1] if step is not None), default=0)
-            idle = idle + 1 if saved is None or saved <= before else 0
+            before = attempts[-2][3] if len(attempts) > 1 else None  # the state this attempt started from
+            idle = idle + 1 if saved is None or (before is not None and saved <= before) else 0
             assert idle <= IDLE, f"{idle} attempts in a row neither finished nor saved a later step: {attempts}"
     # the first attempt was cut; each attempt that saved did so on SLURM's signal (on a loaded machine the signal,
     # which SLURM may send early, can also come before the training has started: then nothing is saved)
