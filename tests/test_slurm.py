@@ -134,8 +134,8 @@ def test_slurm_results_equal_a_local_run(slurm, local):
 HOLD_AT = 10  # stage 1's training under SLURM holds after this optimizer step (mid-epoch) until SLURM stops it
 STAGE_1_STEPS = 2 * 7  # train.epochs [1, 2, 1]: 2 epochs of 7 batches (200 problems, batch 32)
 IDLE = 2  # attempts in a row allowed to end without progress (a job that never got as far as training)
-# (Progress is counted from the state each attempt started from: under load a state was seen lost, when SLURM's
-# signal reached the job step's Snakemake, which exited, and the step's training was killed while saving.)
+# (Progress is counted from the state each attempt started from: under load a state was seen lost, its job step
+# ended `Terminated` 15 s after resuming, and the next attempt started over; docs/slurm.md.)
 # `cocoracle` for the SLURM run of the time-limit test (first on PATH, which the jobs inherit: sbatch --export=ALL):
 # stage 1's training, after step HOLD_AT, waits for a stop signal before going on, so that the job outlasts its
 # time limit however fast the machine is. On a machine so slow that the signal comes before training has begun, it
