@@ -1,6 +1,11 @@
-"""Shared fixtures for the unit tests: tiny parameters, a tiny data set and tiny models.
+"""Shared fixtures: for the unit tests tiny parameters, a tiny data set and tiny models; for the end-to-end tests
+the smoke DAG finished once per session by each engine.
 
-Everything here is sized so that the whole unit suite runs in well under a minute on two CPU cores.
+The unit fixtures are sized so that the fast loop (`python -m pytest -q`: no e2e, no slow tests) stays within
+about 3 minutes on two CPU cores. Every end-to-end module shares the two finished smoke runs instead of running its
+own DAG: a test reads `snakemake_repo` / `dvc_repo` (shared, put back whatever it changes) or takes a copy of its
+own (`snakemake_copy` / `dvc_copy`) to change; `snakemake_run` / `dvc_run` are the untouched originals that runs are
+compared with.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +26,7 @@ import torch
 
 # isort: on
 from cocoracle.config import read_yaml, validate_params
+from fastloop import pytest_addoption, pytest_collection_modifyitems, pytest_report_header  # noqa: F401  the hooks
 
 # Tiny models are much faster on one thread, and a busy machine makes several threads slower still.
 torch.set_num_threads(1)
@@ -149,3 +156,68 @@ def local_model_dir(tmp_path_factory, mixed_rows):
     tokenizer.save_pretrained(out)
     return out, len(tokenizer), tokenizer
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: the smoke DAG (tests/smoke-params.yaml) finished once per session by each engine
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished smoke run: its repository (a temporary copy of this one, one commit) and the engine's output."""
+
+    repo: Path
+    log: str
+
+
+def _finished(tmp_path_factory, name: str, command: list[str]) -> FinishedRun:
+    from helpers_workflow import repo_copy, run
+
+    repo = repo_copy(tmp_path_factory.mktemp(name))
+    proc = run(command, cwd=repo, timeout=3600)
+    return FinishedRun(repo, proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def snakemake_run(tmp_path_factory) -> FinishedRun:
+    """The smoke DAG run once per session by `snakemake --cores 2`: the original every comparison uses. No test
+    changes anything in it; to change a run, take `snakemake_copy`."""
+    return _finished(tmp_path_factory, "smk", ["snakemake", "--cores", "2"])
+
+
+@pytest.fixture(scope="session")
+def dvc_run(tmp_path_factory) -> FinishedRun:
+    """The smoke DAG run once per session by `dvc repro` (the same params and threads as `snakemake_run`). No test
+    changes anything in it; to change a run, take `dvc_copy`."""
+    return _finished(tmp_path_factory, "dvc", ["dvc", "repro"])
+
+
+def _copy(run: FinishedRun, parent: Path) -> Path:
+    from helpers_workflow import copy_run
+
+    return copy_run(run.repo, parent / "repo")
+
+
+@pytest.fixture(scope="session")
+def snakemake_repo(snakemake_run, tmp_path_factory) -> Path:
+    """A copy of the finished Snakemake run shared by the session's tests: read it, or change it and put back what
+    you changed (a `try`/`finally`); a test that leaves a change behind takes `snakemake_copy` instead."""
+    return _copy(snakemake_run, tmp_path_factory.mktemp("smk-shared"))
+
+
+@pytest.fixture(scope="session")
+def dvc_repo(dvc_run, tmp_path_factory) -> Path:
+    """A copy of the finished DVC run shared by the session's tests, on the terms of `snakemake_repo`."""
+    return _copy(dvc_run, tmp_path_factory.mktemp("dvc-shared"))
+
+
+@pytest.fixture
+def snakemake_copy(snakemake_run, tmp_path) -> Path:
+    """This test's own copy of the finished Snakemake run, to change (a second or two to make)."""
+    return _copy(snakemake_run, tmp_path)
+
+
+@pytest.fixture
+def dvc_copy(dvc_run, tmp_path) -> Path:
+    """This test's own copy of the finished DVC run, to change."""
+    return _copy(dvc_run, tmp_path)

@@ -52,6 +52,15 @@ def repo_copy(dest: Path, params: Path | None = SMOKE_PARAMS) -> Path:
     return dest
 
 
+def copy_run(src: Path, dest: Path) -> Path:
+    """A copy of a finished run (dest must not exist) that both engines see as finished: every file keeps its bytes
+    and mtime (Snakemake compares outputs' mtimes with their inputs'), with .snakemake/ (Snakemake's record of each
+    output's params, code and inputs), dvc.lock, .dvc/ (DVC's cache) and .git/. Neither engine records absolute
+    paths there, so `snakemake -n` and `dvc status` have nothing to do in the copy (test_workflow checks both)."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
 def set_param(repo: Path, section: str, key: str, value) -> None:
     """Change one parameter in the copy's params.yaml."""
     import yaml

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import random
+import subprocess
 
 import pytest
 import yaml
 
+from cocoracle.cli import main
 from cocoracle.config import InputError, load_params, split_counts, stage_epochs, unique_problems, validate_params
 from conftest import PARAMS_YAML, run_cli, tiny_params_dict
 
@@ -155,13 +158,30 @@ def _assert_one_line_error(result, file: str, keys: set[str]):
     assert "Traceback" not in result.stderr
 
 
+@pytest.fixture
+def cli_in_process(capsys):
+    """`cocoracle ...` run by its `main` in this process (a subprocess costs a Python start; the tests below this
+    one's use run the real console script): a CompletedProcess with its exit status and output."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def call(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["cocoracle", *map(str, args)], code, out.out, out.err)
+    yield call
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.mark.parametrize("case, mutate, keys", BAD_PARAMS, ids=[c[0] for c in BAD_PARAMS])
-def test_check_params_rejects_bad_file_with_one_line(tmp_path, case, mutate, keys):
+def test_check_params_rejects_bad_file_with_one_line(tmp_path, cli_in_process, case, mutate, keys):
     params = tiny_params_dict()
     mutate(params)
     file = tmp_path / f"{case}.yaml"
     file.write_text(yaml.safe_dump(params))
-    result = run_cli("check-params", "--params", file)
+    result = cli_in_process("check-params", "--params", file)
     _assert_one_line_error(result, str(file), keys)
     assert result.stdout == ""
 

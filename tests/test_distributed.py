@@ -19,6 +19,9 @@ from safetensors.torch import load_file
 from cocoracle.resume import resume_dir
 from conftest import tiny_params_dict
 
+# torchrun starts three processes for each of its five runs, and each of those imports torch: about a minute in all
+# on two cores, so the fast loop leaves this module out (CI runs it: --full)
+pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 STEPS = 6
 

@@ -1,5 +1,5 @@
-"""End to end with the real engines on one smoke run: DVC experiments, offline plots, and a DVC remote
-that a fresh clone pulls from until both `dvc status` and `snakemake -n` have nothing to do."""
+"""End to end with the real engines on the session's DVC smoke run (a copy): DVC experiments, offline plots, and a
+DVC remote that a fresh clone pulls from until both `dvc status` and `snakemake -n` have nothing to do."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from helpers_workflow import repo_copy, run, set_param
+from helpers_workflow import copy_run, run, set_param
 
 pytestmark = pytest.mark.e2e
 EXPERIMENTS = {"c-small": [0.01], "c-large": [10.0]}  # probes.C_grid: reruns only the probes and the report
@@ -44,10 +44,10 @@ def _git(repo, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory):
-    """A committed smoke run, then two `dvc exp run -S` experiments; their outputs and metrics."""
-    repo = repo_copy(tmp_path_factory.mktemp("exp"))
-    run(["dvc", "repro"], cwd=repo)
+def experiments(dvc_run, tmp_path_factory):
+    """The session's DVC smoke run, copied and committed, then two `dvc exp run -S` experiments; their outputs and
+    metrics."""
+    repo = copy_run(dvc_run.repo, tmp_path_factory.mktemp("exp") / "repo")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "smoke run")
     runs, metrics = {}, {"baseline": _metrics(repo)}

@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from cocoracle.engine_lock import LOCK_FILE, _dvc_run, _is_locked
-from helpers_workflow import REPO, engine_env, repo_copy, run, set_param
+from helpers_workflow import REPO, copy_run, engine_env, run, set_param
 
 pytestmark = pytest.mark.e2e
 EXPERIMENTS = {"c-small": [0.01], "c-large": [10.0]}  # probes.C_grid: reruns only the probe stage
-TARGET = "probe_stage_1"  # the smoke DAG cut down to one probe stage: base run and experiments take minutes
+TARGET = "probe_stage_1"  # the smoke DAG cut down to one probe stage: the experiments take minutes
 METRICS = "results/probes/stage-1-headline.json"  # what DVC shows of the probes (their results: RESULTS)
 RESULTS = "results/probes/stage-1.json"
 QUEUE_TIMEOUT = 480
@@ -130,13 +130,14 @@ def _run_queue(repo: Path) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def queued(tmp_path_factory):
-    """A committed smoke run (of TARGET's pipeline), two queued experiments run by two workers while a Snakemake run
-    holds the workspace; the workspace before and after, the watch's findings and `dvc exp show --json`."""
-    repo = repo_copy(tmp_path_factory.mktemp("queue") / "repo")
+def queued(dvc_run, tmp_path_factory):
+    """A committed smoke run (the session's DVC run, copied, cut to TARGET's pipeline), two queued experiments run by
+    two workers while a Snakemake run holds the workspace; the workspace before and after, the watch's findings and
+    `dvc exp show --json`."""
+    repo = copy_run(dvc_run.repo, tmp_path_factory.mktemp("queue") / "repo")
     set_param(repo, "activations", "layers", [0.5])  # one hidden state (the oracle's): fewer probes to fit
     _keep_only(repo, TARGET)
-    run(["dvc", "repro"], cwd=repo)
+    run(["dvc", "repro"], cwd=repo)  # stage 1's caches and probes again, for the one hidden state
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "smoke run")
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(repo)], env=engine_env(), text=True,

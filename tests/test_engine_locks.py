@@ -11,21 +11,33 @@ import pytest
 import yaml
 
 from cocoracle.engine_lock import LOCK_FILE, _dvc_run, _is_locked
-from helpers_workflow import BIN, repo_copy, run
+from helpers_workflow import BIN, run
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE = ["snakemake", "--cores", "2", "models/stage-0"]
 DVC = ["dvc", "repro", "train_stage_0"]
 
 
-@pytest.fixture()
-def repo(tmp_path) -> Path:
-    """The smoke copy with a stage 0 long enough to be running while a second engine starts."""
-    repo = repo_copy(tmp_path)
+def _long_stage_0(repo: Path) -> Path:
+    """A copy of a finished smoke run whose stage 0 is to run again, long enough to be running while a second engine
+    starts (its old log removed: the new one shows that training has started)."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["max_steps"] = 300
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "logs/train/stage-0.log").unlink()
     return repo
+
+
+@pytest.fixture()
+def snakemake_workspace(snakemake_copy) -> Path:
+    """The session's Snakemake run (a copy), where only stage 0 is to rerun."""
+    return _long_stage_0(snakemake_copy)
+
+
+@pytest.fixture()
+def dvc_workspace(dvc_copy) -> Path:
+    """The session's DVC run (a copy), where only stage 0 is to rerun."""
+    return _long_stage_0(dvc_copy)
 
 
 def _start(cmd: list[str], repo: Path) -> subprocess.Popen:
@@ -52,7 +64,8 @@ def _finish(first: subprocess.Popen) -> str:
     return out
 
 
-def test_dvc_refuses_while_snakemake_runs(repo):
+def test_dvc_refuses_while_snakemake_runs(snakemake_workspace):
+    repo = snakemake_workspace
     first = _start(SNAKEMAKE, repo)
     _wait_for(lambda: _is_locked(repo / LOCK_FILE) and _training(repo), first, "snakemake held the workspace")
     data = {p.name: p.read_bytes() for p in (repo / "data").glob("*.parquet")}
@@ -66,7 +79,8 @@ def test_dvc_refuses_while_snakemake_runs(repo):
     assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1", "models/stage-0"], cwd=repo).stdout
 
 
-def test_snakemake_refuses_while_dvc_runs(repo):
+def test_snakemake_refuses_while_dvc_runs(dvc_workspace):
+    repo = dvc_workspace
     first = _start(DVC, repo)
     _wait_for(lambda: _training(repo) and _dvc_run(repo) is not None, first, "dvc ran the training stage")
     second = run(SNAKEMAKE, cwd=repo, check=False)
@@ -78,8 +92,10 @@ def test_snakemake_refuses_while_dvc_runs(repo):
     assert run(["dvc", "status", "train_stage_0"], cwd=repo).stdout.strip().endswith("up to date.")
 
 
-@pytest.mark.parametrize("cmd", [SNAKEMAKE, DVC], ids=["snakemake", "dvc"])
-def test_a_second_run_of_one_engine_meets_its_lock(repo, cmd):
+@pytest.mark.parametrize("cmd, workspace", [(SNAKEMAKE, "snakemake_workspace"), (DVC, "dvc_workspace")],
+                         ids=["snakemake", "dvc"])
+def test_a_second_run_of_one_engine_meets_its_lock(request, cmd, workspace):
+    repo = request.getfixturevalue(workspace)
     first = _start(cmd, repo)
     _wait_for(lambda: _training(repo), first, "training started")
     second = run(cmd, cwd=repo, check=False)

@@ -4,6 +4,7 @@ the best-on-val weights, LoRA adapters and their trainable token rows round trip
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from transformers import AutoTokenizer
 
 from cocoracle import headline
+from cocoracle.cli import main
 from cocoracle.config import InputError
 from cocoracle.model import save_checkpoint
 from cocoracle.oracle import evaluate as oracle_evaluate
@@ -259,13 +261,26 @@ def test_evaluate_oracles_writes_every_metric_with_intervals(tmp_path, checkpoin
     assert set(METRICS) <= set(pd.read_parquet(paths["predictions"]).columns)
 
 
-def test_ask_rejects_bad_problems_in_one_line(checkpoint, tmp_path):
+def test_ask_rejects_bad_problems_in_one_line(checkpoint, tmp_path, capsys):
+    """The first problem through the console script (one process, one stderr line), the others through its `main`
+    in this process (a subprocess each would import torch again)."""
     outside = "outside what the checkpoint was trained on (two operands of 1 or 2 or 3 digits each)"
-    for problem, message in [("hello", "not a sum"), ("12345 + 1", outside), ("999 + 1", outside),
-                             ("1234 + 5678", outside)]:
-        result = run_cli("ask", problem, "--checkpoint", checkpoint, "--oracle", tmp_path / "none")
-        assert result.returncode == 2, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    cases = [("hello", "not a sum"), ("12345 + 1", outside), ("999 + 1", outside), ("1234 + 5678", outside)]
+    result = run_cli("ask", cases[0][0], "--checkpoint", checkpoint, "--oracle", tmp_path / "none")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and cases[0][1] in result.stderr, result.stderr
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        for problem, message in cases[1:]:
+            capsys.readouterr()
+            code = main(["ask", problem, "--checkpoint", str(checkpoint), "--oracle", str(tmp_path / "none")])
+            stderr = capsys.readouterr().err
+            assert code == 2, stderr
+            assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def test_ask_reads_every_thought(tmp_path, checkpoint, tiny_params, data_dir):

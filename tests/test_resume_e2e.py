@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers_workflow import BIN, output_difference, repo_copy, run
+from helpers_workflow import BIN, copy_run, output_difference, repo_copy, run
 
 pytestmark = pytest.mark.e2e
 STEPS = 400  # optimizer steps of every stage: stage 1 runs long enough to be killed mid-way
 ENGINES = {"snakemake": ["snakemake", "--cores", "2", "models/stage-1"], "dvc": ["dvc", "repro", "train_stage_1"]}
+STAGE_0 = {"snakemake": ["snakemake", "--cores", "2", "models/stage-0"], "dvc": ["dvc", "repro", "train_stage_0"]}
 STATE = "models/stage-1.resume/state.json"
 
 
@@ -59,18 +60,24 @@ def _kill_training_mid_stage(repo: Path, cmd: list[str]) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory) -> dict[str, Path]:
-    """Uninterrupted runs, per engine."""
+def whole(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Per engine: an uninterrupted run, and a copy of it made when its stage 0 was done (where the killed run
+    starts, so that stage 0 is trained once)."""
     repos = {}
     for name, cmd in ENGINES.items():
-        repos[name] = _copy(tmp_path_factory.mktemp(f"whole-{name}"))
-        run(cmd, cwd=repos[name])
+        root = tmp_path_factory.mktemp(f"whole-{name}")
+        repo = _copy(root / "whole")
+        run(STAGE_0[name], cwd=repo)
+        stage_0 = copy_run(repo, root / "stage-0")
+        run(cmd, cwd=repo)
+        repos[name] = repo, stage_0
     return repos
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_killed_training_resumes_to_the_same_bytes(engine, whole, tmp_path):
-    repo = _copy(tmp_path)
+    uninterrupted, stage_0 = whole[engine]
+    repo = copy_run(stage_0, tmp_path / "repo")
     killed = _kill_training_mid_stage(repo, ENGINES[engine])
     assert killed.returncode != 0
     saved = yaml.safe_load((repo / STATE).read_text())["step"]
@@ -82,7 +89,7 @@ def test_killed_training_resumes_to_the_same_bytes(engine, whole, tmp_path):
     assert resumed >= saved  # it did not start over
     # stage 0 first: a difference there is not resume's (the killed run's stage 0 ran whole)
     for rel in ("models/stage-0/model.safetensors", "models/stage-1/model.safetensors", "models/stage-1/params.json"):
-        difference = output_difference(repo / rel, whole[engine] / rel)  # the same bytes, or run-to-run noise
+        difference = output_difference(repo / rel, uninterrupted / rel)  # the same bytes, or run-to-run noise
         assert not difference, f"{rel}: {difference}"
     steps = pd.read_csv(repo / "results/train/stage-1/plots/metrics/train/loss.tsv", sep="\t")["step"].tolist()
     assert steps == list(range(STEPS))  # no gap, no duplicate

@@ -1,4 +1,7 @@
-"""End to end: the smoke DAG through the real engines, and the incremental case in each."""
+"""End to end: the smoke DAG through the real engines, and the incremental case in each.
+
+The finished runs are the session's (conftest.py: one per engine); a test that changes params and reruns takes its
+own copy of one."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +16,7 @@ import yaml
 
 from cocoracle.config import load_params, read_yaml
 from cocoracle.steps import Layout, jobs
-from helpers_workflow import REPO, differing_outputs, repo_copy, run, set_param
+from helpers_workflow import REPO, differing_outputs, run, set_param
 
 pytestmark = pytest.mark.e2e
 STAGES = (0, 1, 2)  # smoke params: coconut.num_stages = 2
@@ -76,36 +79,23 @@ SELF = [f"models/oracle/self/stage-{k}/oracle.json" for k in STAGES[1:]]
 ORACLE_EVAL = [f"results/oracle/stage-{k}.json" for k in STAGES[1:]]
 
 
-@pytest.fixture(scope="module")
-def snakemake_repo(tmp_path_factory):
-    repo = repo_copy(tmp_path_factory.mktemp("smk"))
-    run(["snakemake", "--cores", "2"], cwd=repo)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def dvc_repo(tmp_path_factory):
-    repo = repo_copy(tmp_path_factory.mktemp("dvc"))
-    run(["dvc", "repro"], cwd=repo)
-    return repo
-
-
-def test_snakemake_runs_the_whole_dag(snakemake_repo):
-    _check_outputs(snakemake_repo)
-    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
+def test_snakemake_runs_the_whole_dag(snakemake_copy):
+    """The finished run, in a copy (as every test that changes a run gets it): all there, and nothing to do."""
+    _check_outputs(snakemake_copy)
+    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_copy).stdout
     assert "Nothing to be done" in dry
 
 
-def test_dvc_runs_the_whole_dag(dvc_repo):
-    _check_outputs(dvc_repo)
-    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}")
+def test_dvc_runs_the_whole_dag(dvc_copy):
+    _check_outputs(dvc_copy)
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_copy).stdout or "{}")
     assert status == {}
 
 
-def test_both_engines_write_the_same_bytes(snakemake_repo, dvc_repo):
+def test_both_engines_write_the_same_bytes(snakemake_run, dvc_run):
     """Two runs of the same params and threads (one per engine): every data file, checkpoint, metrics file, curve,
     table and plot is byte-identical, or within the rare run-to-run noise (differing_outputs warns of each)."""
-    alone, differ = differing_outputs(snakemake_repo, dvc_repo)
+    alone, differ = differing_outputs(snakemake_run.repo, dvc_run.repo)
     assert not alone, alone
     assert not differ, differ
 
@@ -257,90 +247,90 @@ def _planned_jobs(dry_run: str) -> set[str]:
     return set(re.findall(r"^(\w+)\s+\d+$", dry_run, re.M)) - {"total"}
 
 
-def test_snakemake_reruns_only_evaluation_after_an_evaluate_param_change(snakemake_repo):
-    set_param(snakemake_repo, "evaluate", "extra_tokens", 5)
-    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
+def test_snakemake_reruns_only_evaluation_after_an_evaluate_param_change(snakemake_copy):
+    set_param(snakemake_copy, "evaluate", "extra_tokens", 5)
+    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_copy).stdout
     assert _planned_jobs(dry) == {"evaluate_stage", "report", "all"}, dry
-    before = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES + EVAL)
-    run(["snakemake", "--cores", "2"], cwd=snakemake_repo)
-    after = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES + EVAL)
+    before = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + EVAL)
+    run(["snakemake", "--cores", "2"], cwd=snakemake_copy)
+    after = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + EVAL)
     assert all(before[p] == after[p] for p in UPSTREAM + CACHES + PROBES), "another step reran"
     assert all(before[p] < after[p] for p in EVAL), "evaluation did not rerun"
 
 
-def test_snakemake_reruns_only_probes_after_a_probe_param_change(snakemake_repo):
-    set_param(snakemake_repo, "probes", "C_grid", [0.5])
-    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
+def test_snakemake_reruns_only_probes_after_a_probe_param_change(snakemake_copy):
+    set_param(snakemake_copy, "probes", "C_grid", [0.5])
+    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_copy).stdout
     assert _planned_jobs(dry) == {"probe_stage", "report", "all"}, dry
-    before = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES)
-    run(["snakemake", "--cores", "2"], cwd=snakemake_repo)
-    after = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES)
+    before = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES)
+    run(["snakemake", "--cores", "2"], cwd=snakemake_copy)
+    after = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES)
     assert all(before[p] == after[p] for p in UPSTREAM + CACHES), "an upstream step reran"
     assert all(before[p] < after[p] for p in PROBES), "probes did not rerun"
 
 
-def test_dvc_reruns_only_evaluation_after_an_evaluate_param_change(dvc_repo):
-    set_param(dvc_repo, "evaluate", "extra_tokens", 5)
-    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
+def test_dvc_reruns_only_evaluation_after_an_evaluate_param_change(dvc_copy):
+    set_param(dvc_copy, "evaluate", "extra_tokens", 5)
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_copy).stdout)
     assert set(status) == {f"evaluate_stage_{k}" for k in STAGES}
-    before = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES + EVAL)
-    out = run(["dvc", "repro"], cwd=dvc_repo).stdout
-    after = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES + EVAL)
+    before = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES + EVAL)
+    out = run(["dvc", "repro"], cwd=dvc_copy).stdout
+    after = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES + EVAL)
     assert "Running stage 'train_stage" not in out and "Running stage 'generate'" not in out
     assert all(before[p] == after[p] for p in UPSTREAM + CACHES + PROBES), "another step reran"
     assert all(before[p] < after[p] for p in EVAL), "evaluation did not rerun"
 
 
-def test_dvc_reruns_only_probes_after_a_probe_param_change(dvc_repo):
-    set_param(dvc_repo, "probes", "C_grid", [0.5])
-    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
+def test_dvc_reruns_only_probes_after_a_probe_param_change(dvc_copy):
+    set_param(dvc_copy, "probes", "C_grid", [0.5])
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_copy).stdout)
     assert set(status) == {f"probe_stage_{k}" for k in STAGES[1:]}
-    before = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES)
-    run(["dvc", "repro"], cwd=dvc_repo)
-    after = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES)
+    before = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES)
+    run(["dvc", "repro"], cwd=dvc_copy)
+    after = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES)
     assert all(before[p] == after[p] for p in UPSTREAM + CACHES), "an upstream step reran"
     assert all(before[p] < after[p] for p in PROBES), "probes did not rerun"
 
 
-def test_snakemake_reruns_only_the_self_oracle_after_its_param_change(snakemake_repo):
-    params = yaml.safe_load((snakemake_repo / "params.yaml").read_text())
+def test_snakemake_reruns_only_the_self_oracle_after_its_param_change(snakemake_copy):
+    params = yaml.safe_load((snakemake_copy / "params.yaml").read_text())
     params["oracle"]["self"]["mix"] = 0.5
-    (snakemake_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
+    (snakemake_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_copy).stdout
     assert _planned_jobs(dry) == {"train_oracle", "evaluate_oracles", "report", "all"}, dry
     assert dry.count("rule train_oracle:") == 2 and "output: models/oracle/separate" not in dry, dry
-    before = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
-    run(["snakemake", "--cores", "2"], cwd=snakemake_repo)
-    after = _mtimes(snakemake_repo, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
+    before = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
+    run(["snakemake", "--cores", "2"], cwd=snakemake_copy)
+    after = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
     assert all(before[p] == after[p] for p in UPSTREAM + CACHES + PROBES + SEPARATE), "another step reran"
     assert all(before[p] < after[p] for p in SELF + ORACLE_EVAL), "the self-oracle did not rerun"
 
 
-def test_dvc_reruns_only_the_self_oracle_after_its_param_change(dvc_repo):
-    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+def test_dvc_reruns_only_the_self_oracle_after_its_param_change(dvc_copy):
+    params = yaml.safe_load((dvc_copy / "params.yaml").read_text())
     params["oracle"]["self"]["mix"] = 0.5
-    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
+    (dvc_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_copy).stdout)
     assert set(status) == {f"train_self_oracle_stage_{k}" for k in STAGES[1:]}
-    before = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
-    run(["dvc", "repro"], cwd=dvc_repo)
-    after = _mtimes(dvc_repo, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
+    before = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
+    run(["dvc", "repro"], cwd=dvc_copy)
+    after = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
     assert all(before[p] == after[p] for p in UPSTREAM + CACHES + PROBES + SEPARATE), "another step reran"
     assert all(before[p] < after[p] for p in SELF + ORACLE_EVAL), "the self-oracle did not rerun"
 
 
-def test_bench_noop_times_no_op_and_incremental_planning(snakemake_repo):
+def test_bench_noop_times_no_op_and_incremental_planning(snakemake_copy):
     """scripts/bench_noop.py on a run both engines take as current: each command is a no-op; after a probe
     parameter is changed each plans exactly the probe steps (Snakemake also what follows them), and the run's
     params.yaml is put back."""
-    params = (snakemake_repo / "params.yaml").read_text()
-    run(["dvc", "commit", "-f", "-q"], cwd=snakemake_repo)  # DVC takes Snakemake's outputs as its own
+    params = (snakemake_copy / "params.yaml").read_text()
+    run(["dvc", "commit", "-f", "-q"], cwd=snakemake_copy)  # DVC takes Snakemake's outputs as its own
     try:
-        out = run([sys.executable, str(REPO / "scripts" / "bench_noop.py"), str(snakemake_repo), "--runs", "1",
+        out = run([sys.executable, str(REPO / "scripts" / "bench_noop.py"), str(snakemake_copy), "--runs", "1",
                    "--change", "probes.max_iter=301"], cwd=REPO).stdout
     finally:
-        (snakemake_repo / "dvc.lock").unlink()
-    assert (snakemake_repo / "params.yaml").read_text() == params
+        (snakemake_copy / "dvc.lock").unlink()
+    assert (snakemake_copy / "params.yaml").read_text() == params
     lines = [line for line in out.splitlines() if not line.startswith("FIGURE")]
     assert re.search(r"^snakemake -n .* no-op$", lines[1]) and re.search(r"^dvc status .* no-op$", lines[2]), out
     assert lines[3].endswith("after probes.max_iter=301: probe_stage x2, report, all"), out
