@@ -61,6 +61,16 @@ def copy_run(src: Path, dest: Path) -> Path:
     return dest
 
 
+def flat_keys(value, prefix: str = "") -> dict[str, object]:
+    """{'a.b.c': leaf} for a nested dict, as DVC names a metrics file's keys."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, object] = {}
+    for key, sub in value.items():
+        out.update(flat_keys(sub, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def set_param(repo: Path, section: str, key: str, value) -> None:
     """Change one parameter in the copy's params.yaml."""
     import yaml

@@ -9,20 +9,11 @@ import subprocess
 import pytest
 import yaml
 
-from helpers_workflow import copy_run, run, set_param
+from helpers_workflow import copy_run, flat_keys, run, set_param
 
 pytestmark = pytest.mark.e2e
 EXPERIMENTS = {"c-small": [0.01], "c-large": [10.0]}  # probes.C_grid: reruns only the probes and the report
 
-
-def _flat(value, prefix: str = "") -> dict[str, object]:
-    """{'a.b.c': leaf} for a nested dict, as `dvc metrics diff` names metric keys."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict[str, object] = {}
-    for key, sub in value.items():
-        out.update(_flat(sub, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 def _metric_files(repo) -> list[str]:
@@ -31,7 +22,7 @@ def _metric_files(repo) -> list[str]:
 
 
 def _metrics(repo) -> dict[str, dict[str, object]]:
-    return {path: _flat(json.loads((repo / path).read_text())) for path in _metric_files(repo)}
+    return {path: flat_keys(json.loads((repo / path).read_text())) for path in _metric_files(repo)}
 
 
 def _planned_jobs(dry_run: str) -> set[str]:
@@ -90,7 +81,7 @@ def test_exp_show_lists_both_experiments_with_their_params_and_metrics(experimen
     assert set(found) == set(EXPERIMENTS)
     for name, grid in EXPERIMENTS.items():
         assert found[name][0] == grid
-        assert _flat(found[name][1]) == metrics[name]["results/probes/stage-1-headline.json"]
+        assert flat_keys(found[name][1]) == metrics[name]["results/probes/stage-1-headline.json"]
 
 
 def test_metrics_diff_names_exactly_the_changed_metrics(experiments):

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from helpers_workflow import engine_env, repo_copy, run
+from helpers_workflow import copy_run, engine_env, flat_keys, run
 
 pytestmark = pytest.mark.e2e
 WIDE = 250  # a wide terminal's columns
@@ -21,34 +21,24 @@ SMOKE_METRIC_COLUMNS = 12 + 4 + 4 + 3 + 4
 
 
 @pytest.fixture(scope="module")
-def dvc_run(tmp_path_factory):
-    """A smoke run by `dvc repro`, committed."""
-    repo = repo_copy(tmp_path_factory.mktemp("dvc-output"))
-    run(["dvc", "repro"], cwd=repo, timeout=3600)  # minutes on an idle machine, many more on a busy one
+def committed(dvc_run, tmp_path_factory):
+    """A copy of the session's smoke run by `dvc repro`, committed (`plots diff HEAD` compares with it)."""
+    repo = copy_run(dvc_run.repo, tmp_path_factory.mktemp("dvc-output") / "repo")
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke run"], cwd=repo)
     return repo
 
 
-def _flat(value, prefix: str = "") -> dict[str, object]:
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict[str, object] = {}
-    for key, sub in value.items():
-        out.update(_flat(sub, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def test_exp_show_has_a_few_numeric_metric_columns_each_named_by_its_key(dvc_run):
-    (workspace, *_) = json.loads(run(["dvc", "exp", "show", "--json"], cwd=dvc_run).stdout)
+def test_exp_show_has_a_few_numeric_metric_columns_each_named_by_its_key(committed):
+    (workspace, *_) = json.loads(run(["dvc", "exp", "show", "--json"], cwd=committed).stdout)
     files = workspace["data"]["metrics"]
-    columns = {f"{path}:{key}": value for path, file in files.items() for key, value in _flat(file["data"]).items()}
+    columns = {f"{path}:{key}": value for path, file in files.items() for key, value in flat_keys(file["data"]).items()}
     assert len(columns) == SMOKE_METRIC_COLUMNS, sorted(columns)
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in columns.values()), columns
     assert not [c for c in columns if "provenance" in c or "by_" in c]
     keys = [c.split(":", 1)[1] for c in columns]
     assert len(keys) == len(set(keys))  # so DVC names each column by its key alone
-    header = run(["dvc", "exp", "show", "--csv"], cwd=dvc_run).stdout.splitlines()[0].split(",")
+    header = run(["dvc", "exp", "show", "--csv"], cwd=committed).stdout.splitlines()[0].split(",")
     assert set(keys) <= set(header) and not [h for h in header if ".json:" in h]
 
 
@@ -59,49 +49,49 @@ def _shown_at(repo, width: int, *args: str) -> list[str]:
                           text=True, check=True).stdout.splitlines()
 
 
-def test_exp_show_fits_a_wide_terminal_and_one_stages_figures_read_whole(dvc_run):
-    (workspace, *_) = json.loads(run(["dvc", "exp", "show", "--json"], cwd=dvc_run).stdout)
-    keys = [key for file in workspace["data"]["metrics"].values() for key in _flat(file["data"])]
-    lines = _shown_at(dvc_run, WIDE)
+def test_exp_show_fits_a_wide_terminal_and_one_stages_figures_read_whole(committed):
+    (workspace, *_) = json.loads(run(["dvc", "exp", "show", "--json"], cwd=committed).stdout)
+    keys = [key for file in workspace["data"]["metrics"].values() for key in flat_keys(file["data"])]
+    lines = _shown_at(committed, WIDE)
     assert lines and max(map(len, lines)) <= WIDE, "\n".join(lines)
     # the last stage's figures, as docs/experiments.md shows them
-    lines = _shown_at(dvc_run, WIDE, "--drop", ".*", "--keep", r"Experiment|[a-z_]+\.stage-2\.")
+    lines = _shown_at(committed, WIDE, "--drop", ".*", "--keep", r"Experiment|[a-z_]+\.stage-2\.")
     assert lines and max(map(len, lines)) <= WIDE, "\n".join(lines)
     head = " ".join(lines[:next(i for i, line in enumerate(lines) if "workspace" in line)])
     visible = [key for key in keys if re.search(rf"(^|\s){re.escape(key)}(\s|$)", head)]
     assert len(visible) >= 6 and all(".stage-2." in key for key in visible), "\n".join(lines)  # neither cut nor wrapped
 
 
-def test_dvclive_summaries_are_metrics_and_their_curves_plots(dvc_run):
-    stages = yaml.safe_load((dvc_run / "dvc.yaml").read_text())["stages"]
+def test_dvclive_summaries_are_metrics_and_their_curves_plots(committed):
+    stages = yaml.safe_load((committed / "dvc.yaml").read_text())["stages"]
     for name in ("train_stage_0", "train_self_oracle_stage_1"):
         live = re.search(r"--live (\S+)", stages[name]["cmd"]).group(1)
         assert stages[name]["metrics"] == [{f"{live}/metrics.json": {"persist": True}}]
         assert stages[name]["plots"] == [{f"{live}/plots/metrics": {"x": "step", "persist": True}}]
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=dvc_run).stdout)
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=committed).stdout)
     metrics = next(iter(shown.values()))["data"]
     assert metrics["results/train/stage-2/metrics.json"]["data"] == {
         "train": {"stage-2": {"val_accuracy": pytest.approx(0.0, abs=1.0)}}}
-    assert list(_flat(metrics["results/oracle-train/self/stage-1/metrics.json"]["data"])) == [
+    assert list(flat_keys(metrics["results/oracle-train/self/stage-1/metrics.json"]["data"])) == [
         "oracle_train.stage-1.self.val_exact_match"]
 
 
 @pytest.mark.parametrize("command", [["dvc", "plots", "show"], ["dvc", "plots", "diff", "HEAD"]])
-def test_plots_render_without_a_warning(dvc_run, command):
-    proc = run(command, cwd=dvc_run)
+def test_plots_render_without_a_warning(committed, command):
+    proc = run(command, cwd=committed)
     said = proc.stdout + proc.stderr
     assert "WARNING" not in said and "not iterable" not in said, said
-    assert (dvc_run / "dvc_plots/index.html").is_file()
-    index = (dvc_run / "dvc_plots/index.html").read_text()
+    assert (committed / "dvc_plots/index.html").is_file()
+    index = (committed / "dvc_plots/index.html").read_text()
     for curve in ("results/train/stage-0/plots/metrics/train/loss.tsv",
                   "results/oracle-train/separate/stage-2/plots/metrics/val/exact_match.tsv"):
         assert curve in index
 
 
-def test_the_headline_files_provenance_is_its_results_files(dvc_run):
-    made_at = run(["git", "rev-parse", "HEAD~1"], cwd=dvc_run).stdout.strip()  # the commit before the run's
+def test_the_headline_files_provenance_is_its_results_files(committed):
+    made_at = run(["git", "rev-parse", "HEAD~1"], cwd=committed).stdout.strip()  # the commit before the run's
     for path in ("results/eval/stage-1-headline.json", "results/oracle/stage-2-headline.json"):
-        shown = run(["cocoracle", "provenance", path], cwd=dvc_run).stdout
+        shown = run(["cocoracle", "provenance", path], cwd=committed).stdout
         assert f"git revision: {made_at}\n" in shown
-        assert shown == run(["cocoracle", "provenance", path.replace("-headline", "")], cwd=dvc_run).stdout
-    assert os.path.getsize(dvc_run / "results/probes/stage-1-headline.json") < 200
+        assert shown == run(["cocoracle", "provenance", path.replace("-headline", "")], cwd=committed).stdout
+    assert os.path.getsize(committed / "results/probes/stage-1-headline.json") < 200

@@ -14,19 +14,10 @@ from cocoracle.config import load_params, read_yaml
 from cocoracle.dvc_yaml import render_dvc_yaml
 from cocoracle.loop import live_logger
 from cocoracle.provenance import describe, read
-from helpers_workflow import REPO
+from helpers_workflow import REPO, flat_keys
 
 MAX_METRIC_COLUMNS = 40  # what `dvc exp show` may show of the default's metrics
 
-
-def _flat(value, prefix: str = "") -> dict[str, object]:
-    """{'a.b.c': leaf}, as DVC names a metrics file's keys."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict[str, object] = {}
-    for key, sub in value.items():
-        out.update(_flat(sub, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 def _eval_results(stage: int, splits=("val", "test", "ood")) -> dict:
@@ -64,10 +55,10 @@ def test_headlines_are_a_few_numbers_under_keys_naming_their_step_and_stage():
              (headline.oracles(_oracle_results(3)),
               {"oracle.stage-3.self.step": 0.5, "oracle.stage-3.separate.step": 0.125})]
     for made, expected in cases:
-        assert _flat(made) == expected
+        assert flat_keys(made) == expected
     # a step with fewer splits or tasks has fewer figures, and none that is not a number
-    assert _flat(headline.evaluation(_eval_results(0, splits=("val",)))) == {"eval.stage-0.val": 0.5}
-    assert _flat(headline.oracles(_oracle_results(1, tasks=("digit",)))) == {}
+    assert flat_keys(headline.evaluation(_eval_results(0, splits=("val",)))) == {"eval.stage-0.val": 0.5}
+    assert flat_keys(headline.oracles(_oracle_results(1, tasks=("digit",)))) == {}
 
 
 def test_the_headline_file_sits_beside_its_results_file_which_keeps_the_provenance(tmp_path):
@@ -138,7 +129,7 @@ def test_dvc_metrics_are_few_numbers_each_in_a_column_of_its_own(params_file):
     params = load_params(REPO / params_file)
     stages = _dvc_stages(params_file)
     paths = [next(iter(m)) for stage in stages.values() for m in stage.get("metrics", [])]
-    columns = [key for path in paths for key in _flat(_synthetic_metrics(path, params))]
+    columns = [key for path in paths for key in flat_keys(_synthetic_metrics(path, params))]
     assert len(columns) == len(set(columns)) and len(columns) <= MAX_METRIC_COLUMNS, columns
     if params_file == "params.yaml":
         # 4 stages x 4 evaluation figures, 3 x 2 probe and 3 x 2 oracle figures, 4 + 3 x 2 training runs
