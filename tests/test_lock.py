@@ -266,8 +266,9 @@ def test_a_line_that_is_not_an_exact_pin_is_reported(copy):
 
 
 def test_a_lock_that_names_a_local_folder_or_not_the_cpu_index_is_reported(copy):
-    copy.edit("cpu", r"^--extra-index-url .*$", "--find-links /opt/wheels")
-    copy.problems("requirements/cpu.txt: names a folder of some machine: ['--find-links /opt/wheels']",
+    folder = copy.root / "wheels"  # a folder of this machine, as a lock made with TORCH_CPU_WHEELS might name it
+    copy.edit("cpu", r"^--extra-index-url .*$", f"--find-links {folder}")
+    copy.problems(f"requirements/cpu.txt: names a folder of some machine: ['--find-links {folder}']",
                   "requirements/cpu.txt: does not name PyTorch's CPU index")
 
 
@@ -311,9 +312,10 @@ def test_a_conda_env_that_differs_from_the_cpu_lock_is_reported(copy):
 
 
 def test_a_conda_env_with_a_machine_path_is_reported(copy):
-    copy.edit("conda", r"^(- pip:)$", "\\1\n  - --find-links /opt/wheels\n  - --editable ${PWD}")
+    folder = copy.root / "wheels"
+    copy.edit("conda", r"^(- pip:)$", f"\\1\n  - --find-links {folder}\n  - --editable ${{PWD}}")
     copy.problems("envs/cocoracle.yaml: options or machine paths in its pip list: "
-                  "['--find-links /opt/wheels', '--editable ${PWD}']")
+                  f"['--find-links {folder}', '--editable ${{PWD}}']")
 
 
 def test_a_header_without_the_command_is_reported(copy):
