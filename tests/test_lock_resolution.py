@@ -47,6 +47,7 @@ def supported_pythons() -> list[str]:
     return [f"3.{minor}" for minor in range(8, 20) if Version(f"3.{minor}") in spec]
 
 
+@cache
 def reachable(url: str) -> bool:
     host = re.match(r"https://([^/]+)", url)[1]
     try:
@@ -73,6 +74,15 @@ def has_wheels(name: str, version: str) -> bool:
     return any(f["filename"].endswith(".whl") and stem.match(f["filename"]) for f in files)
 
 
+@cache
+def wheel_packages(lock: Path) -> tuple[str, ...]:
+    """The lock's packages that publish wheels (asked once per lock: one index page per package, eight at a time)."""
+    pins, _, _ = read_lock(lock)
+    with ThreadPoolExecutor(8) as pool:
+        wheels = list(pool.map(lambda n: all(has_wheels(n, Version(v).public) for v, _ in pins[n]), pins))
+    return tuple(sorted(n for n, has in zip(pins, wheels, strict=True) if has))
+
+
 def clean_env(platform: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
     if platform.startswith("macos"):
@@ -83,11 +93,7 @@ def clean_env(platform: str) -> dict[str, str]:
 def resolve(lock: str, platform: str, python: str, tmp_path: Path) -> subprocess.CompletedProcess:
     """uv's resolution of the lock for one pair, wheels required for every package that has any."""
     text = (REPO / f"requirements/{lock}.txt").read_text(encoding="utf-8")
-    pins, _, _ = read_lock(REPO / f"requirements/{lock}.txt")
-    with ThreadPoolExecutor(8) as pool:  # one index page per package, eight at a time
-        wheels = dict(zip(pins, pool.map(lambda n: all(has_wheels(n, Version(v).public) for v, _ in pins[n]), pins),
-                          strict=True))
-    names = sorted(n for n in pins if wheels[n])
+    names = wheel_packages(REPO / f"requirements/{lock}.txt")
     args = ["--index-url", PYPI]
     if lock == "cpu" and platform.startswith("linux"):
         if reachable(TORCH_CPU_INDEX):
