@@ -38,7 +38,7 @@ from cocoracle.coconut import (
     layout_options,
     thought_steps,
 )
-from cocoracle.config import InputError
+from cocoracle.config import InputError, run_seed
 from cocoracle.data import COLUMN_LABELS, column_additions, load_split
 from cocoracle.evaluate import parse_answer
 from cocoracle.model import DTYPES, checkpoint_params, load_checkpoint, pick_dtype
@@ -249,5 +249,6 @@ def collect_activations(params: dict[str, Any], stage: int, checkpoint: str | Pa
                     "d_model": model.config.hidden_size, "dtype": act["dtype"], "rows": n_rows,
                     "shards": writer.shards, "index_sha256": sha256(tmp / "index.parquet"),
                     "params": {"activations": act, "coconut": coconut},
-                    "provenance": describe({"activations": act}, [checkpoint, Path(data_dir) / f"{split}.parquet"])}
+                    "provenance": describe({"activations": act}, [checkpoint, Path(data_dir) / f"{split}.parquet"],
+                                           seed=run_seed(params))}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -19,11 +19,12 @@ from typing import NoReturn
 
 from cocoracle.config import ORACLE_KINDS, SPLITS, THOUGHT_TASKS, InputError, load_params
 from cocoracle.engine_lock import check_free
+from cocoracle.numerics import pin_threads
 
 # the commands the pipeline's steps run (cocoracle/steps.py): they refuse while another engine's run holds the
 # workspace (cocoracle/engine_lock.py)
 STEP_COMMANDS = {"generate", "fetch-model", "train", "evaluate", "collect", "probe", "train-oracle", "evaluate-oracle",
-                 "report"}
+                 "report", "seed-report"}
 
 
 # Third-party chatter kept out of the step logs (what a step writes to stderr is the log of a SLURM job or of
@@ -85,7 +86,7 @@ def cmd_fetch_model(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
+    params = load_params(args.params, args.seed)
     from cocoracle.model import pick_device
     from cocoracle.train import train_stage
     train_stage(params, args.stage, args.data, args.init, args.out, args.live, pick_device(args.device),
@@ -93,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
+    params = load_params(args.params, args.seed)
     from cocoracle.evaluate import evaluate_stage
     from cocoracle.model import pick_device
     evaluate_stage(params, args.stage, args.checkpoint, args.data, args.metrics, args.predictions,
@@ -101,21 +102,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
+    params = load_params(args.params, args.seed)
     from cocoracle.activations import collect_activations
     from cocoracle.model import pick_device
     collect_activations(params, args.stage, args.checkpoint, args.data, args.split, args.out, pick_device(args.device))
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
+    params = load_params(args.params, args.seed)
     from cocoracle.probes import run_probes
     run_probes(params, args.stage, {"train": args.train, "val": args.val, "test": args.test},
                {name: getattr(args, name) for name in ("table", "steps_table", "heatmap", "steps_heatmap", "metrics")})
 
 
 def cmd_train_oracle(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
+    params = load_params(args.params, args.seed)
     from cocoracle.model import pick_device
     from cocoracle.oracle.train import train_oracle
     train_oracle(args.kind, params, args.stage, {"train": args.train, "val": args.val}, args.checkpoint, args.base,
@@ -123,7 +124,7 @@ def cmd_train_oracle(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
+    params = load_params(args.params, args.seed)
     from cocoracle.model import pick_device
     from cocoracle.oracle.evaluate import evaluate_oracles
     evaluate_oracles(params, args.stage, args.checkpoint, {"separate": args.separate, "self": args.self_oracle},
@@ -134,7 +135,8 @@ def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
 def cmd_ask(args: argparse.Namespace) -> None:
     from cocoracle.model import pick_device
     from cocoracle.oracle.ask import ask_paths, ask_problem
-    checkpoint, oracle = ask_paths(args.checkpoint, args.oracle, args.config, args.params, args.stage, args.kind)
+    checkpoint, oracle = ask_paths(args.checkpoint, args.oracle, args.config, args.params, args.stage, args.kind,
+                                  args.seed)
     print(ask_problem(args.problem, checkpoint, oracle, args.task, pick_device(args.device)))
 
 
@@ -142,6 +144,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     from cocoracle.report import write_report
     write_report(args.eval, args.probes, args.heatmaps, args.step_heatmaps, args.oracle_tables, args.oracle_metrics,
                  args.train, args.out, args.plots)
+
+
+def cmd_seed_report(args: argparse.Namespace) -> None:
+    from cocoracle.seed_report import write_seed_report
+    write_seed_report(load_params(args.params), dict(args.run),
+                      {"report": args.out, "table": args.table, "headline": args.headline, "plot": args.plot,
+                       "page": args.page})
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
@@ -185,6 +194,19 @@ def _stage(text: str) -> int:
     return int(text)
 
 
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _run_dir(text: str) -> tuple[int, Path]:
+    seed, sep, directory = text.partition("=")
+    if not sep or not seed.isdigit() or not directory:
+        raise argparse.ArgumentTypeError(f"must be SEED=DIR, got {text!r}")
+    return int(seed), Path(directory)
+
+
 def _device(text: str) -> str:
     """--device: auto, cpu, cuda or cuda:N."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
@@ -219,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     device = _parent("--device", type=_device, default="auto",
                      help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     data = _parent("--data", default="data", help="directory of <split>.parquet (default: data)")
+    seed = _parent("--seed", type=_seed, help="the training seed whose run this is (default: the first of run.seeds)")
     stage = _parent("--stage", type=_stage, required=True,
                     help="curriculum stage (0: text chain of thought; k: the first k steps are latent thoughts)")
 
@@ -234,31 +257,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", required=True, choices=["model", "oracle"],
                    help="model: model.name at model.revision; oracle: oracle.separate.base at its revision")
     _paths(p, out="directory to write (config, safetensors weights, tokenizer)")
-    p = command("train", cmd_train, "train one Coconut curriculum stage", params, device, data, stage)
+    p = command("train", cmd_train, "train one Coconut curriculum stage", params, seed, device, data, stage)
     p.add_argument("--init", help="checkpoint to start from (the previous stage's; not for stage 0)")
     p.add_argument("--base", help="stage 0: directory holding model.name's weights (the fetched or local model)")
     _paths(p, out="checkpoint directory to write", live="dvclive directory for the training curves")
-    p = command("evaluate", cmd_evaluate, "answer accuracy of one stage's checkpoint", params, device, data, stage)
+    p = command("evaluate", cmd_evaluate, "answer accuracy of one stage's checkpoint", params, seed, device, data,
+                stage)
     _paths(p, checkpoint="checkpoint directory", metrics="metrics JSON to write",
            predictions="per-problem predictions parquet to write")
     p = command("collect", cmd_collect, "cache the activations at every latent thought of one split",
-                params, device, data, stage)
+                params, seed, device, data, stage)
     p.add_argument("--split", required=True, choices=SPLITS)
     _paths(p, checkpoint="checkpoint directory", out="cache directory to write")
-    p = command("probe", cmd_probe, "linear probes over one stage's activation caches", params, stage)
+    p = command("probe", cmd_probe, "linear probes over one stage's activation caches", params, seed, stage)
     _paths(p, train="train activation cache directory", val="val activation cache directory",
            test="test activation cache directory", table="CSV: each thought against its own step's labels",
            steps_table="CSV: every position against every step's labels", heatmap="PNG heatmap of the first table",
            steps_heatmap="PNG step x position heatmap", metrics="JSON summary (probes chosen on val) to write")
     p = command("train-oracle", cmd_train_oracle, "train the separate oracle or the self-oracle of one stage",
-                params, device, data, stage)
+                params, seed, device, data, stage)
     p.add_argument("--kind", required=True, choices=ORACLE_KINDS)
     p.add_argument("--base", help="separate oracle's base model: a checkpoint directory or Hugging Face id")
     _paths(p, checkpoint="the stage's Coconut checkpoint", train="train activation cache",
            val="val activation cache", out="oracle directory to write",
            live="dvclive directory for the training curves")
     p = command("evaluate-oracle", cmd_evaluate_oracle, "score both oracles of one stage next to trivial baselines",
-                params, device, data, stage)
+                params, seed, device, data, stage)
     p.add_argument("--self", dest="self_oracle", required=True, help="self-oracle directory")
     _paths(p, checkpoint="the stage's Coconut checkpoint (answer accuracy before)",
            separate="separate oracle directory", train="train activation cache (majority baselines)",
@@ -271,9 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=_stage, help="the stage whose checkpoint and oracle are the defaults (default: the "
                    "last stage with oracles, the last of oracle.stages: coconut.num_stages unless left out)")
     p.add_argument("--kind", choices=ORACLE_KINDS, default="self", help="the default oracle (default: self)")
-    p.add_argument("--checkpoint", help="Coconut checkpoint (default: the stage's, e.g. models/stage-3)")
+    p.add_argument("--seed", type=_seed, help="the training seed whose models are the defaults (default: the first "
+                   "of run.seeds)")
+    p.add_argument("--checkpoint", help="Coconut checkpoint (default: the stage's, e.g. models/seed-0/stage-3)")
     p.add_argument("--oracle", help="oracle directory (default: the stage's oracle of --kind, e.g. "
-                   "models/oracle/self/stage-3)")
+                   "models/seed-0/oracle/self/stage-3)")
     p.add_argument("--task", default="step", choices=THOUGHT_TASKS, help="question asked per thought")
     p = command("report", cmd_report, "results/report.md and its plots from the pipeline's outputs")
     for name, help in [("eval", "evaluation metrics JSON per stage"), ("probes", "probe summary JSON per stage"),
@@ -283,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
                        ("oracle-metrics", "oracle JSON per stage"), ("train", "dvclive directories")]:
         p.add_argument(f"--{name}", nargs="*", default=[], help=help)
     _paths(p, out="markdown report to write", plots="directory for the report's PNG plots")
+    p = command("seed-report", cmd_seed_report, "results/report.md: every figure across the training seeds", params)
+    p.add_argument("--run", type=_run_dir, action="append", required=True,
+                   help="SEED=DIR: a seed's results directory (repeat per seed)")
+    _paths(p, out="markdown report to write", table="CSV of every figure across seeds",
+           headline="JSON of the headline figures across seeds (DVC metrics)", plot="PNG of the headline figures",
+           page="HTML page of the report")
     p = command("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml from the step table for the parameter file", params)
     p.add_argument("--config", default="config.yaml", help="wiring file with the paths (default: config.yaml)")
     p.add_argument("--out", default="dvc.yaml", help="where to write (default: dvc.yaml)")
@@ -319,6 +351,8 @@ def _run(argv: list[str] | None) -> int:
     try:
         if args.command in STEP_COMMANDS:
             check_free()
+            if hasattr(args, "params"):  # every step computes on run.threads threads, whatever its cores
+                pin_threads(load_params(args.params)["run"]["threads"])
         args.func(args)
     except InputError as exc:
         print(f"cocoracle {args.command}: error: {exc}", file=sys.stderr)

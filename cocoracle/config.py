@@ -87,9 +87,19 @@ def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
     return params
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
-    """Read and validate a params file; raises InputError with a one-line message."""
-    return validate_params(read_yaml(path), source=str(path))
+def load_params(path: str | Path, seed: int | None = None) -> dict[str, Any]:
+    """Read and validate a params file, for the run of training seed `seed` when given (run_seed); raises
+    InputError with a one-line message."""
+    params = validate_params(read_yaml(path), source=str(path))
+    if seed is not None:
+        params["run"]["seed"] = seed
+    return params
+
+
+def run_seed(params: dict[str, Any]) -> int:
+    """The training seed of the run a step belongs to (model init, training and the oracles read it): the one
+    load_params was given (a step's --seed), else the first of run.seeds."""
+    return params["run"].get("seed", params["run"]["seeds"][0])
 
 
 def _semantic_errors(p: dict[str, Any]):

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.coconut import Codec, generate_with_thoughts, layout_options, teacher_forced_correct
-from cocoracle.config import InputError
+from cocoracle.config import InputError, run_seed
 from cocoracle.data import load_split
 from cocoracle.headline import evaluation as headline
 from cocoracle.headline import write as write_headline
@@ -110,7 +110,7 @@ def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, d
         predictions += [{"split": split, **r} for r in results]
     with atomic_path(predictions_path) as tmp:
         pq.write_table(pa.Table.from_pylist(predictions, schema=PREDICTIONS_SCHEMA), tmp)
-    metrics["provenance"] = describe({"evaluate": ev}, inputs)
+    metrics["provenance"] = describe({"evaluate": ev}, inputs, seed=run_seed(params))
     write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     write_headline(metrics_path, headline(metrics))
     return metrics

@@ -103,12 +103,13 @@ def pretrained(name: str | Path, revision: str | None = None, key: str = "model.
     return model, tokenizer
 
 
-def initial_model(model_params: dict[str, Any], train_rows: list[dict[str, Any]], base: str | Path | None = None
-                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def initial_model(model_params: dict[str, Any], train_rows: list[dict[str, Any]], seed: int,
+                  base: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The stage-0 starting point: tiny GPT-2 from scratch, or a pretrained model with our tokens, loaded from
     `base` (the directory the pipeline fetched model.name into, or model.name's own local directory) when given,
-    else from model.name (at model.revision when a hub id)."""
-    torch.manual_seed(model_params["seed"])
+    else from model.name (at model.revision when a hub id). `seed` draws the tiny model's weights (and any new
+    token rows)."""
+    torch.manual_seed(seed)
     if model_params["name"] == "tiny":
         tokenizer = build_tiny_tokenizer(corpus_texts(train_rows))
         return _tiny_model(model_params["tiny"], tokenizer), tokenizer

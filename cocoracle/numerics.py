@@ -6,6 +6,9 @@ threads per call (MKL_DYNAMIC), and whose results depend on both: two runs of on
 MKL's strict conditional-numerical-reproducibility mode gives the same bits for ?gemm whatever the threads;
 these variables must be set before torch loads MKL, so importing the package sets them (a value the user
 exported wins). On CUDA, torch's deterministic algorithms need cuBLAS's fixed workspace.
+
+The number of threads is a parameter (run.threads), not the engine's core count: a sum split over more threads
+is added in another order, so the bits are the same only on the same number of threads (and the same CPU kind).
 """
 from __future__ import annotations
 
@@ -23,6 +26,20 @@ def pin_environment() -> None:
     """Set the reproducibility variables that are not set yet (call before torch is imported)."""
     for key, value in REPRODUCIBLE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
+
+
+def pin_threads(threads: int) -> None:
+    """Compute with `threads` threads in torch and the BLAS libraries, whatever the engine or the job's cores (the
+    engines set these variables to the job's cores; this overrides them before numpy or torch start a pool)."""
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def deterministic_algorithms() -> None:

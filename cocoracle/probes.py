@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
-from cocoracle.config import InputError
+from cocoracle.config import InputError, run_seed
 from cocoracle.data import column_additions
 from cocoracle.headline import probes as headline
 from cocoracle.headline import write as write_headline
@@ -363,7 +363,7 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
                "readable": first_readable(by_step, order),
                "unconverged": {"max_iter": params["probes"]["max_iter"], "probes": len(table) + len(steps),
                                "stopped": int(sum((~t["converged"].astype(bool)).sum() for t in (table, steps)))},
-               "provenance": describe({"probes": params["probes"]}, cache_dirs.values())}
+               "provenance": describe({"probes": params["probes"]}, cache_dirs.values(), seed=run_seed(params))}
     write_text(outputs["metrics"], json.dumps(summary, indent=2) + "\n")
     write_headline(outputs["metrics"], headline(summary))
     return table, steps

@@ -1,7 +1,8 @@
 """What made an output: the code's git revision (and whether the tree had uncommitted changes), the package and
-library versions, the number of threads torch computed with (one seed gives the same bits on the same number of
-threads, not across numbers: docs/reliability.md), a hash of the params the step read and the hashes of its
-inputs; for an output trained from a pretrained base, which model and revision that was and its weights' hashes.
+library versions, the training seed of its run, the number of threads torch computed with and the CPU kind (the
+same params give the same bits on the same number of threads and the same kind of CPU, not across them:
+docs/reliability.md), a hash of the params the step read and the hashes of its inputs; for an output trained from
+a pretrained base, which model and revision that was and its weights' hashes.
 Checkpoints and oracle directories keep it in provenance.json, caches in their manifest, results files under a
 `provenance` key (the headline file beside one, cocoracle/headline.py, has its results file's); `cocoracle
 provenance PATH` prints it. Nothing in it depends on the time or the directory, so two runs of the same commit and
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import subprocess
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
@@ -25,6 +27,9 @@ from cocoracle.headline import results_for
 FILE = "provenance.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # a base model's weights files, hashed one by one in its record
 LIBRARIES = ("cocoracle", "torch", "transformers", "peft", "safetensors", "scikit-learn")
+# the CPU features that select the kernels torch and the BLAS libraries compute with (/proc/cpuinfo's names)
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
 
 
 def _git(*args: str) -> str | None:
@@ -55,6 +60,31 @@ def input_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def cpu_kind() -> dict[str, Any]:
+    """The CPU the step computed on: its model name, machine, the instruction sets among ISA_FLAGS it has, and
+    the vector code path torch picked (the same params on another kind of CPU may give other bits)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "CPU part") and value.strip():
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    elif platform.system() == "Darwin":
+        model = _command("sysctl", "-n", "machdep.cpu.brand_string") or model
+    return {"model": model, "machine": platform.machine(), "isa": [flag for flag in ISA_FLAGS if flag in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def _command(*args: str) -> str | None:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def base_record(name: str, revision: str | None, directory: str | Path) -> dict[str, Any]:
     """The pretrained base an output started from: its params name (a hub id or directory), the hub revision
     (None for a local directory) and the sha256 of each weights file in `directory`, where it was loaded from."""
@@ -64,16 +94,18 @@ def base_record(name: str, revision: str | None, directory: str | Path) -> dict[
             "weights_sha256": {p.relative_to(directory).as_posix(): sha256(p) for p in weights}}
 
 
-def describe(params: dict[str, Any], inputs: Iterable[str | Path], base: dict[str, Any] | None = None
-             ) -> dict[str, Any]:
-    """The provenance record of an output made from `params` (the sections its step read) and `inputs`, and
-    from the pretrained `base` (a base_record) where it started from one."""
+def describe(params: dict[str, Any], inputs: Iterable[str | Path], base: dict[str, Any] | None = None,
+             seed: int | None = None) -> dict[str, Any]:
+    """The provenance record of an output made from `params` (the sections its step read) and `inputs`, in the
+    run of training seed `seed`, and from the pretrained `base` (a base_record) where it started from one."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     record = {
         "git_revision": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "versions": {name: _version(name) for name in LIBRARIES},
+        "seed": seed,
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_kind(),
         "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
         "inputs": {str(path): input_hash(path) for path in inputs},
     }
@@ -104,12 +136,15 @@ def read(path: str | Path) -> dict[str, Any]:
 
 
 def format_record(record: dict[str, Any]) -> str:
-    """Readable lines: revision, versions, threads, params hash, one line per input."""
+    """Readable lines: revision, versions, seed, threads, CPU, params hash, one line per input."""
     dirty = " (uncommitted changes)" if record.get("git_dirty") else ""
     versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items() if v)
+    cpu = record.get("cpu") or {}
+    isa = " ".join(cpu.get("isa", [])) or "none listed"
     lines = [f"git revision: {record.get('git_revision')}{dirty}", f"versions: {versions}",
-             f"torch threads: {record.get('torch_threads')}", f"params sha256: {record.get('params_sha256')}",
-             "inputs:"]
+             f"training seed: {record.get('seed')}", f"torch threads: {record.get('torch_threads')}",
+             f"cpu: {cpu.get('model')} ({cpu.get('machine')}; torch {cpu.get('torch_capability')}; {isa})",
+             f"params sha256: {record.get('params_sha256')}", "inputs:"]
     lines += [f"  {name}  {digest}" for name, digest in record.get("inputs", {}).items()]
     base = record.get("base")
     if base:

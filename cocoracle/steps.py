@@ -6,7 +6,9 @@ captions), and `cocoracle dvc-yaml` writes dvc.yaml's stages from it (cocoracle/
 code dependencies are not listed here: they are the import closure of its command (cocoracle/codedeps.py).
 
 Paths are patterns: `{data}`, `{models}`, `{results}`, `{logs}` come from config.yaml, and a step's
-wildcards (`{stage}`, `{split}`, `{kind}`, `{base}`) from the job. Adding a step is one `@step` function here and
+wildcards (`{seed}`, `{stage}`, `{split}`, `{kind}`, `{base}`) from the job. Every step after `generate` runs once
+per training seed of run.seeds, under `seed-S/` of the models, results and logs directories; the data split is
+shared, and `seed_report` puts the seeds side by side. Adding a step is one `@step` function here and
 one rule stanza for its resources; adding a flag is an edit of its function.
 """
 from __future__ import annotations
@@ -24,8 +26,10 @@ from cocoracle.headline import SUFFIX
 CACHE_SPLITS = ("train", "val", "test")  # the splits whose activations are collected
 REPORT_PLOTS = ("accuracy", "oracle", "training")
 LIVE_METRICS, LIVE_PLOTS = "metrics.json", "plots/metrics"  # what dvclive writes in its directory
-ORACLE_SHARED_KEYS = ["oracle.seed", "oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
-WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"stage": int, "split": str, "kind": str, "base": str}
+ORACLE_SHARED_KEYS = ["oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
+WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"seed": int, "stage": int, "split": str, "kind": str, "base": str}
+RUN = "seed-{seed}"  # a training seed's directory under models, results and logs
+THREADS = ["run.threads"]  # what every computing step reads besides its own section
 FETCHED = "{models}/base/{base}"  # a hub model fetched at its revision: base 'model' (model.name) or 'oracle'
 # config.yaml's keys and their types (workflow/schemas/config.schema.yaml): paths, and processes per training stage
 CONFIG_KEYS: dict[str, type] = {"params_file": str, "data_dir": str, "models_dir": str, "results_dir": str,
@@ -83,6 +87,14 @@ class Layout:
                    config["logs_dir"], config["train_processes"], params, Path(root))
 
     @property
+    def seeds(self) -> list[int]:
+        return list(self.params["run"]["seeds"])
+
+    def per_seed(self, wildcards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each of these wildcard values once per training seed."""
+        return [{"seed": seed, **values} for seed in self.seeds for values in wildcards]
+
+    @property
     def stages(self) -> list[int]:
         return list(range(self.params["coconut"]["num_stages"] + 1))
 
@@ -104,14 +116,13 @@ class Layout:
             return None
         return self.fill(FETCHED, {"base": "model"}) if is_hub_id(name) else name
 
-    @property
-    def separate_base(self) -> str:
-        """The separate oracle's base model directory: the stage-0 checkpoint, the fetched copy of a hub id (the
-        stage-0 base's when it is the same model and revision), or a local directory."""
+    def separate_base(self, seed: int | str = "{seed}") -> str:
+        """The separate oracle's base model directory: the seed's stage-0 checkpoint, the fetched copy of a hub id
+        (the stage-0 base's when it is the same model and revision), or a local directory."""
         separate, model = self.params["oracle"]["separate"], self.params["model"]
         base = separate["base"]
         if base == "stage-0":
-            return f"{self.models}/stage-0"
+            return f"{self.models}/seed-{seed}/stage-0"
         if not is_hub_id(base):
             return base
         shared = (base, separate.get("revision")) == (model["name"], model.get("revision"))
@@ -120,7 +131,7 @@ class Layout:
     @property
     def fetched(self) -> list[dict[str, str]]:
         """The fetch jobs these params need: {'base': 'model'} and/or {'base': 'oracle'}."""
-        wanted = [self.model_base] + ([self.separate_base] if self.oracle_stages else [])
+        wanted = [self.model_base] + ([self.separate_base()] if self.oracle_stages else [])
         return [{"base": which} for which in ("model", "oracle")
                 if self.fill(FETCHED, {"base": which}) in wanted]
 
@@ -129,7 +140,8 @@ class Layout:
         step's output) as itself; a local directory of the user's as its files, so that replacing a weights
         file in it reruns the step under both engines (Snakemake dates a directory by its own mtime, which
         rewriting a file inside it does not change)."""
-        if directory in (f"{self.models}/stage-0", *(self.fill(FETCHED, {"base": b}) for b in ("model", "oracle"))):
+        fetched = [self.fill(FETCHED, {"base": b}) for b in ("model", "oracle")]
+        if directory in fetched or directory.startswith(f"{self.models}/seed-"):
             return [directory]
         path = Path(directory)
         if not path.is_dir():
@@ -226,7 +238,7 @@ def oracle_train_keys(kind: str) -> list[str]:
 
 def live_outputs(live: str) -> dict[str, Out]:
     """A dvclive directory's outputs: its summary (metrics.json, a metrics file) and its curves (plots)."""
-    return {"live_metrics": Out(f"{live}/{LIVE_METRICS}", kind="metrics"),
+    return {"live_metrics": Out(f"{live}/{LIVE_METRICS}"),
             "live_plots": Out(f"{live}/{LIVE_PLOTS}", kind="curves", directory=True)}
 
 
@@ -235,14 +247,23 @@ def live_dir(out: Paths) -> str:
     return out.live_metrics.removesuffix(f"/{LIVE_METRICS}")
 
 
-def _caches(layout: Layout, stage: int) -> dict[str, str]:
-    return {split: f"{layout.results}/activations/stage-{stage}/{split}" for split in CACHE_SPLITS}
+def _run(layout: Layout, root: str, seed: int) -> str:
+    """A seed's directory under one of the layout's roots: e.g. models/seed-0."""
+    return f"{root}/seed-{seed}"
+
+
+def _caches(layout: Layout, seed: int, stage: int) -> dict[str, str]:
+    return {split: f"{_run(layout, layout.results, seed)}/activations/stage-{stage}/{split}" for split in CACHE_SPLITS}
+
+
+def _checkpoint(layout: Layout, seed: int, stage: int) -> str:
+    return f"{_run(layout, layout.models, seed)}/stage-{stage}"
 
 
 @step("generate", "generate", outputs={split: Out(f"{{data}}/{split}.parquet") for split in SPLITS},
       log="{logs}/generate.log")
 def generate(layout: Layout, out: Paths) -> Job:
-    """Write the addition problems of every split."""
+    """Write the addition problems of every split (shared by every seed)."""
     return Job(f"--params {layout.params_file} --out {layout.data}", inputs={}, params=["data"])
 
 
@@ -254,125 +275,161 @@ def fetch_model(layout: Layout, out: Paths, base: str) -> Job:
     return Job(f"--params {layout.params_file} --which {base} --out {out.model}", inputs={}, params=keys)
 
 
-@step("train_stage", "train", log="{logs}/train/stage-{stage}.log", dvc_stage="train_stage_{stage}",
-      outputs={"checkpoint": Out("{models}/stage-{stage}", directory=True),
-               **live_outputs("{results}/train/stage-{stage}")},
-      instances=lambda layout: [{"stage": k} for k in layout.stages])
-def train_stage(layout: Layout, out: Paths, stage: int) -> Job:
+@step("train_stage", "train", log="{logs}/seed-{seed}/train/stage-{stage}.log",
+      dvc_stage="train_stage_{stage}_seed_{seed}",
+      outputs={"checkpoint": Out("{models}/seed-{seed}/stage-{stage}", directory=True),
+               **live_outputs("{results}/seed-{seed}/train/stage-{stage}")},
+      instances=lambda layout: layout.per_seed([{"stage": k} for k in layout.stages]))
+def train_stage(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
     """Train one curriculum stage, from the previous stage's checkpoint (stage 0: from the pretrained base, if any)."""
-    init = [f"{layout.models}/stage-{stage - 1}"] if stage else []
+    init = [_checkpoint(layout, seed, stage - 1)] if stage else []
     base = [layout.model_base] if stage == 0 and layout.model_base else []
     processes = layout.train_processes
-    return Job(f"--params {layout.params_file} --stage {stage} --data {layout.data}"
+    return Job(f"--params {layout.params_file} --seed {seed} --stage {stage} --data {layout.data}"
                + "".join(f" --init {path}" for path in init) + "".join(f" --base {path}" for path in base)
                + f" --out {out.checkpoint} --live {live_dir(out)}",
                # trains on train, validates on val, and checks that every split fits the position table
                inputs={"data": [f"{layout.data}/{split}.parquet" for split in SPLITS], "init": init,
                        "base": [file for path in base for file in layout.base_inputs(path)]},
-               params=["model", "coconut", "train"],
+               params=["model", "coconut", "train", *THREADS],
                launcher=f"torchrun --standalone --nproc-per-node {processes} --no-python -- " if processes > 1 else "")
 
 
-@step("evaluate_stage", "evaluate", log="{logs}/evaluate/stage-{stage}.log", dvc_stage="evaluate_stage_{stage}",
-      outputs={"metrics": Out("{results}/eval/stage-{stage}.json"),
-               "headline": Out("{results}/eval/stage-{stage}" + SUFFIX, kind="metrics"),
-               "predictions": Out("{results}/eval/stage-{stage}-predictions.parquet")},
-      instances=lambda layout: [{"stage": k} for k in layout.stages])
-def evaluate_stage(layout: Layout, out: Paths, stage: int) -> Job:
+@step("evaluate_stage", "evaluate", log="{logs}/seed-{seed}/evaluate/stage-{stage}.log",
+      dvc_stage="evaluate_stage_{stage}_seed_{seed}",
+      outputs={"metrics": Out("{results}/seed-{seed}/eval/stage-{stage}.json"),
+               "headline": Out("{results}/seed-{seed}/eval/stage-{stage}" + SUFFIX),
+               "predictions": Out("{results}/seed-{seed}/eval/stage-{stage}-predictions.parquet")},
+      instances=lambda layout: layout.per_seed([{"stage": k} for k in layout.stages]))
+def evaluate_stage(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
     """Answer accuracy of one stage's checkpoint, free generation and teacher-forced."""
-    checkpoint = f"{layout.models}/stage-{stage}"
-    return Job(f"--params {layout.params_file} --stage {stage} --data {layout.data} --checkpoint {checkpoint}"
-               f" --metrics {out.metrics} --predictions {out.predictions}",
+    checkpoint = _checkpoint(layout, seed, stage)
+    return Job(f"--params {layout.params_file} --seed {seed} --stage {stage} --data {layout.data}"
+               f" --checkpoint {checkpoint} --metrics {out.metrics} --predictions {out.predictions}",
                inputs={"checkpoint": checkpoint,
                        "data": [f"{layout.data}/{split}.parquet" for split in layout.params["evaluate"]["splits"]]},
-               params=["evaluate"])
+               params=["evaluate", *THREADS])
 
 
-@step("collect_activations", "collect", log="{logs}/collect/stage-{stage}-{split}.log",
-      dvc_stage="collect_stage_{stage}_{split}",
-      outputs={"cache": Out("{results}/activations/stage-{stage}/{split}", directory=True)},
-      instances=lambda layout: [{"stage": k, "split": s} for k in layout.latent_stages for s in CACHE_SPLITS])
-def collect_activations(layout: Layout, out: Paths, stage: int, split: str) -> Job:
+@step("collect_activations", "collect", log="{logs}/seed-{seed}/collect/stage-{stage}-{split}.log",
+      dvc_stage="collect_stage_{stage}_{split}_seed_{seed}",
+      outputs={"cache": Out("{results}/seed-{seed}/activations/stage-{stage}/{split}", directory=True)},
+      instances=lambda layout: layout.per_seed([{"stage": k, "split": s} for k in layout.latent_stages
+                                                for s in CACHE_SPLITS]))
+def collect_activations(layout: Layout, out: Paths, seed: int, stage: int, split: str) -> Job:
     """Cache the activations at every latent thought of one split."""
-    checkpoint = f"{layout.models}/stage-{stage}"
-    return Job(f"--params {layout.params_file} --stage {stage} --split {split} --data {layout.data}"
+    checkpoint = _checkpoint(layout, seed, stage)
+    return Job(f"--params {layout.params_file} --seed {seed} --stage {stage} --split {split} --data {layout.data}"
                f" --checkpoint {checkpoint} --out {out.cache}",
-               inputs={"checkpoint": checkpoint, "data": f"{layout.data}/{split}.parquet"}, params=["activations"])
+               inputs={"checkpoint": checkpoint, "data": f"{layout.data}/{split}.parquet"},
+               params=["activations", *THREADS])
 
 
-@step("probe_stage", "probe", log="{logs}/probes/stage-{stage}.log", dvc_stage="probe_stage_{stage}",
-      outputs={"table": Out("{results}/probes/stage-{stage}.csv"),
-               "steps_table": Out("{results}/probes/stage-{stage}-steps.csv"),
-               "heatmap": Out("{results}/probes/stage-{stage}.png", kind="plots"),
-               "steps_heatmap": Out("{results}/probes/stage-{stage}-steps.png", kind="plots"),
-               "metrics": Out("{results}/probes/stage-{stage}.json"),
-               "headline": Out("{results}/probes/stage-{stage}" + SUFFIX, kind="metrics")},
-      instances=lambda layout: [{"stage": k} for k in layout.latent_stages])
-def probe_stage(layout: Layout, out: Paths, stage: int) -> Job:
+@step("probe_stage", "probe", log="{logs}/seed-{seed}/probes/stage-{stage}.log",
+      dvc_stage="probe_stage_{stage}_seed_{seed}",
+      outputs={"table": Out("{results}/seed-{seed}/probes/stage-{stage}.csv"),
+               "steps_table": Out("{results}/seed-{seed}/probes/stage-{stage}-steps.csv"),
+               "heatmap": Out("{results}/seed-{seed}/probes/stage-{stage}.png", kind="plots"),
+               "steps_heatmap": Out("{results}/seed-{seed}/probes/stage-{stage}-steps.png", kind="plots"),
+               "metrics": Out("{results}/seed-{seed}/probes/stage-{stage}.json"),
+               "headline": Out("{results}/seed-{seed}/probes/stage-{stage}" + SUFFIX)},
+      instances=lambda layout: layout.per_seed([{"stage": k} for k in layout.latent_stages]))
+def probe_stage(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
     """Linear probes over one stage's activation caches."""
-    caches = _caches(layout, stage)
-    return Job(f"--params {layout.params_file} --stage {stage}"
+    caches = _caches(layout, seed, stage)
+    return Job(f"--params {layout.params_file} --seed {seed} --stage {stage}"
                + "".join(f" --{split} {cache}" for split, cache in caches.items())
                + f" --table {out.table} --steps-table {out.steps_table} --heatmap {out.heatmap}"
                f" --steps-heatmap {out.steps_heatmap} --metrics {out.metrics}",
-               inputs=dict(caches), params=["probes"])
+               inputs=dict(caches), params=["probes", *THREADS])
 
 
-@step("train_oracle", "train-oracle", log="{logs}/oracle/train-{kind}-stage-{stage}.log",
-      dvc_stage="train_{kind}_oracle_stage_{stage}",
-      outputs={"oracle": Out("{models}/oracle/{kind}/stage-{stage}", directory=True),
-               **live_outputs("{results}/oracle-train/{kind}/stage-{stage}")},
-      instances=lambda layout: [{"kind": kind, "stage": k} for k in layout.oracle_stages for kind in ORACLE_KINDS])
-def train_oracle(layout: Layout, out: Paths, kind: str, stage: int) -> Job:
+@step("train_oracle", "train-oracle", log="{logs}/seed-{seed}/oracle/train-{kind}-stage-{stage}.log",
+      dvc_stage="train_{kind}_oracle_stage_{stage}_seed_{seed}",
+      outputs={"oracle": Out("{models}/seed-{seed}/oracle/{kind}/stage-{stage}", directory=True),
+               **live_outputs("{results}/seed-{seed}/oracle-train/{kind}/stage-{stage}")},
+      instances=lambda layout: layout.per_seed([{"kind": kind, "stage": k} for k in layout.oracle_stages
+                                                for kind in ORACLE_KINDS]))
+def train_oracle(layout: Layout, out: Paths, seed: int, kind: str, stage: int) -> Job:
     """Train the separate oracle or the self-oracle on one stage's activations."""
-    checkpoint, caches, base = f"{layout.models}/stage-{stage}", _caches(layout, stage), layout.separate_base
+    checkpoint, caches = _checkpoint(layout, seed, stage), _caches(layout, seed, stage)
+    base = layout.separate_base(seed)
     base_flag = f" --base {base}" if kind == "separate" else ""
-    return Job(f"--params {layout.params_file} --kind {kind} --stage {stage} --checkpoint {checkpoint}{base_flag}"
-               f" --train {caches['train']} --val {caches['val']} --data {layout.data}"
+    return Job(f"--params {layout.params_file} --seed {seed} --kind {kind} --stage {stage} --checkpoint {checkpoint}"
+               f"{base_flag} --train {caches['train']} --val {caches['val']} --data {layout.data}"
                f" --out {out.oracle} --live {live_dir(out)}",
                inputs={"checkpoint": checkpoint, "base": layout.base_inputs(base) if kind == "separate" else [],
                        "train": caches["train"], "val": caches["val"], "data": f"{layout.data}/train.parquet"},
-               params=oracle_train_keys(kind))
+               params=oracle_train_keys(kind) + THREADS)
 
 
-@step("evaluate_oracles", "evaluate-oracle", log="{logs}/oracle/evaluate-stage-{stage}.log",
-      dvc_stage="evaluate_oracles_stage_{stage}",
-      outputs={"table": Out("{results}/oracle/stage-{stage}.csv"),
-               "metrics": Out("{results}/oracle/stage-{stage}.json"),
-               "headline": Out("{results}/oracle/stage-{stage}" + SUFFIX, kind="metrics"),
-               "predictions": Out("{results}/oracle/stage-{stage}-predictions.parquet")},
-      instances=lambda layout: [{"stage": k} for k in layout.oracle_stages])
-def evaluate_oracles(layout: Layout, out: Paths, stage: int) -> Job:
+@step("evaluate_oracles", "evaluate-oracle", log="{logs}/seed-{seed}/oracle/evaluate-stage-{stage}.log",
+      dvc_stage="evaluate_oracles_stage_{stage}_seed_{seed}",
+      outputs={"table": Out("{results}/seed-{seed}/oracle/stage-{stage}.csv"),
+               "metrics": Out("{results}/seed-{seed}/oracle/stage-{stage}.json"),
+               "headline": Out("{results}/seed-{seed}/oracle/stage-{stage}" + SUFFIX),
+               "predictions": Out("{results}/seed-{seed}/oracle/stage-{stage}-predictions.parquet")},
+      instances=lambda layout: layout.per_seed([{"stage": k} for k in layout.oracle_stages]))
+def evaluate_oracles(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
     """Score both oracles of one stage on test, next to the trivial baselines."""
-    oracles = {kind: f"{layout.models}/oracle/{kind}/stage-{stage}" for kind in ORACLE_KINDS}
-    checkpoint, caches = f"{layout.models}/stage-{stage}", _caches(layout, stage)
-    return Job(f"--params {layout.params_file} --stage {stage} --checkpoint {checkpoint}"
+    oracles = {kind: f"{_run(layout, layout.models, seed)}/oracle/{kind}/stage-{stage}" for kind in ORACLE_KINDS}
+    checkpoint, caches = _checkpoint(layout, seed, stage), _caches(layout, seed, stage)
+    return Job(f"--params {layout.params_file} --seed {seed} --stage {stage} --checkpoint {checkpoint}"
                f" --separate {oracles['separate']} --self {oracles['self']} --train {caches['train']}"
                f" --test {caches['test']} --data {layout.data} --table {out.table} --metrics {out.metrics}"
                f" --predictions {out.predictions}",
                inputs={"checkpoint": checkpoint, "separate": oracles["separate"], "self_oracle": oracles["self"],
                        "train": caches["train"], "test": caches["test"], "data": f"{layout.data}/test.parquet"},
-               params=list(ORACLE_SHARED_KEYS))
+               params=ORACLE_SHARED_KEYS + THREADS)
 
 
-@step("report", "report", log="{logs}/report.log",
-      outputs={"report": Out("{results}/report.md"),
-               **{name: Out(f"{{results}}/report/{name}.png", kind="plots") for name in REPORT_PLOTS},
-               "accuracy_table": Out("{results}/report/accuracy.csv"), "page": Out("{results}/report/results.html")})
-def report(layout: Layout, out: Paths) -> Job:
-    """results/report.md, its plots, the answer-accuracy table and report.md as an HTML page, from every step's
-    metrics, tables and curves."""
-    r, stages, latent, oracles = layout.results, layout.stages, layout.latent_stages, layout.oracle_stages
+def _seed_results(layout: Layout, seed: int) -> dict[str, list[str]]:
+    """One seed's results files the reports read, by kind."""
+    r, stages, latent, oracles = _run(layout, layout.results, seed), layout.stages, layout.latent_stages, \
+        layout.oracle_stages
+    return {"eval": [f"{r}/eval/stage-{k}.json" for k in stages],
+            "probes": [f"{r}/probes/stage-{k}.json" for k in latent],
+            "oracle_tables": [f"{r}/oracle/stage-{k}.csv" for k in oracles],
+            "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles]}
+
+
+@step("report", "report", log="{logs}/seed-{seed}/report.log", dvc_stage="report_seed_{seed}",
+      outputs={"report": Out("{results}/seed-{seed}/report.md"),
+               **{name: Out(f"{{results}}/seed-{{seed}}/report/{name}.png", kind="plots") for name in REPORT_PLOTS},
+               "accuracy_table": Out("{results}/seed-{seed}/report/accuracy.csv"),
+               "page": Out("{results}/seed-{seed}/report/results.html")},
+      instances=lambda layout: layout.per_seed([{}]))
+def report(layout: Layout, out: Paths, seed: int) -> Job:
+    """One seed's report.md, its plots, the answer-accuracy table and report.md as an HTML page, from every
+    step's metrics, tables and curves."""
+    r, stages, latent, oracles = _run(layout, layout.results, seed), layout.stages, layout.latent_stages, \
+        layout.oracle_stages
+    results = _seed_results(layout, seed)
     inputs: dict[str, str | list[str]] = {
-        "eval": [f"{r}/eval/stage-{k}.json" for k in stages],
-        "probes": [f"{r}/probes/stage-{k}.json" for k in latent],
+        "eval": results["eval"], "probes": results["probes"],
         "heatmaps": [f"{r}/probes/stage-{k}.png" for k in latent],
         "step_heatmaps": [f"{r}/probes/stage-{k}-steps.png" for k in latent],
-        "oracle_tables": [f"{r}/oracle/stage-{k}.csv" for k in oracles],
-        "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles],
+        "oracle_tables": results["oracle_tables"], "oracle_metrics": results["oracle_metrics"],
     }
     live = [f"{r}/train/stage-{k}" for k in stages] + [f"{r}/oracle-train/{kind}/stage-{k}" for k in oracles
                                                         for kind in ORACLE_KINDS]
     return Job("".join(f"--{name.replace('_', '-')} {' '.join(paths)} " for name, paths in inputs.items())
                + f"--train {' '.join(live)} --out {out.report} --plots {r}/report",
                inputs={**inputs, "train": [f"{d}/{LIVE_PLOTS}" for d in live]})
+
+
+@step("seed_report", "seed-report", log="{logs}/seed-report.log",
+      outputs={"report": Out("{results}/report.md"), "table": Out("{results}/report/seeds.csv"),
+               "headline": Out("{results}/report/seeds" + SUFFIX, kind="metrics"),
+               "plot": Out("{results}/report/seeds.png", kind="plots"), "page": Out("{results}/report/results.html")})
+def seed_report(layout: Layout, out: Paths) -> Job:
+    """The report that leads: every headline figure's mean and 95 % interval over the seeds, each seed's value
+    beside it, and links to each seed's own report."""
+    seeds = {seed: _seed_results(layout, seed) for seed in layout.seeds}
+    reports = [f"{_run(layout, layout.results, seed)}/report.md" for seed in layout.seeds]
+    args = " ".join(f"--run {seed}={_run(layout, layout.results, seed)}" for seed in layout.seeds)
+    return Job(f"--params {layout.params_file} {args} --out {out.report} --table {out.table} --headline {out.headline}"
+               f" --plot {out.plot} --page {out.page}",
+               inputs={"results": [path for files in seeds.values() for paths in files.values() for path in paths],
+                       "reports": reports},
+               params=["run.seeds"])

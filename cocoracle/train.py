@@ -23,7 +23,7 @@ from cocoracle.coconut import (
     scored_tokens,
 )
 from cocoracle.codedeps import code_files
-from cocoracle.config import SPLITS, InputError, stage_epochs
+from cocoracle.config import SPLITS, InputError, run_seed, stage_epochs
 from cocoracle.data import load_split
 from cocoracle.distributed import DataParallel, data_parallel
 from cocoracle.evaluate import predict
@@ -118,15 +118,16 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
     rows, val_rows = splits["train"], splits["val"][: train["val_examples"]]
     dtype = pick_dtype(params["model"]["dtype"], device)
     if stage == 0:
-        model, tokenizer = initial_model(params["model"], rows, base)
+        model, tokenizer = initial_model(params["model"], rows, run_seed(params), base)
         model = model.to(device=device, dtype=dtype)
     else:
         model, tokenizer = load_checkpoint(init, device, dtype, expect=params["model"])
     codec = Codec(tokenizer)
     _check_fits(model, codec, [r for split_rows in splits.values() for r in split_rows], coconut)
 
-    torch.manual_seed(train["seed"] * 1000 + stage + 7919 * dp.rank)  # own dropout masks per process
-    rng = np.random.default_rng([train["seed"], stage])  # the same batches in every process
+    seed = run_seed(params)
+    torch.manual_seed(seed * 1000 + stage + 7919 * dp.rank)  # own dropout masks per process
+    rng = np.random.default_rng([seed, stage])  # the same batches in every process
     steps = stage_optimizer_steps(train, stage, len(rows))
     n_micro = steps * train["grad_accum"]
     batches = micro_batches(len(rows), train["batch_size"], n_micro, rng)
@@ -197,5 +198,5 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
         read = {key: params[key] for key in ("model", "coconut", "train")}
         origin = base_record(params["model"]["name"], params["model"].get("revision"), base) if base else None
         save_checkpoint(model, tokenizer, out_dir, {**params, "stage": stage},
-                        describe({**read, "stage": stage}, inputs, base=origin))
+                        describe({**read, "stage": stage}, inputs, base=origin, seed=seed))
     saver.clear()

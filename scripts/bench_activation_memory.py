@@ -24,7 +24,7 @@ from figures import figure
 def collect(params_path: str, n: int, work: Path) -> None:
     """Generate n test problems, save an untrained checkpoint, collect its all-latent activations."""
     from cocoracle.activations import ShardWriter, collect_activations
-    from cocoracle.config import load_params
+    from cocoracle.config import load_params, run_seed
     from cocoracle.data import load_split, write_splits
     from cocoracle.model import initial_model, save_checkpoint
 
@@ -32,7 +32,7 @@ def collect(params_path: str, n: int, work: Path) -> None:
     params["data"].update(n_train=200, n_val=10, n_test=n, n_ood=0)
     params["activations"]["max_problems"] = None
     write_splits(params["data"], work / "data")
-    model, tokenizer = initial_model(params["model"], load_split(work / "data", "train"))
+    model, tokenizer = initial_model(params["model"], load_split(work / "data", "train"), run_seed(params))
     stage = params["coconut"]["num_stages"]
     save_checkpoint(model, tokenizer, work / "ckpt", {**params, "stage": stage})
     after_batches, add = [], ShardWriter.add

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cocoracle.activations import index_rows
 from cocoracle.coconut import Codec, coconut_forward, layout_options, loss_fn
-from cocoracle.config import ORACLE_KINDS, load_params, oracle_stages
+from cocoracle.config import ORACLE_KINDS, load_params, oracle_stages, run_seed
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model, load_base
 from cocoracle.oracle.data import OracleCodec, build_items
@@ -87,8 +87,8 @@ def oracle_items(rows: list[dict], params: dict[str, Any], stage: int, source: i
     entries = [e for row in rows for e in index_rows(row, stage, params["coconut"], True)]
     index = pd.DataFrame(entries).assign(row=range(len(entries)))
     cache = type("IndexOnly", (), {"index": index})()
-    return build_items(cache, oracle["tasks"], source, np.random.default_rng([oracle["seed"], stage,
-                                                                              ORACLE_KINDS.index(kind)]))
+    rng = np.random.default_rng([run_seed(params), stage, ORACLE_KINDS.index(kind)])
+    return build_items(cache, oracle["tasks"], source, rng)
 
 
 def oracle_model(kind: str, params: dict[str, Any], coconut_model, tokenizer):
@@ -182,7 +182,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
-    model, tokenizer = initial_model(params["model"], rows)
+    model, tokenizer = initial_model(params["model"], rows, run_seed(params))
     model.train()
     jobs = training_jobs(coconut_step_flops(model, tokenizer, rows, params, args.samples, rng), params, len(rows))
     jobs += oracle_jobs(params, rows, model, tokenizer, args.samples, rng)

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from cocoracle.coconut import Codec, layout_options
-from cocoracle.config import load_params
+from cocoracle.config import load_params, run_seed
 from cocoracle.data import make_splits, problems_table
 from cocoracle.loop import adamw_with_schedule, optimizer_step
 from cocoracle.model import build_tiny_tokenizer, corpus_texts, initial_model, pick_device, pick_dtype
@@ -97,9 +97,9 @@ def main() -> None:
 
     n_rows = train["batch_size"] * min(args.steps + args.warmup, 64)  # at most 64 distinct batches, cycled
     rows = problems_table(make_splits(params["data"])["train"][:n_rows], 0).to_pylist()
-    torch.manual_seed(model_params["seed"])
+    torch.manual_seed(run_seed(params))
     model, tokenizer = (random_model(model_params["name"], rows) if args.random
-                        else initial_model(model_params, rows))
+                        else initial_model(model_params, rows, run_seed(params)))
     model = model.to(device=device, dtype=dtype)
     model.train()
     codec, size = Codec(tokenizer), train["batch_size"]

@@ -12,7 +12,7 @@ import torch
 from figures import figure
 
 from cocoracle.coconut import Codec, coconut_forward, loss_fn, naive_forward
-from cocoracle.config import load_params
+from cocoracle.config import load_params, run_seed
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
-    model, tokenizer = initial_model(params["model"], rows)
+    model, tokenizer = initial_model(params["model"], rows, run_seed(params))
     model.train()
     coconut, size = params["coconut"], params["train"]["batch_size"]
     stage = coconut["num_stages"]

@@ -29,10 +29,11 @@ from cocoracle.oracle.train import answer_prompts, load_oracle
 CPU = torch.device("cpu")
 
 
-def every_item(oracle_dir: Path, caches: dict, oracle: dict, stage: int, max_new_tokens: int) -> dict[str, list[str]]:
+def every_item(oracle_dir: Path, caches: dict, oracle: dict, stage: int, max_new_tokens: int, seed: int
+               ) -> dict[str, list[str]]:
     """Each model condition's answers, every item decoded (max_new_tokens 0: the prompt passes alone)."""
     model, tokenizer, spec = load_oracle(oracle_dir, CPU)
-    _, items, inputs = condition_inputs(caches, oracle, spec.source_layer, stage)
+    _, items, inputs = condition_inputs(caches, oracle, spec.source_layer, stage, seed)
     injector, codec = Injector(model, spec.inject_layers, spec.alpha), OracleCodec(tokenizer)
     prompts = items["prompt"].tolist()
     answers = {condition: answer_prompts(model, injector, codec, prompts, vectors, max_new_tokens,
@@ -53,20 +54,21 @@ def main() -> int:
     parser.add_argument("--stage", type=int, help="default: the all-latent stage (coconut.num_stages)")
     parser.add_argument("--kind", choices=ORACLE_KINDS, default="self")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="the training seed whose models are read (default 0)")
     args = parser.parse_args()
-    params = load_params(args.run / "params.yaml")
+    params = load_params(args.run / "params.yaml", args.seed)
     oracle = params["oracle"]
     stage = params["coconut"]["num_stages"] if args.stage is None else args.stage
-    oracle_dir = args.run / f"models/oracle/{args.kind}/stage-{stage}"
-    caches = {split: ActivationCache(args.run / f"results/activations/stage-{stage}/{split}")
+    oracle_dir = args.run / f"models/seed-{args.seed}/oracle/{args.kind}/stage-{stage}"
+    caches = {split: ActivationCache(args.run / f"results/seed-{args.seed}/activations/stage-{stage}/{split}")
               for split in ("train", "test")}
     times: dict[str, list[float]] = {"shared": [], "every item": [], "prompt passes": []}
     for _ in range(args.repeats):
         (items, shared), seconds = timed(answer_conditions, args.kind, oracle_dir, caches, params, stage, CPU)
         times["shared"].append(seconds)
-        answers, seconds = timed(every_item, oracle_dir, caches, oracle, stage, oracle["max_new_tokens"])
+        answers, seconds = timed(every_item, oracle_dir, caches, oracle, stage, oracle["max_new_tokens"], args.seed)
         times["every item"].append(seconds)
-        times["prompt passes"].append(timed(every_item, oracle_dir, caches, oracle, stage, 0)[1])
+        times["prompt passes"].append(timed(every_item, oracle_dir, caches, oracle, stage, 0, args.seed)[1])
     for condition, expected in answers.items():
         if shared[condition] != expected:
             sys.exit(f"{condition}: the shared decoding's answers differ from decoding every item")

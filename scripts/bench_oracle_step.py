@@ -22,7 +22,7 @@ from figures import figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cocoracle.coconut import Codec, coconut_forward, layout_options, loss_fn
-from cocoracle.config import load_params
+from cocoracle.config import load_params, run_seed
 from cocoracle.data import column_additions, make_splits, problems_table
 from cocoracle.loop import adamw_with_schedule, optimizer_step
 from cocoracle.model import initial_model
@@ -46,7 +46,7 @@ def items(rows: list[dict], tasks: list[str], size: int, source: int) -> tuple[l
 def oracle_model(params: dict) -> tuple[list[dict], PreTrainedModel, PreTrainedTokenizerBase]:
     """The params' train problems and their untrained model with the oracle's tokens added, in train mode."""
     rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
-    model, tokenizer = initial_model(params["model"], rows)
+    model, tokenizer = initial_model(params["model"], rows, run_seed(params))
     add_oracle_tokens(model, tokenizer)
     return rows, model.train(), tokenizer
 

@@ -5,7 +5,7 @@ step's fit (one standardisation, warm starts along the C grid, C chosen on val) 
 taking turns on each label, BLAS on one thread (as in the step's workers). Prints per solver the seconds, the ratio
 to the step's solver, the largest val and test accuracy difference to it, how many probes differ by more than the
 issue's 0.01, and how many chosen fits stopped at max_iter.
-Usage: python scripts/bench_probe_solvers.py [--params params.yaml] [--cache results/activations] [--stage 3]
+Usage: python scripts/bench_probe_solvers.py [--params params.yaml] [--cache results/seed-0/activations] [--stage 3]
        [--every 3] [--solvers lbfgs newton-cg newton-cholesky sag saga]
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ Prints seconds for each, the ratio, the largest difference of val and test accur
 probe outside the issue's 0.01 with whether each way's fit converged before max_iter.
 The way before runs with BLAS on one thread (--before-threads), its fastest setting on the 2-core machine: with
 BLAS on both cores its many small products run about ten times slower, which would flatter the step's way.
-Usage: python scripts/bench_probes.py [--params params.yaml] [--cache results/activations] [--stage 3]
+Usage: python scripts/bench_probes.py [--params params.yaml] [--cache results/seed-0/activations] [--stage 3]
 """
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def units(caches: dict[str, ActivationCache], probes: dict) -> list[tuple[tuple,
 def cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--params, --cache and --stage: which run's caches of which stage are probed."""
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--cache", default="results/activations", help="directory of stage-K/{train,val,test}")
+    parser.add_argument("--cache", default="results/seed-0/activations",
+                        help="directory of stage-K/{train,val,test}")
     parser.add_argument("--stage", type=int, default=3)
     return parser
 

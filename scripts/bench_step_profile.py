@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers.activations import ACT2FN
 
 from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_options
-from cocoracle.config import load_params
+from cocoracle.config import load_params, run_seed
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
 from cocoracle.precision import maybe_compile
@@ -87,7 +87,7 @@ def main() -> None:
     params = load_params(args.params)
     coconut, size = params["coconut"], params["train"]["batch_size"]
     rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
-    model, tokenizer = initial_model(params["model"], rows)
+    model, tokenizer = initial_model(params["model"], rows, run_seed(params))
     model.train()
     codec, threads = Codec(tokenizer), torch.get_num_threads()
     print(f"model={params['model']['name']} activation={model.config.activation_function} "

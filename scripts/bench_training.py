@@ -25,7 +25,7 @@ import torch
 from figures import figure
 
 from cocoracle.coconut import CoconutBatch, Codec, coconut_forward, layout_options, loss_fn, naive_forward
-from cocoracle.config import load_params
+from cocoracle.config import load_params, run_seed
 from cocoracle.data import make_splits, problems_table
 from cocoracle.model import initial_model
 from cocoracle.precision import autocast
@@ -124,7 +124,7 @@ def main() -> None:
     params = load_params(args.params)
     coconut, size = params["coconut"], params["train"]["batch_size"]
     rows = problems_table(make_splits(params["data"])["train"], 0).to_pylist()
-    model, tokenizer = initial_model(params["model"], rows)
+    model, tokenizer = initial_model(params["model"], rows, run_seed(params))
     model.train()
     codec, last = Codec(tokenizer), coconut["num_stages"]
 

@@ -42,10 +42,10 @@ def tiny_params_dict() -> dict:
     params = copy.deepcopy(read_yaml(PARAMS_YAML))
     params["data"].update({"seed": 0, "digits": [1, 2, 3], "digit_probs": [0.2, 0.4, 0.4], "ood_digits": 4,
                            "n_train": 100, "n_val": 10, "n_test": 10, "n_ood": 10})
-    params["model"].update({"name": "tiny", "dtype": "float32", "seed": 0})
+    params["model"].update({"name": "tiny", "dtype": "float32"})
     params["model"]["tiny"] = {**(params["model"].get("tiny") or {}), **TINY}
     params["coconut"].update({"num_stages": 3, "thoughts_per_step": 1})
-    params["train"].update({"seed": 0, "batch_size": 8, "grad_accum": 1, "lr": 0.003, "weight_decay": 0.0,
+    params["train"].update({"batch_size": 8, "grad_accum": 1, "lr": 0.003, "weight_decay": 0.0,
                             "warmup_steps": 1, "schedule": "cosine", "grad_clip": 1.0, "epochs": 1,
                             "max_steps": 3, "mix_prob": 0.0, "val_examples": 3})
     params["evaluate"].update({"batch_size": 16, "extra_tokens": 8, "splits": ["val", "test", "ood"]})
@@ -53,6 +53,7 @@ def tiny_params_dict() -> dict:
     for kind in ("separate", "self"):
         params["oracle"][kind]["lora"].update({"r": 4, "alpha": 8})
         params["oracle"][kind]["train"].update({"batch_size": 8, "max_steps": 4, "warmup_steps": 1})
+    params["run"].update({"seeds": [0], "threads": 2})
     return validate_params(params, source="tiny params")
 
 
@@ -93,8 +94,7 @@ def make_tiny_model(rows: list[dict], seed: int = 0, dtype: torch.dtype = torch.
     """A freshly initialised tiny GPT-2 and its word-level tokenizer, in eval mode."""
     from cocoracle.model import initial_model
 
-    model_params = {**tiny_params_dict()["model"], "seed": seed}
-    model, tokenizer = initial_model(model_params, rows)
+    model, tokenizer = initial_model(tiny_params_dict()["model"], rows, seed)
     return model.to(dtype).eval(), tokenizer
 
 

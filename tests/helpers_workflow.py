@@ -123,7 +123,7 @@ def within_noise(a: Path, b: Path) -> bool:
     integers, floats within tolerance (cache tensors within one float16 step), hashes ignored, plots drawn alike."""
     if a.suffix == ".safetensors":
         x, y = load_file(a), load_file(b)
-        cache = "results/activations/" in str(a)
+        cache = "results/seed-0/activations/" in str(a)
         tol = {"rtol": CACHE_RTOL, "atol": CACHE_ATOL} if cache else {"rtol": FLOAT_RTOL, "atol": FLOAT_ATOL}
         return x.keys() == y.keys() and all(
             x[k].dtype == y[k].dtype and x[k].shape == y[k].shape

@@ -38,7 +38,7 @@ def collected(tmp_path_factory):
                              "max_problems": None}
     write_splits(params["data"], root / "data")
     from cocoracle.data import load_split
-    model, tokenizer = initial_model(params["model"], load_split(root / "data", "train"))
+    model, tokenizer = initial_model(params["model"], load_split(root / "data", "train"), 0)
     save_checkpoint(model, tokenizer, root / "ckpt", {**params, "stage": STAGE})
     collect_activations(params, STAGE, root / "ckpt", root / "data", "test", root / "cache", torch.device("cpu"))
     return params, root, model.eval(), tokenizer

@@ -12,6 +12,7 @@ import torch
 
 from cocoracle.activations import collect_activations
 from cocoracle.cache_reader import ActivationCache
+from cocoracle.config import run_seed
 from cocoracle.data import load_split, make_splits, problems_table
 from cocoracle.model import save_checkpoint
 from cocoracle.oracle.data import build_items
@@ -29,7 +30,7 @@ def test_the_items_it_counts_are_those_a_collected_cache_gives(tmp_path, tiny_pa
                         torch.device("cpu"))
     oracle = tiny_params["oracle"]
     real = build_items(ActivationCache(tmp_path / "cache"), oracle["tasks"], 1,
-                       np.random.default_rng([oracle["seed"], 2, 1]))
+                       np.random.default_rng([run_seed(tiny_params), 2, 1]))
     rows = problems_table(make_splits(tiny_params["data"])["train"], 0).to_pylist()
     assert rows == load_split(data_dir, "train")
     rebuilt = bench.oracle_items(rows, tiny_params, 2, 1, "self")

@@ -26,8 +26,8 @@ def test_planned_reads_each_engines_work():
     planned = load_script("bench_noop").planned
     assert planned("snakemake -n", DRY_RUN) == ["probe_stage x2", "report", "all"]
     assert planned("snakemake -n", "Building DAG of jobs...\nNothing to be done (all requested files exist).") == []
-    status = {"probe_stage_1": [{"changed deps": {"params.yaml": {"modified": ["probes.max_iter"]}}}]}
-    assert planned("dvc status", json.dumps(status)) == ["probe_stage_1"]
+    status = {"probe_stage_1_seed_0": [{"changed deps": {"params.yaml": {"modified": ["probes.max_iter"]}}}]}
+    assert planned("dvc status", json.dumps(status)) == ["probe_stage_1_seed_0"]
     assert planned("dvc status", "{}") == []
 
 

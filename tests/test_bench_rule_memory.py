@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cocoracle.config import load_params, validate_params
+from cocoracle.config import load_params, run_seed, validate_params
 from cocoracle.train import batch_stages, micro_batches, stage_optimizer_steps
 from conftest import load_script
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _layouts(params: dict, stage: int) -> list[int]:
     """The layout of each micro-batch a capped training stage draws, as cocoracle.train draws them."""
     train = params["train"]
-    rng = np.random.default_rng([train["seed"], stage])
+    rng = np.random.default_rng([run_seed(params), stage])
     steps = stage_optimizer_steps(train, stage, params["data"]["n_train"])
     micro_batches(params["data"]["n_train"], train["batch_size"], steps, rng)
     return batch_stages(stage, steps, train["mix_prob"], rng)

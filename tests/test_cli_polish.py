@@ -42,10 +42,11 @@ def _workspace(path, num_stages: int = 2, oracle_stages="all", models_dir: str =
 def test_ask_defaults_are_the_last_stage_and_its_oracle_where_the_pipeline_writes_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _workspace(tmp_path, num_stages=2, models_dir="out/models")
-    assert default_paths("config.yaml") == ("out/models/stage-2", "out/models/oracle/self/stage-2")
-    assert default_paths("config.yaml", kind="separate") == ("out/models/stage-2",
-                                                             "out/models/oracle/separate/stage-2")
-    assert default_paths("config.yaml", stage=1) == ("out/models/stage-1", "out/models/oracle/self/stage-1")
+    assert default_paths("config.yaml") == ("out/models/seed-0/stage-2", "out/models/seed-0/oracle/self/stage-2")
+    assert default_paths("config.yaml", kind="separate") == ("out/models/seed-0/stage-2",
+                                                             "out/models/seed-0/oracle/separate/stage-2")
+    assert default_paths("config.yaml", stage=1) == ("out/models/seed-0/stage-1",
+                                                     "out/models/seed-0/oracle/self/stage-1")
     _workspace(tmp_path, num_stages=3, oracle_stages=[1, 2], models_dir="m")  # no oracle at the last stage
     assert default_paths("config.yaml") == ("m/stage-2", "m/oracle/self/stage-2")
     with pytest.raises(InputError, match=r"--stage 3: no oracle at this stage \(p.yaml oracle.stages: 1, 2\)"):
@@ -59,7 +60,7 @@ def test_ask_defaults_are_the_last_stage_and_its_oracle_where_the_pipeline_write
 
 def test_ask_without_paths_reads_the_last_stages_checkpoint_with_its_oracle(tmp_path, monkeypatch, mixed_rows,
                                                                            capsys):
-    """On params with 2 stages, `cocoracle ask` alone finds models/stage-2 and its self-oracle; the random model
+    """On params with 2 stages, `cocoracle ask` alone finds models/seed-0/stage-2 and its self-oracle; the random model
     writes no answer, which is said in a sentence."""
     params = _workspace(tmp_path, num_stages=2)
     checkpoint, oracle_dir = tmp_path / "models" / "stage-2", tmp_path / "models" / "oracle" / "self" / "stage-2"
@@ -73,11 +74,11 @@ def test_ask_without_paths_reads_the_last_stages_checkpoint_with_its_oracle(tmp_
     assert out.startswith("12 + 34: the model wrote no answer ('"), out
     assert "', where an answer is '###' then a number of at most 18 digits; true 46) after 2 latent thoughts " \
         "(stage 2)\n" in out, out
-    assert "oracle models/oracle/self/stage-2 (layer" in out, out
+    assert "oracle models/seed-0/oracle/self/stage-2 (layer" in out, out
     shutil.rmtree(oracle_dir)
     assert main(["ask", "12 + 34", "--device", "cpu"]) == 2
-    assert ("models/oracle/self/stage-2: not made yet (run the pipeline: snakemake --cores all), or pass --oracle"
-            in capsys.readouterr().err)
+    assert ("models/seed-0/oracle/self/stage-2: not made yet (run the pipeline: snakemake --cores all), or pass "
+            "--oracle" in capsys.readouterr().err)
 
 
 def test_the_answer_line_says_what_the_model_answered():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cocoracle.cli import main
-from cocoracle.config import InputError, load_params, split_counts, stage_epochs, unique_problems, validate_params
+from cocoracle.config import InputError, load_params, run_seed, split_counts, stage_epochs, unique_problems, validate_params
 from conftest import PARAMS_YAML, run_cli, tiny_params_dict
 
 # ----------------------------------------------------------------------------------------------
@@ -26,6 +26,13 @@ def test_default_params_file_is_valid():
 def test_tiny_params_are_valid():
     params = tiny_params_dict()
     assert validate_params(copy.deepcopy(params)) == params
+
+
+def test_a_run_seed_defaults_to_the_first_of_run_seeds(tmp_path):
+    text = PARAMS_YAML.read_text().replace("seeds: [0]", "seeds: [4, 2]")
+    (tmp_path / "params.yaml").write_text(text)
+    assert run_seed(load_params(tmp_path / "params.yaml")) == 4
+    assert run_seed(load_params(tmp_path / "params.yaml", seed=2)) == 2
 
 
 @pytest.mark.parametrize("digits", [1, 2])

@@ -51,7 +51,8 @@ def experiments(dvc_run, tmp_path_factory):
 def test_plots_show_json_has_the_training_curves_offline(experiments):
     repo = experiments[0]
     plots = json.loads(run(["dvc", "plots", "show", "--json"], cwd=repo).stdout)["data"]
-    for live in ("results/train/stage-0", "results/train/stage-2", "results/oracle-train/self/stage-1"):
+    for live in ("results/seed-0/train/stage-0", "results/seed-0/train/stage-2",
+                 "results/seed-0/oracle-train/self/stage-1"):
         tsv = f"{live}/plots/metrics/train/loss.tsv"
         header, *lines = (repo / tsv).read_text().splitlines()
         assert header == "step\tloss" and len(lines) > 1
@@ -59,13 +60,14 @@ def test_plots_show_json_has_the_training_curves_offline(experiments):
         values = plot["content"]["data"]["values"]  # the data are inline: nothing to fetch to render it
         assert plot["type"] == "vega" and plot["content"]["encoding"]["x"]["field"] == "step"
         assert [f"{v['step']}\t{v['loss']}" for v in values] == lines
-    assert plots["results/report/training.png"][0]["type"] == "image"
+    assert plots["results/seed-0/report/training.png"][0]["type"] == "image"
 
 
 def test_each_experiment_reruns_only_the_probes_and_the_report(experiments):
     _, runs, _ = experiments
     for out in runs.values():
-        assert set(re.findall(r"Running stage '(\w+)'", out)) == {"probe_stage_1", "probe_stage_2", "report"}, out
+        expected = {f"{name}_seed_{seed}" for seed in (0, 1) for name in ("probe_stage_1", "probe_stage_2", "report")}
+        assert set(re.findall(r"Running stage '(\w+)'", out)) == expected | {"seed_report"}, out
 
 
 def test_exp_show_lists_both_experiments_with_their_params_and_metrics(experiments):
@@ -77,11 +79,11 @@ def test_exp_show_lists_both_experiments_with_their_params_and_metrics(experimen
             for rev in exp["revs"]:
                 data = rev["data"]
                 found[rev["name"]] = (data["params"]["params.yaml"]["data"]["probes"]["C_grid"],
-                                      data["metrics"]["results/probes/stage-1-headline.json"]["data"])
+                                      data["metrics"]["results/seed-0/probes/stage-1-headline.json"]["data"])
     assert set(found) == set(EXPERIMENTS)
     for name, grid in EXPERIMENTS.items():
         assert found[name][0] == grid
-        assert flat_keys(found[name][1]) == metrics[name]["results/probes/stage-1-headline.json"]
+        assert flat_keys(found[name][1]) == metrics[name]["results/seed-0/probes/stage-1-headline.json"]
 
 
 def test_metrics_diff_names_exactly_the_changed_metrics(experiments):
@@ -89,7 +91,7 @@ def test_metrics_diff_names_exactly_the_changed_metrics(experiments):
     old, new = metrics["c-small"], metrics["c-large"]
     expected = {path: _changed_leaves(old[path], new[path]) for path in new}
     expected = {path: keys for path, keys in expected.items() if keys}
-    assert expected and set(expected) <= {f"results/probes/stage-{k}-headline.json" for k in (1, 2)}
+    assert expected and set(expected) <= {f"results/seed-0/probes/stage-{k}-headline.json" for k in (1, 2)}
     diff = json.loads(run(["dvc", "metrics", "diff", "c-small", "c-large", "--json"], cwd=repo).stdout)
     assert {path: set(keys) for path, keys in diff.items()} == expected
     some_path, keys = next(iter(diff.items()))
@@ -132,7 +134,7 @@ def test_a_fresh_clone_pulls_from_the_remote_and_both_engines_are_up_to_date(exp
     run(["cocoracle", "pull"], cwd=clone)
     assert json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout) == {}
     assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1"], cwd=clone).stdout
-    for path in ("results/report.md", "results/probes/stage-2.json", "models/stage-2/model.safetensors"):
+    for path in ("results/report.md", "results/seed-0/probes/stage-2.json", "models/seed-0/stage-2/model.safetensors"):
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
 
     # the recorded metadata keeps param changes rerunning exactly what they affect
@@ -140,4 +142,4 @@ def test_a_fresh_clone_pulls_from_the_remote_and_both_engines_are_up_to_date(exp
     assert _planned_jobs(run(["snakemake", "-n", "--cores", "1"], cwd=clone).stdout) == {
         "evaluate_stage", "report", "all"}
     assert set(json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout)) == {
-        "evaluate_stage_0", "evaluate_stage_1", "evaluate_stage_2"}
+        "evaluate_stage_0_seed_0", "evaluate_stage_1_seed_0", "evaluate_stage_2_seed_0"}

@@ -1,5 +1,5 @@
-"""What DVC shows of one finished smoke run: `dvc exp show` a few numeric metric columns with names of their own,
-dvclive's summaries among the metrics and its curves among the plots, `dvc plots show` and `plots diff`
+"""What DVC shows of one finished smoke run: `dvc exp show` numeric metric columns with names of their own, the
+across-seed figures the only metrics, dvclive's curves among the plots, `dvc plots show` and `plots diff`
 without a warning."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from helpers_workflow import copy_run, engine_env, flat_keys, run
 
 pytestmark = pytest.mark.e2e
 WIDE = 250  # a wide terminal's columns
-# the smoke DAG (stages 0..2, oracles at 1 and 2): 3 x 4 evaluation, 2 x 2 probe, 2 x 2 oracle figures, and the
-# last validation figure of 3 Coconut and 2 x 2 oracle training runs
-SMOKE_METRIC_COLUMNS = 12 + 4 + 4 + 3 + 4
+# the smoke DAG (stages 0..2, oracles at 1 and 2): 3 x 4 evaluation, 2 x 2 probe and 2 x 2 oracle figures, each
+# as mean, low and high over the seeds, and the number of seeds
+SMOKE_METRIC_COLUMNS = 3 * (12 + 4 + 4) + 1
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +62,17 @@ def test_exp_show_fits_a_wide_terminal_and_one_stages_figures_read_whole(committ
     assert len(visible) >= 6 and all(".stage-2." in key for key in visible), "\n".join(lines)  # neither cut nor wrapped
 
 
-def test_dvclive_summaries_are_metrics_and_their_curves_plots(committed):
+def test_the_across_seed_figures_are_the_metrics_and_dvclive_curves_plots(committed):
     stages = yaml.safe_load((committed / "dvc.yaml").read_text())["stages"]
-    for name in ("train_stage_0", "train_self_oracle_stage_1"):
+    for name in ("train_stage_0_seed_1", "train_self_oracle_stage_1_seed_0"):
         live = re.search(r"--live (\S+)", stages[name]["cmd"]).group(1)
-        assert stages[name]["metrics"] == [{f"{live}/metrics.json": {"persist": True}}]
+        assert {f"{live}/metrics.json": {"persist": True}} in stages[name]["outs"] and "metrics" not in stages[name]
         assert stages[name]["plots"] == [{f"{live}/plots/metrics": {"x": "step", "persist": True}}]
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=committed).stdout)
     metrics = next(iter(shown.values()))["data"]
-    assert metrics["results/train/stage-2/metrics.json"]["data"] == {
-        "train": {"stage-2": {"val_accuracy": pytest.approx(0.0, abs=1.0)}}}
-    assert list(flat_keys(metrics["results/oracle-train/self/stage-1/metrics.json"]["data"])) == [
-        "oracle_train.stage-1.self.val_exact_match"]
+    assert list(metrics) == ["results/report/seeds-headline.json"]
+    figure = metrics["results/report/seeds-headline.json"]["data"]["oracle"]["stage-2"]["self"]["step"]
+    assert set(figure) == {"mean", "low", "high"} and figure["low"] <= figure["mean"] <= figure["high"]
 
 
 @pytest.mark.parametrize("command", [["dvc", "plots", "show"], ["dvc", "plots", "diff", "HEAD"]])
@@ -83,15 +82,15 @@ def test_plots_render_without_a_warning(committed, command):
     assert "WARNING" not in said and "not iterable" not in said, said
     assert (committed / "dvc_plots/index.html").is_file()
     index = (committed / "dvc_plots/index.html").read_text()
-    for curve in ("results/train/stage-0/plots/metrics/train/loss.tsv",
-                  "results/oracle-train/separate/stage-2/plots/metrics/val/exact_match.tsv"):
+    for curve in ("results/seed-0/train/stage-0/plots/metrics/train/loss.tsv",
+                  "results/seed-0/oracle-train/separate/stage-2/plots/metrics/val/exact_match.tsv"):
         assert curve in index
 
 
 def test_the_headline_files_provenance_is_its_results_files(committed):
     made_at = run(["git", "rev-parse", "HEAD~1"], cwd=committed).stdout.strip()  # the commit before the run's
-    for path in ("results/eval/stage-1-headline.json", "results/oracle/stage-2-headline.json"):
+    for path in ("results/seed-0/eval/stage-1-headline.json", "results/seed-0/oracle/stage-2-headline.json"):
         shown = run(["cocoracle", "provenance", path], cwd=committed).stdout
         assert f"git revision: {made_at}\n" in shown
         assert shown == run(["cocoracle", "provenance", path.replace("-headline", "")], cwd=committed).stdout
-    assert os.path.getsize(committed / "results/probes/stage-1-headline.json") < 200
+    assert os.path.getsize(committed / "results/seed-0/probes/stage-1-headline.json") < 200

@@ -22,9 +22,9 @@ from helpers_workflow import REPO, copy_run, engine_env, run, set_param
 
 pytestmark = pytest.mark.e2e
 EXPERIMENTS = {"c-small": [0.01], "c-large": [10.0]}  # probes.C_grid: reruns only the probe stage
-TARGET = "probe_stage_1"  # the smoke DAG cut down to one probe stage: the experiments take minutes
-METRICS = "results/probes/stage-1-headline.json"  # what DVC shows of the probes (their results: RESULTS)
-RESULTS = "results/probes/stage-1.json"
+TARGET = "probe_stage_1_seed_0"  # the smoke DAG cut down to one probe stage: the experiments take minutes
+METRICS = "results/seed-0/probes/stage-1-headline.json"  # what DVC shows of the probes (their results: RESULTS)
+RESULTS = "results/seed-0/probes/stage-1.json"
 QUEUE_TIMEOUT = 480
 # what the Snakefile's onstart does, in a process that keeps the workspace until its stdin closes
 HOLD = ("import sys; from cocoracle.engine_lock import hold_for_snakemake; hold_for_snakemake(sys.argv[1]); "
@@ -218,25 +218,3 @@ def test_exp_apply_gives_a_workspace_dvc_finds_up_to_date(queued):
     shown = _experiments(queued["shown"])["c-large"]["metrics"]
     assert json.loads((repo / METRICS).read_text()) == shown
     assert json.loads(run(["dvc", "status", "--json"], cwd=repo).stdout) == {}
-
-
-def test_seed_spread_puts_the_experiments_side_by_side(queued, tmp_path):
-    # scripts/seed_spread.py on this queue's `dvc exp show --json`: one column per experiment, their mean
-    shown = tmp_path / "shown.json"
-    shown.write_text(json.dumps(queued["shown"]))
-    # (it reads each experiment's results files from the repository: `dvc exp show` has their headline only)
-    out = run([sys.executable, str(REPO / "scripts/seed_spread.py"), str(shown), *EXPERIMENTS, "--stage", "1",
-               "--repo", str(queued["repo"])], cwd=REPO).stdout
-    found = {name: json.loads(dvc.api.read(RESULTS, repo=str(queued["repo"]), rev=exp["rev"]))
-             for name, exp in _experiments(queued["shown"]).items()}
-    label, by_thought = next(iter(found["c-small"]["by_thought"].items()))
-    thought = next(iter(by_thought))
-    values = [found[name]["by_thought"][label][thought]["accuracy"] for name in EXPERIMENTS]
-    row = next(line for line in out.splitlines() if line.startswith(f"| probe {label}, thought {thought} |"))
-    assert row.split(" | ")[1:4] == [f"{values[0]:.1%}", f"{values[1]:.1%}", f"{statistics.mean(values):.1%}"], out
-    ceilings = [found[name]["ceiling"]["step"]["all"]["accuracy"] for name in EXPERIMENTS]
-    row = next(line for line in out.splitlines()
-               if line.startswith("| probe-composed ceiling, step text, all thoughts |"))
-    assert row.split(" | ")[1:3] == [f"{c:.1%}" for c in ceilings], out
-    assert out.splitlines()[0] == "| figure | c-small | c-large | mean | sd | range | one run's 95 % interval |"
-

@@ -15,8 +15,8 @@ from cocoracle.engine_lock import LOCK_FILE, _dvc_run, _is_locked
 from helpers_workflow import BIN, run
 
 pytestmark = pytest.mark.e2e
-SNAKEMAKE = ["snakemake", "--cores", "2", "models/stage-0"]
-DVC = ["dvc", "repro", "train_stage_0"]
+SNAKEMAKE = ["snakemake", "--cores", "2", "models/seed-0/stage-0"]
+DVC = ["dvc", "repro", "train_stage_0_seed_0"]
 
 
 def _long_stage_0(repo: Path) -> Path:
@@ -25,7 +25,7 @@ def _long_stage_0(repo: Path) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["max_steps"] = 300
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "logs/train/stage-0.log").unlink()
+    (repo / "logs/seed-0/train/stage-0.log").unlink()
     return repo
 
 
@@ -39,7 +39,7 @@ def snakemake_workspace(snakemake_copy) -> Path:
 def dvc_workspace(dvc_copy) -> Path:
     """The session's DVC run (a copy), where only stage 0 is to rerun: without its checkpoint, since Snakemake keeps
     no record of a DVC run's params and would find the finished stage 0 up to date."""
-    shutil.rmtree(dvc_copy / "models/stage-0")
+    shutil.rmtree(dvc_copy / "models/seed-0/stage-0")
     return _long_stage_0(dvc_copy)
 
 
@@ -58,7 +58,7 @@ def _wait_for(condition, first: subprocess.Popen, what: str) -> None:
 
 
 def _training(repo: Path) -> bool:
-    return (repo / "logs/train/stage-0.log").is_file()
+    return (repo / "logs/seed-0/train/stage-0.log").is_file()
 
 
 def _finish(first: subprocess.Popen) -> str:
@@ -78,8 +78,8 @@ def test_dvc_refuses_while_snakemake_runs(snakemake_workspace):
     assert len(refusals) == 1 and "snakemake (pid " in refusals[0], second.stdout + second.stderr
     assert {p.name: p.read_bytes() for p in (repo / "data").glob("*.parquet")} == data  # persist: nothing deleted
     _finish(first)
-    assert (repo / "models/stage-0/model.safetensors").is_file()
-    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1", "models/stage-0"], cwd=repo).stdout
+    assert (repo / "models/seed-0/stage-0/model.safetensors").is_file()
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1", "models/seed-0/stage-0"], cwd=repo).stdout
 
 
 def test_snakemake_refuses_while_dvc_runs(dvc_workspace):
@@ -90,9 +90,9 @@ def test_snakemake_refuses_while_dvc_runs(dvc_workspace):
     assert second.returncode != 0
     out = second.stdout + second.stderr
     refusals = [line for line in out.splitlines() if "is running in this workspace" in line]
-    assert len(refusals) == 1 and "dvc repro train_stage_0` (pid " in refusals[0], out
+    assert len(refusals) == 1 and "dvc repro train_stage_0_seed_0` (pid " in refusals[0], out
     _finish(first)
-    assert run(["dvc", "status", "train_stage_0"], cwd=repo).stdout.strip().endswith("up to date.")
+    assert run(["dvc", "status", "train_stage_0_seed_0"], cwd=repo).stdout.strip().endswith("up to date.")
 
 
 @pytest.mark.parametrize("cmd, workspace", [(SNAKEMAKE, "snakemake_workspace"), (DVC, "dvc_workspace")],
@@ -106,4 +106,4 @@ def test_a_second_run_of_one_engine_meets_its_lock(request, cmd, workspace):
     out = (second.stdout + second.stderr).lower()
     assert "lock" in out or "is running in this workspace" in out, out
     _finish(first)
-    assert (repo / "models/stage-0/model.safetensors").is_file()
+    assert (repo / "models/seed-0/stage-0/model.safetensors").is_file()

@@ -49,7 +49,7 @@ def built(tmp_path_factory) -> Path:
     rows = load_split(root / "data", "train")
     for name, width in (("ckpt", 32), ("wide", 64)):
         model_params = {**params["model"], "tiny": {**params["model"]["tiny"], "n_embd": width}}
-        model, tokenizer = initial_model(model_params, rows)
+        model, tokenizer = initial_model(model_params, rows, 0)
         save_checkpoint(model, tokenizer, root / name, {**params, "model": model_params, "stage": STAGE})
     for split in ("train", "val", "test"):
         activations.collect_activations(params, STAGE, root / "ckpt", root / "data", split, root / f"cache-{split}",

@@ -288,14 +288,14 @@ def test_a_local_base_directory_is_declared_file_by_file_and_not_fetched(bpe_mod
     stage0, command = found[("train_stage", 0)]
     assert stage0.inputs["base"] == files and f" --base {bpe_model_dir} " in command
     assert found[("train_oracle", "separate", 2)][0].inputs["base"] == files
-    assert f"{bpe_model_dir}/model.safetensors" in dvc_stages(_layout(params))["stages"]["train_stage_0"]["deps"]
+    assert f"{bpe_model_dir}/model.safetensors" in dvc_stages(_layout(params))["stages"]["train_stage_0_seed_0"]["deps"]
 
 
 def test_the_tiny_model_fetches_nothing():
     found = _jobs(tiny_params_dict())
     assert not [key for key in found if key[0] == "fetch_model"]
     assert found[("train_stage", 0)][0].inputs["base"] == [] and "--base" not in found[("train_stage", 0)][1]
-    assert found[("train_oracle", "separate", 1)][0].inputs["base"] == ["models/stage-0"]
+    assert found[("train_oracle", "separate", 1)][0].inputs["base"] == ["models/seed-0/stage-0"]
 
 
 def test_dvc_yaml_has_the_fetch_stage_and_stage_0_depends_on_it():
@@ -305,7 +305,7 @@ def test_dvc_yaml_has_the_fetch_stage_and_stage_0_depends_on_it():
     assert fetch["params"] == [{"params.yaml": ["model.name", "model.revision"]}]
     assert fetch["outs"] == [{"models/base/model": {"persist": True}}]
     assert "cocoracle/fetch.py" in fetch["deps"] and not any("torch" in dep for dep in fetch["deps"])
-    assert "models/base/model" in stages["train_stage_0"]["deps"]
+    assert "models/base/model" in stages["train_stage_0_seed_0"]["deps"]
 
 
 def test_the_fetch_rule_is_a_local_rule():
@@ -417,12 +417,12 @@ def test_both_engines_fetch_a_hub_model_first_on_the_head_node(tmp_path):
     set_param(repo, "model", "name", HUB_ID)
     set_param(repo, "model", "revision", SHA)
     run(["cocoracle", "dvc-yaml"], cwd=repo)
-    dry = run(["snakemake", "-n", "--cores", "1", "models/stage-0"], cwd=repo).stdout
-    assert _planned(dry) == ["fetch_model[base=model]", "generate", "train_stage[stage=0]"]
+    dry = run(["snakemake", "-n", "--cores", "1", "models/seed-0/stage-0"], cwd=repo).stdout
+    assert _planned(dry) == ["fetch_model[base=model]", "generate", "train_stage[seed=0, stage=0]"]
     stage0 = dry.split("rule train_stage:")[1].split("\n\n")[0]
     assert "models/base/model" in stage0.split("input:")[1].split("\n")[0]
-    dag = run(["dvc", "dag", "--dot", "train_stage_0"], cwd=repo).stdout
-    assert re.search(r'"fetch_model_base" -> "train_stage_0"', dag), dag
+    dag = run(["dvc", "dag", "--dot", "train_stage_0_seed_0"], cwd=repo).stdout
+    assert re.search(r'"fetch_model_base" -> "train_stage_0_seed_0"', dag), dag
 
 
 @pytest.mark.e2e
@@ -445,9 +445,9 @@ def test_replacing_a_local_bases_weights_reruns_its_dependents_and_nothing_else(
     params["oracle"]["separate"]["train"].update(batch_size=8, max_steps=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["cocoracle", "dvc-yaml"], cwd=repo)
-    target, stage = "models/oracle/separate/stage-1", "train_separate_oracle_stage_1"
+    target, stage = "models/seed-0/oracle/separate/stage-1", "train_separate_oracle_stage_1_seed_0"
     deps = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    assert "pretrained/bpe-gpt2/model.safetensors" in deps["train_stage_0"]["deps"]
+    assert "pretrained/bpe-gpt2/model.safetensors" in deps["train_stage_0_seed_0"]["deps"]
     assert "pretrained/bpe-gpt2/model.safetensors" in deps[stage]["deps"]
     dry = run(["snakemake", "-n", "--cores", "1", target], cwd=repo).stdout
     for rule in ("train_stage", "train_oracle"):
@@ -457,19 +457,20 @@ def test_replacing_a_local_bases_weights_reruns_its_dependents_and_nothing_else(
     run(["dvc", "commit", "-f", "--with-deps", stage], cwd=repo)  # DVC records the same finished run
     assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1", target], cwd=repo).stdout
     assert json.loads(run(["dvc", "status", "--json", "--with-deps", stage], cwd=repo).stdout or "{}") == {}
-    provenance = run(["cocoracle", "provenance", "models/stage-0"], cwd=repo).stdout
+    provenance = run(["cocoracle", "provenance", "models/seed-0/stage-0"], cwd=repo).stdout
     assert "base model: pretrained/bpe-gpt2 at a local directory (no revision)" in provenance
 
     tensors = load_file(weights)
     tensors["transformer.wte.weight"] += 0.01
     save_file(tensors, weights, metadata={"format": "pt"})
 
-    dependents = ["collect_activations[split=train, stage=1]", "collect_activations[split=val, stage=1]",
-                  "train_oracle[kind=separate, stage=1]", "train_stage[stage=0]", "train_stage[stage=1]"]
+    dependents = ["collect_activations[seed=0, split=train, stage=1]", "collect_activations[seed=0, split=val, stage=1]",
+                  "train_oracle[kind=separate, seed=0, stage=1]", "train_stage[seed=0, stage=0]",
+                  "train_stage[seed=0, stage=1]"]
     assert _planned(run(["snakemake", "-n", "--cores", "1", target], cwd=repo).stdout) == dependents
     status = json.loads(run(["dvc", "status", "--json", "--with-deps", stage], cwd=repo).stdout)
-    assert set(status) == {"train_stage_0", stage}  # the two that read the weights; the rest follow them
-    assert {"changed deps": {"pretrained/bpe-gpt2/model.safetensors": "modified"}} in status["train_stage_0"]
+    assert set(status) == {"train_stage_0_seed_0", stage}  # the two that read the weights; the rest follow them
+    assert {"changed deps": {"pretrained/bpe-gpt2/model.safetensors": "modified"}} in status["train_stage_0_seed_0"]
     ran = re.findall(r"Running stage '(\w+)'", run(["dvc", "repro", stage], cwd=repo).stdout)
-    assert sorted(ran) == sorted(["train_stage_0", "train_stage_1", "collect_stage_1_train", "collect_stage_1_val",
-                                  stage])
+    assert sorted(ran) == sorted(["train_stage_0_seed_0", "train_stage_1_seed_0", "collect_stage_1_train_seed_0",
+                                  "collect_stage_1_val_seed_0", stage])

@@ -14,9 +14,10 @@ from cocoracle.config import load_params, read_yaml
 from cocoracle.dvc_yaml import render_dvc_yaml
 from cocoracle.loop import live_logger
 from cocoracle.provenance import describe, read
+from cocoracle.seed_report import headline_across
 from helpers_workflow import REPO, flat_keys
 
-MAX_METRIC_COLUMNS = 40  # what `dvc exp show` may show of the default's metrics
+MAX_METRIC_COLUMNS = 90  # what `dvc exp show` may show of the default's metrics
 
 
 
@@ -62,12 +63,12 @@ def test_headlines_are_a_few_numbers_under_keys_naming_their_step_and_stage():
 
 
 def test_the_headline_file_sits_beside_its_results_file_which_keeps_the_provenance(tmp_path):
-    results = tmp_path / "results/eval/stage-1.json"
+    results = tmp_path / "results/seed-0/eval/stage-1.json"
     results.parent.mkdir(parents=True)
     detail = _eval_results(1)
     results.write_text(json.dumps(detail))
     headline.write(results, headline.evaluation(detail))
-    written = tmp_path / "results/eval/stage-1-headline.json"
+    written = tmp_path / "results/seed-0/eval/stage-1-headline.json"
     assert headline.path_for(results) == written and headline.results_for(written) == results
     assert headline.results_for(results) is None
     assert json.loads(written.read_text()) == headline.evaluation(detail)
@@ -104,50 +105,52 @@ def _dvc_stages(params_file: str) -> dict:
     return yaml.safe_load(text)["stages"]
 
 
-def _synthetic_metrics(path: str, params: dict) -> dict:
-    """What a run of these params writes to one declared metrics file (figures made up, keys real)."""
-    if found := re.fullmatch(r"results/(eval|probes|oracle)/stage-(\d+)-headline\.json", path):
-        kind, stage = found.group(1), int(found.group(2))
-        if kind == "eval":
-            return headline.evaluation(_eval_results(stage, params["evaluate"]["splits"]))
-        if kind == "probes":
-            return headline.probes(_probe_results(stage, params["probes"]["labels"]))
-        return headline.oracles(_oracle_results(stage, params["oracle"]["tasks"]))
-    found = re.fullmatch(r"results/(train|oracle-train)/(?:(self|separate)/)?stage-(\d+)/metrics\.json", path)
+def _synthetic_headline(path: str, params: dict) -> dict:
+    """What a run of these params writes to one seed's headline file (figures made up, keys real)."""
+    found = re.fullmatch(r"results/seed-\d+/(eval|probes|oracle)/stage-(\d+)-headline\.json", path)
     assert found, path
-    name = ("train", f"stage-{found.group(3)}") if found.group(1) == "train" else \
-        ("oracle_train", f"stage-{found.group(3)}", found.group(2))
-    val = {"accuracy": 0.5} if found.group(1) == "train" else {"exact_match": 0.5}
-    return headline.training(name, {"train": {"loss": 1.0, "lr": 0.0}, "val": val, "step": 9})
+    kind, stage = found.group(1), int(found.group(2))
+    if kind == "eval":
+        return headline.evaluation(_eval_results(stage, params["evaluate"]["splits"]))
+    if kind == "probes":
+        return headline.probes(_probe_results(stage, params["probes"]["labels"]))
+    return headline.oracles(_oracle_results(stage, params["oracle"]["tasks"]))
+
+
+def _seed_headlines(stages: dict, params: dict) -> list[dict]:
+    """One seed's headline files, synthesized, from the outputs dvc.yaml declares."""
+    outs = [next(iter(o)) for stage in stages.values() for o in stage.get("outs", [])]
+    seed = params["run"]["seeds"][0]
+    return [_synthetic_headline(path, params) for path in outs
+            if path.startswith(f"results/seed-{seed}/") and path.endswith(headline.SUFFIX)]
 
 
 @pytest.mark.parametrize("params_file", ["params.yaml", "tests/smoke-params.yaml", "params/gpt2-large.yaml"])
-def test_dvc_metrics_are_few_numbers_each_in_a_column_of_its_own(params_file):
-    """Every metrics file dvc.yaml declares is a headline file or a dvclive summary; over the whole DAG they
-    hold at most MAX_METRIC_COLUMNS numbers, and no key twice (so `dvc exp show` names each column by its
-    key, not by `path:key`)."""
+def test_dvc_metrics_are_the_across_seed_headline_each_number_in_a_column_of_its_own(params_file):
+    """dvc.yaml declares one metrics file, the across-seed headline: each seed headline figure as mean, low and
+    high, at most MAX_METRIC_COLUMNS numbers, and no key twice (so `dvc exp show` names each column by its key)."""
     params = load_params(REPO / params_file)
     stages = _dvc_stages(params_file)
     paths = [next(iter(m)) for stage in stages.values() for m in stage.get("metrics", [])]
-    columns = [key for path in paths for key in flat_keys(_synthetic_metrics(path, params))]
+    assert paths == ["results/report/seeds-headline.json"]
+    per_seed = _seed_headlines(stages, params)
+    across = headline_across({seed: per_seed for seed in params["run"]["seeds"]})
+    columns = list(flat_keys(across))
     assert len(columns) == len(set(columns)) and len(columns) <= MAX_METRIC_COLUMNS, columns
     if params_file == "params.yaml":
-        # 4 stages x 4 evaluation figures, 3 x 2 probe and 3 x 2 oracle figures, 4 + 3 x 2 training runs
-        assert len(columns) == 16 + 6 + 6 + 10
+        # 4 stages x 4 evaluation figures, 3 x 2 probe and 3 x 2 oracle figures; mean, low, high; the seed count
+        assert len(columns) == 3 * (16 + 6 + 6) + 1
 
 
-def test_dvc_yaml_declares_dvclive_summaries_as_metrics_and_their_curves_as_plots():
+def test_dvc_yaml_keeps_each_seeds_summaries_as_outputs_and_their_curves_as_plots():
     stages = _dvc_stages("params.yaml")
     live_dirs = [re.search(r"--live (\S+)", stage["cmd"]).group(1) for stage in stages.values()
                  if "--live" in stage["cmd"]]
     assert len(live_dirs) == 4 + 3 * 2
-    metrics = {next(iter(m)) for stage in stages.values() for m in stage.get("metrics", [])}
+    outs = {next(iter(o)) for stage in stages.values() for o in stage.get("outs", [])}
     plots = {path: flags for stage in stages.values() for m in stage.get("plots", []) for path, flags in m.items()}
     for live in live_dirs:
-        assert f"{live}/metrics.json" in metrics and plots[f"{live}/plots/metrics"]["x"] == "step"
+        assert f"{live}/metrics.json" in outs and plots[f"{live}/plots/metrics"]["x"] == "step"
         assert live not in plots
-    # the results files are outputs; their headline files the metrics
-    for stage in stages.values():
-        outs = {next(iter(o)) for o in stage.get("outs", [])}
-        for results in (o for o in outs if re.fullmatch(r"results/(eval|probes|oracle)/stage-\d+\.json", o)):
-            assert str(headline.path_for(results)) in {next(iter(m)) for m in stage["metrics"]}
+    for results in (o for o in outs if re.fullmatch(r"results/seed-0/(eval|probes|oracle)/stage-\d+\.json", o)):
+        assert str(headline.path_for(results)) in outs

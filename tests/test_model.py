@@ -79,7 +79,7 @@ def test_initial_model_from_local_directory(local_model_dir, mixed_rows):
     path, old_vocab, old_tokenizer = local_model_dir
     for marker in MARKERS:
         assert marker not in old_tokenizer.get_vocab()
-    model, tokenizer = initial_model({"name": str(path), "seed": 0, "dtype": "float32"}, mixed_rows)
+    model, tokenizer = initial_model({"name": str(path), "dtype": "float32"}, mixed_rows, 0)
     vocab = tokenizer.get_vocab()
     marker_ids = [vocab.get(m) for m in MARKERS]
     assert None not in marker_ids and len(set(marker_ids)) == len(MARKERS)
@@ -125,7 +125,7 @@ def test_nonexistent_model_path_fails_validation(tmp_path):
 def test_initial_model_with_unloadable_directory(tmp_path, mixed_rows):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(InputError, match="model.name") as info:
-        initial_model({"name": str(tmp_path), "seed": 0, "dtype": "float32"}, mixed_rows)
+        initial_model({"name": str(tmp_path), "dtype": "float32"}, mixed_rows, 0)
     assert "\n" not in str(info.value)
 
 

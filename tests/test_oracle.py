@@ -118,7 +118,7 @@ def test_each_distinct_question_about_a_vector_is_decoded_once(tmp_path, checkpo
                         lambda *args, **kwargs: decoded.append(len(args[3])) or real(*args, **kwargs))
     _, shared = answer_conditions("self", out, caches, params, 1, CPU)
 
-    _, items, inputs = condition_inputs(caches, params["oracle"], 1, 1)
+    _, items, inputs = condition_inputs(caches, params["oracle"], 1, 1, 0)
     model, tokenizer, spec = load_oracle(out, CPU)
     injector, codec = Injector(model, spec.inject_layers, spec.alpha), OracleCodec(tokenizer)
     for condition, (_, vectors) in inputs.items():
@@ -312,7 +312,7 @@ def test_separate_oracle_on_a_local_pretrained_base(tmp_path, checkpoint, tiny_p
 
 def test_an_oracle_on_a_relative_base_loads_from_another_directory(tmp_path, monkeypatch, checkpoint, tiny_params,
                                                                    data_dir, local_model_dir):
-    """A run names its base relative to its root ('models/stage-0'); the oracle must not depend on the caller's
+    """A run names its base relative to its root ('models/seed-0/stage-0'); the oracle must not depend on the caller's
     working directory (from elsewhere, the name would be taken for a hub id and fetched)."""
     run = tmp_path / "run"
     shutil.copytree(local_model_dir[0], run / "models" / "base")

@@ -25,3 +25,10 @@ def test_gpt2_large_reads_the_reference_layers():
     source, inject = oracle_layers(params["oracle"], GPT2_LARGE_LAYERS)
     assert (source, inject) == (18, [17])
     assert source in resolve_layers(params["activations"]["layers"], GPT2_LARGE_LAYERS)
+
+
+def test_five_seeds_is_the_default_with_five_seeds():
+    """params/five-seeds.yaml differs from params.yaml in run.seeds alone, so the study is the default's."""
+    default, study = load_params(REPO / "params.yaml"), load_params(REPO / "params" / "five-seeds.yaml")
+    assert study["run"].pop("seeds") == [0, 1, 2, 3, 4] and default["run"].pop("seeds") == [0]
+    assert study == default

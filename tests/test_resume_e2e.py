@@ -17,9 +17,11 @@ from helpers_workflow import BIN, copy_run, output_difference, repo_copy, run
 
 pytestmark = pytest.mark.e2e
 STEPS = 400  # optimizer steps of every stage: stage 1 runs long enough to be killed mid-way
-ENGINES = {"snakemake": ["snakemake", "--cores", "2", "models/stage-1"], "dvc": ["dvc", "repro", "train_stage_1"]}
-STAGE_0 = {"snakemake": ["snakemake", "--cores", "2", "models/stage-0"], "dvc": ["dvc", "repro", "train_stage_0"]}
-STATE = "models/stage-1.resume/state.json"
+ENGINES = {"snakemake": ["snakemake", "--cores", "2", "models/seed-0/stage-1"],
+           "dvc": ["dvc", "repro", "train_stage_1_seed_0"]}
+STAGE_0 = {"snakemake": ["snakemake", "--cores", "2", "models/seed-0/stage-0"],
+           "dvc": ["dvc", "repro", "train_stage_0_seed_0"]}
+STATE = "models/seed-0/stage-1.resume/state.json"
 
 
 def _copy(dest: Path) -> Path:
@@ -36,7 +38,7 @@ def _training_pid(repo: Path) -> int | None:
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"--out" in cmdline and b"models/stage-1" in cmdline and (proc / "cwd").resolve() == repo:
+            if b"--out" in cmdline and b"models/seed-0/stage-1" in cmdline and (proc / "cwd").resolve() == repo:
                 return int(proc.name)
         except OSError:
             continue
@@ -82,18 +84,19 @@ def test_killed_training_resumes_to_the_same_bytes(engine, whole, tmp_path):
     assert killed.returncode != 0
     saved = yaml.safe_load((repo / STATE).read_text())["step"]
     assert 0 < saved < STEPS
-    assert not (repo / "models/stage-1/model.safetensors").exists()  # no output that looks complete
+    assert not (repo / "models/seed-0/stage-1/model.safetensors").exists()  # no output that looks complete
     rerun = run(ENGINES[engine], cwd=repo)
-    log = (repo / "logs/train/stage-1.log").read_text()
+    log = (repo / "logs/seed-0/train/stage-1.log").read_text()
     resumed = int(re.search(r"resuming from \S+ after step (\d+)", log).group(1))
     assert resumed >= saved  # it did not start over
     # stage 0 first: a difference there is not resume's (the killed run's stage 0 ran whole)
-    for rel in ("models/stage-0/model.safetensors", "models/stage-1/model.safetensors", "models/stage-1/params.json"):
+    for rel in ("models/seed-0/stage-0/model.safetensors", "models/seed-0/stage-1/model.safetensors",
+                "models/seed-0/stage-1/params.json"):
         difference = output_difference(repo / rel, uninterrupted / rel)  # the same bytes, or run-to-run noise
         assert not difference, f"{rel}: {difference}"
-    steps = pd.read_csv(repo / "results/train/stage-1/plots/metrics/train/loss.tsv", sep="\t")["step"].tolist()
+    steps = pd.read_csv(repo / "results/seed-0/train/stage-1/plots/metrics/train/loss.tsv", sep="\t")["step"].tolist()
     assert steps == list(range(STEPS))  # no gap, no duplicate
-    assert not (repo / "models/stage-1.resume").exists()
-    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1", "models/stage-1"], cwd=repo).stdout \
-        if engine == "snakemake" else '"train_stage_1"' not in run(["dvc", "status", "--json"], cwd=repo).stdout
+    assert not (repo / "models/seed-0/stage-1.resume").exists()
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1", "models/seed-0/stage-1"], cwd=repo).stdout \
+        if engine == "snakemake" else '"train_stage_1_seed_0"' not in run(["dvc", "status", "--json"], cwd=repo).stdout
     assert rerun.returncode == 0

@@ -20,7 +20,7 @@ ENV = {"SBATCH_PARTITION": "alt", "SBATCH_ACCOUNT": "cocoracle-ci", "COCORACLE_G
 MEM_MB = 1000  # set for every rule with --set-resources: the localhost node may have less memory than rules ask
 BAR_S = 600  # the SLURM smoke run must finish within 10 minutes
 REQUIRE = "COCORACLE_REQUIRE_SLURM"  # set (not 0): fail instead of skipping where SLURM cannot be installed
-THREADS = 2  # --cores for both runs: float results depend on the threads (OMP_NUM_THREADS) of each job
+THREADS = 2  # --cores for both runs (each job computes on run.threads whatever this is)
 
 
 def _no_slurm(message: str) -> None:
@@ -124,7 +124,7 @@ def test_slurm_jobs_get_the_resources_the_rules_and_profile_ask_for(slurm):
 
 def test_slurm_results_equal_a_local_run(slurm, local):
     slurm_repo, local_repo = slurm[0], local[0]
-    assert {"results/report.md", "results/probes/stage-2.csv", "results/oracle/stage-2.csv"} <= \
+    assert {"results/report.md", "results/seed-0/probes/stage-2.csv", "results/seed-0/oracle/stage-2.csv"} <= \
         {str(p.relative_to(local_repo)) for p in (local_repo / "results").rglob("*")}
     alone, differ = differing_outputs(slurm_repo, local_repo)
     assert not alone, alone
@@ -171,7 +171,7 @@ TIME_LIMITED = ["train_stage:runtime=1", "train_stage:slurm_extra='--signal=TERM
 
 
 def _saved_step(repo: Path) -> int | None:
-    state = repo / "models/stage-1.resume/state.json"
+    state = repo / "models/seed-0/stage-1.resume/state.json"
     return yaml.safe_load(state.read_text())["step"] if state.is_file() else None
 
 
@@ -187,15 +187,16 @@ def test_a_stage_longer_than_its_time_limit_finishes_by_rerunning(cluster, tmp_p
     params["train"]["epochs"] = [1, 2, 1]
     params["resume"] = {"every_steps": None, "every_minutes": None}  # only the signal saves
     (local / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["snakemake", "--cores", str(THREADS), "models/stage-0"], cwd=local)
+    run(["snakemake", "--cores", str(THREADS), "models/seed-0/stage-0"], cwd=local)
     repo = copy_run(local, tmp_path / "slurm")  # stage 0 done: under SLURM only stage 1's job runs
-    run(["snakemake", "--cores", str(THREADS), "models/stage-1"], cwd=local)  # the uncut stage 1
+    run(["snakemake", "--cores", str(THREADS), "models/seed-0/stage-1"], cwd=local)  # the uncut stage 1
     holding = tmp_path / "bin"
     holding.mkdir()
     (holding / "cocoracle").write_text(HOLDING_CLI.format(python=BIN / "python", hold_at=HOLD_AT))
     (holding / "cocoracle").chmod(0o755)
     cmd = ["env", *(f"{k}={v}" for k, v in ENV.items()), f"PATH={holding}{os.pathsep}{BIN}{os.pathsep}"
-           f"{os.environ['PATH']}", "snakemake", "models/stage-1", "--workflow-profile", "workflow/profiles/slurm",
+           f"{os.environ['PATH']}", "snakemake", "models/seed-0/stage-1", "--workflow-profile",
+           "workflow/profiles/slurm",
            "--cores", str(THREADS), "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks",
            "2", "--slurm-keep-successful-logs", "--set-resources", *TIME_LIMITED]
     attempts = []  # (exit status, SLURM job id, the job's final state, the saved step after it, the job's log)
@@ -225,12 +226,12 @@ def test_a_stage_longer_than_its_time_limit_finishes_by_rerunning(cluster, tmp_p
     for (*_, before, _), (*_, job_log) in zip(attempts, attempts[1:], strict=False):
         found = [int(step) for step in re.findall(r"resuming from \S+ after step (\d+)", job_log.read_text())]
         assert found in ([before], []) if before else found == [], (found, attempts)
-    assert f"resuming from models/stage-1.resume after step {attempts[-2][3]}\n" in attempts[-1][4].read_text()
+    assert f"resuming from models/seed-0/stage-1.resume after step {attempts[-2][3]}\n" in attempts[-1][4].read_text()
     assert HOLD_AT in [saved for *_, saved, _ in attempts[:-1]], attempts
     steps = [int(line.split("\t")[0]) for line in
-             (repo / "results/train/stage-1/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+             (repo / "results/seed-0/train/stage-1/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(STAGE_1_STEPS))  # no gap, no duplicate
-    for rel in ("models/stage-1/model.safetensors", "models/stage-1/params.json"):
+    for rel in ("models/seed-0/stage-1/model.safetensors", "models/seed-0/stage-1/params.json"):
         difference = output_difference(repo / rel, local / rel)  # the same bytes, or run-to-run noise
         assert not difference, f"{rel}: {difference}"
-    assert not (repo / "models/stage-1.resume").exists()
+    assert not (repo / "models/seed-0/stage-1.resume").exists()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cocoracle.config import InputError
+from cocoracle.config import InputError, run_seed
 from cocoracle.model import MARKERS, initial_model, load_checkpoint
 from cocoracle.train import batch_stages, micro_batches, stage_optimizer_steps, train_stage
 from conftest import tiny_params_dict
@@ -79,7 +79,7 @@ def test_train_stage_writes_a_safe_checkpoint(stage0, train_rows):
     assert len(set(ids)) == len(MARKERS) and tokenizer.unk_token_id not in ids
     assert [tokenizer.encode(marker, add_special_tokens=False) for marker in MARKERS] == [[i] for i in ids]
     # training changed the weights of the seeded initial model
-    initial, _ = initial_model(params["model"], train_rows)
+    initial, _ = initial_model(params["model"], train_rows, run_seed(params))
     trained = load_file(out / "model.safetensors")
     start = initial.state_dict()
     assert any(not torch.equal(trained[k], start[k]) for k in trained if k in start)

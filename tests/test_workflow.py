@@ -16,10 +16,11 @@ import yaml
 
 from cocoracle.config import load_params, read_yaml
 from cocoracle.steps import Layout, jobs
-from helpers_workflow import REPO, differing_outputs, run, set_param
+from helpers_workflow import REPO, differing_outputs, repo_copy, run, set_param
 
 pytestmark = pytest.mark.e2e
 STAGES = (0, 1, 2)  # smoke params: coconut.num_stages = 2
+SEEDS = (0, 1)  # smoke params: run.seeds
 
 
 def _mtimes(repo, paths):
@@ -29,54 +30,75 @@ def _mtimes(repo, paths):
 def _check_outputs(repo):
     for split in ("train", "val", "test", "ood"):
         assert (repo / "data" / f"{split}.parquet").is_file()
+    for seed in SEEDS:
+        _check_seed(repo / "models" / f"seed-{seed}", repo / "results" / f"seed-{seed}")
+    _check_across_seeds(repo)
+
+
+def _check_across_seeds(repo):
+    """results/report.md leads with every figure across the two seeds; DVC's metrics are the across-seed ones."""
+    report = (repo / "results" / "report.md").read_text()
+    assert report.startswith("# cocoracle results across 2 training seed(s)\n")
+    assert "| stage 2 · test · free generation | " in report and "(seed-1/report.md)" in report
+    table = (repo / "results" / "report" / "seeds.csv").read_text().splitlines()
+    assert table[0] == "section,figure,seeds,mean,sd,low,high,seed_0,seed_1"
+    assert all(line.split(",")[2] == "2" for line in table[1:]), table[:3]
+    headline = json.loads((repo / "results" / "report" / "seeds-headline.json").read_text())
+    cell = headline["eval"]["stage-2"]["test"]
+    assert headline["seeds"] == 2 and cell["low"] <= cell["mean"] <= cell["high"]
+    assert (repo / "results" / "report" / "seeds.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _check_seed(models, results):
     for k in STAGES:
-        ckpt = repo / "models" / f"stage-{k}"
+        ckpt = models / f"stage-{k}"
         assert (ckpt / "model.safetensors").is_file() and (ckpt / "tokenizer.json").is_file()
         assert not list(ckpt.glob("*.bin")) and not list(ckpt.glob("*.pt"))
-        metrics = json.loads((repo / "results" / "eval" / f"stage-{k}.json").read_text())
+        metrics = json.loads((results / "eval" / f"stage-{k}.json").read_text())
         assert {"val", "test", "ood"} <= set(metrics)
         assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["n"] == 40
-        assert (repo / "results" / "train" / f"stage-{k}" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+        assert (results / "train" / f"stage-{k}" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     for k in STAGES[1:]:
         for split in ("train", "val", "test"):
-            assert (repo / "results" / "activations" / f"stage-{k}" / split / "manifest.json").is_file()
-        probes = (repo / "results" / "probes" / f"stage-{k}.csv").read_text().splitlines()
+            assert (results / "activations" / f"stage-{k}" / split / "manifest.json").is_file()
+        probes = (results / "probes" / f"stage-{k}.csv").read_text().splitlines()
         assert probes[0] == "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C,converged"
         assert len(probes) > 1
-        assert (repo / "results" / "probes" / f"stage-{k}.png").stat().st_size > 0
+        assert (results / "probes" / f"stage-{k}.png").stat().st_size > 0
     for k in STAGES[1:]:
         for kind in ("separate", "self"):
-            oracle = repo / "models" / "oracle" / kind / f"stage-{k}"
+            oracle = models / "oracle" / kind / f"stage-{k}"
             assert (oracle / "oracle.json").is_file() and list(oracle.glob("*.safetensors"))
-        table = (repo / "results" / "oracle" / f"stage-{k}.csv").read_text().splitlines()
+        table = (results / "oracle" / f"stage-{k}.csv").read_text().splitlines()
         assert table[0].startswith("stage,oracle,condition,task,thought,n,exact_match,exact_match_any_order,"
                                    "token_f1,number_f1,exact_match_low,exact_match_high")
         conditions = {line.split(",")[2] for line in table[1:]}
         assert conditions == {"oracle", "shuffled", "random", "no_injection", "majority", "majority_per_position"}
-        summary = json.loads((repo / "results" / "oracle" / f"stage-{k}.json").read_text())
+        summary = json.loads((results / "oracle" / f"stage-{k}.json").read_text())
         tasks = {"step", "digit", "carry", "operands", "answer", "problem"}
         for kind in ("self", "separate"):
             assert set(summary[kind]) == tasks | {"selected_step", "selected_val_exact_match", "source_tensor",
                                                   "by_thought"}
             assert set(summary[kind]["by_thought"]) == tasks  # per task, each thought position of the stage
             assert all(set(cells) == {str(t) for t in range(k)} for cells in summary[kind]["by_thought"].values())
-    report = (repo / "results" / "report.md").read_text()
+    report = (results / "report.md").read_text()
     assert all(f"\n| {k} |" in report for k in STAGES)  # accuracy table rows
     assert "| 2 | self | step |" in report and "| 1 | separate | carry |" in report  # oracle table rows
     ceiling = report.split("### Against what the probes can read\n")[1].split("###")[0]
     assert "| 2 | step | all |" in ceiling and "| layer_1: " in ceiling  # the smoke model's hidden state 1 of 2
     for name in ("accuracy", "oracle", "training"):
         assert f"(report/{name}.png)" in report
-        assert (repo / "results" / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (results / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-UPSTREAM = ["data/train.parquet"] + [f"models/stage-{k}/model.safetensors" for k in STAGES]
-EVAL = [f"results/eval/stage-{k}.json" for k in STAGES]
-CACHES = [f"results/activations/stage-{k}/{s}/manifest.json" for k in STAGES[1:] for s in ("train", "val", "test")]
-PROBES = [f"results/probes/stage-{k}.json" for k in STAGES[1:]]
-SEPARATE = [f"models/oracle/separate/stage-{k}/oracle.json" for k in STAGES[1:]]
-SELF = [f"models/oracle/self/stage-{k}/oracle.json" for k in STAGES[1:]]
-ORACLE_EVAL = [f"results/oracle/stage-{k}.json" for k in STAGES[1:]]
+UPSTREAM = ["data/train.parquet"] + [f"models/seed-0/stage-{k}/model.safetensors" for k in STAGES]
+EVAL = [f"results/seed-0/eval/stage-{k}.json" for k in STAGES]
+CACHES = [f"results/seed-0/activations/stage-{k}/{s}/manifest.json" for k in STAGES[1:]
+          for s in ("train", "val", "test")]
+PROBES = [f"results/seed-0/probes/stage-{k}.json" for k in STAGES[1:]]
+SEPARATE = [f"models/seed-0/oracle/separate/stage-{k}/oracle.json" for k in STAGES[1:]]
+SELF = [f"models/seed-0/oracle/self/stage-{k}/oracle.json" for k in STAGES[1:]]
+ORACLE_EVAL = [f"results/seed-0/oracle/stage-{k}.json" for k in STAGES[1:]]
 
 
 def test_snakemake_runs_the_whole_dag(snakemake_copy):
@@ -100,15 +122,35 @@ def test_both_engines_write_the_same_bytes(snakemake_run, dvc_run):
     assert not differ, differ
 
 
+def test_core_count_changes_no_byte(snakemake_run, tmp_path):
+    """Every step computes on run.threads threads whatever the engine's cores: seed 0's training, collection, probes
+    and oracle training through stage 1, run on --cores 1 and on --cores 4, write the bytes of the session's run
+    on --cores 2 (within the rare run-to-run noise that differing_outputs warns of)."""
+    targets = ["results/seed-0/probes/stage-1.json", "models/seed-0/oracle/self/stage-1",
+               "models/seed-0/oracle/separate/stage-1"]
+    for cores in (1, 4):
+        repo = repo_copy(tmp_path / f"cores-{cores}")
+        run(["snakemake", "--cores", str(cores), *targets], cwd=repo)
+        made = {str(p.relative_to(repo)) for p in (repo / "models").rglob("*.safetensors")}
+        assert {"models/seed-0/stage-1/model.safetensors",
+                "models/seed-0/oracle/self/stage-1/model.safetensors"} <= made
+        _, differ = differing_outputs(repo, snakemake_run.repo)  # the files both runs have
+        assert not differ, (cores, differ)
+
+
 def test_every_output_records_what_made_it(snakemake_repo):
     head = run(["git", "rev-parse", "HEAD"], cwd=snakemake_repo).stdout.strip()
-    for path in ["models/stage-1", "models/oracle/self/stage-1", "results/activations/stage-1/train",
-                 "results/eval/stage-1.json", "results/probes/stage-1.json", "results/oracle/stage-1.json"]:
+    for path in ["models/seed-0/stage-1", "models/seed-0/oracle/self/stage-1",
+                 "results/seed-0/activations/stage-1/train", "results/seed-0/eval/stage-1.json",
+                 "results/seed-0/probes/stage-1.json", "results/seed-0/oracle/stage-1.json"]:
         shown = run(["cocoracle", "provenance", path], cwd=snakemake_repo).stdout
         assert f"git revision: {head}\n" in shown, (path, shown)  # the copy is one clean commit
         assert "params sha256: " in shown and "torch 2." in shown
-    checkpoint = run(["cocoracle", "provenance", "models/stage-1"], cwd=snakemake_repo).stdout
-    assert "  models/stage-0  " in checkpoint and "  data/train.parquet  " in checkpoint
+        assert "training seed: 0\n" in shown and "torch threads: 1\n" in shown and "\ncpu: " in shown, shown
+    shown = run(["cocoracle", "provenance", "models/seed-1/oracle/self/stage-1"], cwd=snakemake_repo).stdout
+    assert "training seed: 1\n" in shown, shown
+    checkpoint = run(["cocoracle", "provenance", "models/seed-0/stage-1"], cwd=snakemake_repo).stdout
+    assert "  models/seed-0/stage-0  " in checkpoint and "  data/train.parquet  " in checkpoint
 
 
 def test_resume_settings_rerun_nothing(snakemake_repo, dvc_repo):
@@ -187,9 +229,9 @@ def test_editing_a_module_reruns_exactly_the_steps_that_import_it(snakemake_repo
 
 @pytest.mark.parametrize("module, stages", [
     ("cocoracle/atomic.py", 22),  # every one of the smoke DAG's 22 stages writes its outputs through it
-    ("cocoracle/probes.py", 2),  # probe_stage_1, probe_stage_2
-    ("cocoracle/train.py", 3),  # train_stage_0..2
-    ("cocoracle/oracle/evaluate.py", 2),  # evaluate_oracles_stage_1, _2
+    ("cocoracle/probes.py", 2),  # probe_stage_1_seed_0, probe_stage_2_seed_0
+    ("cocoracle/train.py", 3),  # train_stage_0_seed_0..2
+    ("cocoracle/oracle/evaluate.py", 2),  # evaluate_oracles_stage_1_seed_0, _2
     ("cocoracle/report.py", 1),
     ("cocoracle/sync.py", 0),  # `cocoracle pull` is no step
 ])
@@ -298,7 +340,7 @@ def test_snakemake_reruns_only_the_self_oracle_after_its_param_change(snakemake_
     (snakemake_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_copy).stdout
     assert _planned_jobs(dry) == {"train_oracle", "evaluate_oracles", "report", "all"}, dry
-    assert dry.count("rule train_oracle:") == 2 and "output: models/oracle/separate" not in dry, dry
+    assert dry.count("rule train_oracle:") == 2 and "output: models/seed-0/oracle/separate" not in dry, dry
     before = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
     run(["snakemake", "--cores", "2"], cwd=snakemake_copy)
     after = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)

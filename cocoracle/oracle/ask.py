@@ -37,8 +37,9 @@ def parse_problem(problem: str, digits: list[int]) -> tuple[int, int]:
 
 
 def default_paths(config_file: str | Path, params_file: str | Path | None = None, stage: int | None = None,
-                  kind: str = "self") -> tuple[str, str]:
-    """The pipeline's checkpoint and oracle (of `kind`) of one stage, where the pipeline writes them.
+                  kind: str = "self", seed: int | None = None) -> tuple[str, str]:
+    """The pipeline's checkpoint and oracle (of `kind`) of one stage and training seed (default: the first of
+    run.seeds), where the pipeline writes them.
 
     The paths are the step table's outputs (cocoracle/steps.py) filled with config.yaml's directories; the
     params file is config.yaml's params_file unless given. The stage defaults to the last one with oracles
@@ -61,20 +62,22 @@ def default_paths(config_file: str | Path, params_file: str | Path | None = None
     elif stage not in with_oracles:
         raise InputError(f"--stage {stage}: no oracle at this stage ({params_file} oracle.stages: "
                          f"{', '.join(map(str, with_oracles)) or 'none'}); pass --oracle")
-    checkpoint = STEPS["train_stage"].output_paths(layout, {"stage": stage})["checkpoint"]
-    oracle = STEPS["train_oracle"].output_paths(layout, {"kind": kind, "stage": stage})["oracle"]
+    seed = layout.seeds[0] if seed is None else seed
+    checkpoint = STEPS["train_stage"].output_paths(layout, {"seed": seed, "stage": stage})["checkpoint"]
+    oracle = STEPS["train_oracle"].output_paths(layout, {"seed": seed, "kind": kind, "stage": stage})["oracle"]
     return checkpoint, oracle
 
 
 def ask_paths(checkpoint: str | None, oracle: str | None, config_file: str | Path, params_file: str | None,
-              stage: int | None, kind: str) -> tuple[str, str]:
+              stage: int | None, kind: str, seed: int | None = None) -> tuple[str, str]:
     """The checkpoint and oracle given, the pipeline's (default_paths) for those not given; a one-line error
     when a default one has not been made yet."""
     given = {"--checkpoint": checkpoint, "--oracle": oracle}
     if None not in given.values():
         return checkpoint, oracle
     paths = []
-    for (flag, path), default in zip(given.items(), default_paths(config_file, params_file, stage, kind), strict=True):
+    for (flag, path), default in zip(given.items(), default_paths(config_file, params_file, stage, kind, seed),
+                                 strict=True):
         if path is None and not Path(default).is_dir():
             raise InputError(f"{default}: not made yet (run the pipeline: snakemake --cores all), or pass {flag}")
         paths.append(default if path is None else path)

@@ -29,7 +29,7 @@ import torch
 from cocoracle.atomic import atomic_path, write_text
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import NO_TOKEN_LIMIT, Codec
-from cocoracle.config import ORACLE_KINDS, InputError
+from cocoracle.config import ORACLE_KINDS, InputError, run_seed
 from cocoracle.data import load_split
 from cocoracle.evaluate import predict
 from cocoracle.headline import oracles as headline
@@ -70,11 +70,11 @@ def random_like(vectors: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
     return noise / noise.norm(dim=-1, keepdim=True) * vectors.norm(dim=-1, keepdim=True)
 
 
-def condition_inputs(caches: dict[str, ActivationCache], oracle: dict[str, Any], source_layer: int, stage: int
-                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[list[Any], torch.Tensor | None]]]:
+def condition_inputs(caches: dict[str, ActivationCache], oracle: dict[str, Any], source_layer: int, stage: int,
+                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[list[Any], torch.Tensor | None]]]:
     """The train and test items and, per condition that asks the model, each test item's injected vectors and
     their sources (a cache row, a random draw, or None for no injection): one seeded RNG's draws, in this order."""
-    rng = np.random.default_rng([oracle["seed"], stage, 99])
+    rng = np.random.default_rng([seed, stage, 99])
     train_items = build_items(caches["train"], oracle["tasks"], source_layer, rng)
     items = build_items(caches["test"], oracle["tasks"], source_layer, rng)
     vectors = item_vectors(caches["test"], items, source_layer)
@@ -176,7 +176,7 @@ def answer_conditions(kind: str, path: str | Path, caches: dict[str, ActivationC
     model, tokenizer, spec = load_oracle(path, device)
     if spec.stage != stage:
         raise InputError(f"{path}: an oracle for stage {spec.stage}, not {stage}")
-    train_items, items, inputs = condition_inputs(caches, oracle, spec.source_layer, stage)
+    train_items, items, inputs = condition_inputs(caches, oracle, spec.source_layer, stage, run_seed(params))
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
     prompts = items["prompt"].tolist()
     decoded: dict[tuple[str, Any], str] = {}  # (prompt, the injected vector's source) -> answer, across conditions
@@ -250,7 +250,7 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     inputs = [checkpoint, *oracle_dirs.values(), *cache_dirs.values(), Path(data_dir) / "test.parquet"]
-    record = describe({"oracle": params["oracle"], "stage": stage}, inputs)
+    record = describe({"oracle": params["oracle"], "stage": stage}, inputs, seed=run_seed(params))
     results = summary(table, stage, accuracy, validation, sources)
     write_text(metrics_path, json.dumps({**results, "provenance": record}, indent=2) + "\n")
     write_headline(metrics_path, headline(results))

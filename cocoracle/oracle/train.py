@@ -24,7 +24,7 @@ from cocoracle.atomic import atomic_dir
 from cocoracle.cache_reader import ActivationCache
 from cocoracle.coconut import IGNORE, Codec, append_greedy, coconut_forward, layout_options, loss_fn
 from cocoracle.codedeps import code_files
-from cocoracle.config import ORACLE_KINDS, InputError
+from cocoracle.config import ORACLE_KINDS, InputError, run_seed
 from cocoracle.data import load_split
 from cocoracle.loop import (
     Throughput,
@@ -333,11 +333,12 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     oracle = params["oracle"]
     settings, hp = oracle[kind], oracle[kind]["train"]
     train_cache, val_cache = ActivationCache(caches["train"]), ActivationCache(caches["val"])
-    torch.manual_seed(oracle["seed"] * 1000 + stage)
+    seed = run_seed(params)
+    torch.manual_seed(seed * 1000 + stage)
     d_model = train_cache.manifest["d_model"]
     model, tokenizer, spec = build_oracle(kind, params, stage, checkpoint, base, d_model, device)
     codec, injector = OracleCodec(tokenizer), Injector(model, spec.inject_layers, spec.alpha)
-    rng = np.random.default_rng([oracle["seed"], stage, ORACLE_KINDS.index(kind)])
+    rng = np.random.default_rng([seed, stage, ORACLE_KINDS.index(kind)])
     items = build_items(train_cache, oracle["tasks"], spec.source_layer, rng)
     vectors = item_vectors(train_cache, items, spec.source_layer)
     val = build_items(val_cache, oracle["tasks"], spec.source_layer, rng)
@@ -408,5 +409,5 @@ def train_oracle(kind: str, params: dict[str, Any], stage: int, caches: dict[str
     if kind == "separate" and base is not None and Path(base).is_dir():
         origin = base_record(settings["base"], settings.get("revision"), base)
     save_oracle(model, tokenizer, spec, checkpoint, out_dir, best.record(steps),
-                describe({"oracle": oracle, "kind": kind, "stage": stage}, inputs, base=origin))
+                describe({"oracle": oracle, "kind": kind, "stage": stage}, inputs, base=origin, seed=seed))
     saver.clear()

@@ -6,10 +6,10 @@ rule collect_activations:
     log:
         step_log("collect_activations"),
     benchmark:
-        f"{BENCH}/collect/stage-{{stage}}-{{split}}.tsv"
+        f"{BENCH}/seed-{{seed}}/collect/stage-{{stage}}-{{split}}.tsv"
     conda:
         "../../envs/cocoracle.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
         gpu_model=GPU_MODEL,

@@ -6,10 +6,10 @@ rule train_stage:
     log:
         step_log("train_stage"),
     benchmark:
-        f"{BENCH}/train/stage-{{stage}}.tsv"
+        f"{BENCH}/seed-{{seed}}/train/stage-{{stage}}.tsv"
     conda:
         "../../envs/cocoracle.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:  # SLURM requests (docs/slurm.md); gpu also counts against a local --resources gpu=N
         gpu=config["train_processes"],
         gpu_model=GPU_MODEL,

@@ -32,10 +32,14 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     # envs/cocoracle.yaml holds the dependencies, not the project: jobs run this checkout's code
     shell.prefix(f'export PATH="{LAYOUT.root}/workflow/bin:$PATH"; ')
 BENCH = config["benchmarks_dir"]
+# every job computes on run.threads threads (cocoracle/numerics.py): its own bits do not depend on --cores, and
+# the engine runs jobs side by side instead; under SLURM, the CPUs each job asks for
+THREADS = PARAMS["run"]["threads"]
 GPU_MODEL = os.environ.get("COCORACLE_GPU_MODEL", "")  # SLURM GPU type for the GPU rules; empty: any
 
 
 wildcard_constraints:
+    seed=r"\d+",
     stage=r"\d+",
     split=r"train|val|test|ood",
     kind=r"separate|self",

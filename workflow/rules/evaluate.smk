@@ -6,10 +6,10 @@ rule evaluate_stage:
     log:
         step_log("evaluate_stage"),
     benchmark:
-        f"{BENCH}/evaluate/stage-{{stage}}.tsv"
+        f"{BENCH}/seed-{{seed}}/evaluate/stage-{{stage}}.tsv"
     conda:
         "../../envs/cocoracle.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
         gpu_model=GPU_MODEL,

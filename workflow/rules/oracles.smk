@@ -6,10 +6,10 @@ rule train_oracle:
     log:
         step_log("train_oracle"),
     benchmark:
-        f"{BENCH}/oracle/train-{{kind}}-stage-{{stage}}.tsv"
+        f"{BENCH}/seed-{{seed}}/oracle/train-{{kind}}-stage-{{stage}}.tsv"
     conda:
         "../../envs/cocoracle.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
         gpu_model=GPU_MODEL,
@@ -30,17 +30,17 @@ rule evaluate_oracles:
             table=dict(
                 caption="../report/oracle-table.rst",
                 category="Oracles",
-                subcategory="stage {stage}",
+                subcategory="seed {seed}, stage {stage}",
                 labels={"item": "results table"},
             ),
         ),
     log:
         step_log("evaluate_oracles"),
     benchmark:
-        f"{BENCH}/oracle/evaluate-stage-{{stage}}.tsv"
+        f"{BENCH}/seed-{{seed}}/oracle/evaluate-stage-{{stage}}.tsv"
     conda:
         "../../envs/cocoracle.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:  # SLURM requests (docs/slurm.md); gpu=1 also counts against a local --resources gpu=N
         gpu=1,
         gpu_model=GPU_MODEL,

@@ -1,0 +1,225 @@
+"""The results across training seeds, the report that leads: every figure of every seed's run side by side, its
+mean over the seeds and a 95 % interval over them (Student's t with the seeds as the units: it includes training
+variance, which one run's interval over test items does not; one seed gives no interval).
+
+Written from each seed's results directory (`seed-S/` under results: eval/, probes/ and oracle/ files per stage):
+seeds.csv (one row per figure: mean, sd, interval, each seed's value), seeds-headline.json (each seed's headline
+figures, cocoracle/headline.py, as mean, low and high: what `dvc metrics diff` and `dvc exp show` show),
+seeds.png, and report.md with its HTML page (report.html), which link each seed's own report.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cocoracle.atomic import write_text
+from cocoracle.config import InputError, oracle_stages
+from cocoracle.headline import path_for
+from cocoracle.plots import pyplot, save_png
+from cocoracle.report_html import markdown_page
+
+SPLITS = ("val", "test", "ood")
+SECTIONS = {"accuracy": "Coconut answer accuracy", "oracle": "Oracles over all thoughts",
+            "oracle_thought": "Oracles per thought", "probe": "Thought probes (chosen on val, scored on test)"}
+
+
+def seed_interval(values: list[float]) -> tuple[float, float, float, float]:
+    """Mean, standard deviation and 95 % Student's t interval over seeds (nan where fewer than two values)."""
+    array = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if not len(array):
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(array.mean())
+    if len(array) < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(array.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(array) - 1)) * sd / math.sqrt(len(array))
+    return mean, sd, mean - half, mean + half
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return data
+
+
+def _oracle_figures(path: Path, stage: int) -> list[dict[str, Any]]:
+    """Each oracle's exact match per task, over all thoughts and per thought, and its best baseline's on the same
+    items (the baseline that seed's table names best)."""
+    try:
+        table = pd.read_csv(path, dtype={"thought": str})
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+    missing = {"oracle", "condition", "task", "thought", "exact_match", "exact_match_best_baseline"} - set(table)
+    if missing:
+        raise InputError(f"{path}: missing column {sorted(missing)[0]!r}")
+    rows = []
+    for (kind, task, thought), group in table.groupby(["oracle", "task", "thought"], sort=False):
+        by_condition = group.set_index("condition")["exact_match"]
+        own = group[group["condition"] == "oracle"].iloc[0]
+        section = "oracle" if thought == "all" else "oracle_thought"
+        where = "all thoughts" if thought == "all" else f"thought {thought}"
+        name = f"stage {stage} · {kind} · {task} · {where}"
+        rows.append({"section": section, "figure": f"{name} · EM", "value": own["exact_match"]})
+        rows.append({"section": section, "figure": f"{name} · best baseline EM",
+                     "value": by_condition[own["exact_match_best_baseline"]]})
+    return rows
+
+
+def run_figures(run: Path, params: dict[str, Any]) -> pd.DataFrame:
+    """One seed's figures (section, figure, value) from its results directory."""
+    stages = range(params["coconut"]["num_stages"] + 1)
+    rows: list[dict[str, Any]] = []
+    for stage in stages:
+        metrics = _json(run / "eval" / f"stage-{stage}.json")
+        for split in (s for s in SPLITS if isinstance(metrics.get(s), dict)):
+            rows.append({"section": "accuracy", "figure": f"stage {stage} · {split} · free generation",
+                         "value": metrics[split]["accuracy"]})
+            if split == "test":
+                rows.append({"section": "accuracy", "figure": f"stage {stage} · test · teacher-forced",
+                             "value": metrics[split]["teacher_forced"]})
+    for stage in oracle_stages(params):
+        rows += _oracle_figures(run / "oracle" / f"stage-{stage}.csv", stage)
+    for stage in stages[1:]:
+        summary = _json(run / "probes" / f"stage-{stage}.json")
+        for label, by_thought in summary.get("by_thought", {}).items():
+            for thought, probe in sorted(by_thought.items(), key=lambda item: int(item[0])):
+                name = f"stage {stage} · {label} · thought {thought}"
+                rows.append({"section": "probe", "figure": f"{name} · accuracy", "value": probe["accuracy"]})
+                rows.append({"section": "probe", "figure": f"{name} · majority baseline", "value": probe["baseline"]})
+    return pd.DataFrame(rows, columns=["section", "figure", "value"])
+
+
+def seed_table(figures: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """One row per figure: section, figure, seeds (how many have it), mean, sd, low, high, then seed_S per seed."""
+    wide = None
+    for seed, frame in figures.items():
+        column = frame.rename(columns={"value": f"seed_{seed}"}).drop_duplicates(["section", "figure"])
+        wide = column if wide is None else wide.merge(column, on=["section", "figure"], how="outer", sort=False)
+    assert wide is not None
+    seed_columns = [f"seed_{seed}" for seed in figures]
+    summary = [seed_interval(list(row)) for row in wide[seed_columns].itertuples(index=False)]
+    out = wide[["section", "figure"]].copy()
+    out["seeds"] = wide[seed_columns].notna().sum(axis=1)
+    out[["mean", "sd", "low", "high"]] = pd.DataFrame(summary, index=wide.index)
+    return pd.concat([out, wide[seed_columns]], axis=1)
+
+
+def _flat(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, (*prefix, key)))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[(*prefix, key)] = float(value)
+    return out
+
+
+def headline_across(headlines: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The seeds' headline figures, each as {mean, low, high} under its own key path (null where undefined)."""
+    per_seed = {seed: {k: v for tree in trees for k, v in _flat(tree).items()} for seed, trees in headlines.items()}
+    keys = list(dict.fromkeys(key for flat in per_seed.values() for key in flat))
+    out: dict[str, Any] = {"seeds": len(headlines)}
+    for key in keys:
+        mean, _, low, high = seed_interval([flat[key] for flat in per_seed.values() if key in flat])
+        node = out
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = {name: None if math.isnan(v) else round(v, 6)
+                         for name, v in (("mean", mean), ("low", low), ("high", high))}
+    return out
+
+
+def _percent(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _cell(row: pd.Series) -> str:
+    if math.isnan(row["low"]):
+        return f"{_percent(row['mean'])} %"
+    return f"{_percent(row['mean'])} % [{_percent(row['low'])}, {_percent(row['high'])}]"
+
+
+def markdown_table(table: pd.DataFrame, seeds: list[int]) -> str:
+    """Markdown: figure, mean [95 % over seeds], sd (points), then each seed's value (percent)."""
+    head = ["figure", "mean [95 % over seeds]", "sd (pts)", *(f"seed {s}" for s in seeds)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in table.iterrows():
+        cells = [row["figure"], _cell(row), _percent(row["sd"]), *(_percent(row[f"seed_{s}"]) for s in seeds)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_seeds(table: pd.DataFrame, seeds: list[int], path: Path) -> None:
+    """Answer accuracy per stage and split, and the oracles' EM over all thoughts: each seed a dot, the mean a bar
+    with its 95 % interval over seeds."""
+    plt = pyplot()
+    shown = table[table["section"].isin(["accuracy", "oracle"])
+                  & ~table["figure"].str.endswith("best baseline EM")].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(shown) + 1.2))
+    y = np.arange(len(shown))
+    ax.barh(y, 100 * shown["mean"], color="#9ecae1")
+    has_interval = shown["low"].notna()
+    ax.errorbar(100 * shown["mean"][has_interval], y[has_interval],
+                xerr=[100 * (shown["mean"] - shown["low"])[has_interval],
+                      100 * (shown["high"] - shown["mean"])[has_interval]], fmt="none", ecolor="black", capsize=3)
+    for seed in seeds:
+        ax.plot(100 * shown[f"seed_{seed}"], y, "o", markersize=3, color="#08519c")
+    ax.set_yticks(y, shown["figure"], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"% (bar: mean over {len(seeds)} seed(s); line: 95 % interval over seeds; dots: seeds)")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def write_seed_report(params: dict[str, Any], runs: dict[int, Path], outputs: dict[str, str | Path]) -> None:
+    """Write the across-seed `table` (CSV), `headline` (JSON), `plot` (PNG), `report` (markdown) and `page` (HTML)
+    from each seed's results directory."""
+    out_md, table_path, plot_path = Path(outputs["report"]), outputs["table"], outputs["plot"]
+    out_md, seeds = Path(out_md), list(runs)
+    table = seed_table({seed: run_figures(run, params) for seed, run in runs.items()})
+    headlines = {seed: [_json(path_for(path)) for path in _results_files(run, params)] for seed, run in runs.items()}
+    write_text(table_path, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
+    write_text(outputs["headline"], json.dumps(headline_across(headlines), indent=2) + "\n")
+    plot_seeds(table, seeds, Path(plot_path))
+    link = Path(plot_path).resolve().relative_to(out_md.resolve().parent).as_posix()
+    parts = [f"# cocoracle results across {len(seeds)} training seed(s)\n",
+             (f"Seeds {', '.join(map(str, seeds))} (`run.seeds`): each trains its own Coconut curriculum, oracles "
+              "and probes on the same data split. Each figure: its mean over the seeds [95 % interval over seeds, "
+              "Student's t with the seeds as the units, so it includes training variance; none with one seed], its "
+              "standard deviation in points, then each seed's value. Each seed's report gives that run's "
+              "intervals over test items.\n"),
+             f"![Headline figures across seeds]({link})\n"]
+    for section, title in SECTIONS.items():
+        rows = table[table["section"] == section]
+        if len(rows):
+            parts += [f"## {title}\n", markdown_table(rows, seeds)]
+    parts += ["## Each seed's report\n"] + [
+        f"- [seed {seed}]({(Path(run) / 'report.md').resolve().relative_to(out_md.resolve().parent).as_posix()})"
+        for seed, run in runs.items()]
+    text = "\n".join(parts) + "\n"
+    write_text(out_md, text)
+    write_text(outputs["page"], markdown_page(text, "cocoracle results across seeds"))
+
+
+def _results_files(run: Path, params: dict[str, Any]) -> list[Path]:
+    """The results files of one seed whose headline files the across-seed headline averages."""
+    stages = range(params["coconut"]["num_stages"] + 1)
+    return ([run / "eval" / f"stage-{k}.json" for k in stages]
+            + [run / "probes" / f"stage-{k}.json" for k in stages[1:]]
+            + [run / "oracle" / f"stage-{k}.json" for k in oracle_stages(params)])
+

@@ -1,0 +1,54 @@
+"""The across-seed figures: Student's t intervals over seeds, the wide table and DVC's headline of them."""
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cocoracle.seed_report import headline_across, markdown_table, seed_interval, seed_table
+
+
+def test_seed_interval_is_students_t_over_the_seeds():
+    values = [0.626, 0.661, 0.549, 0.675, 0.60]
+    mean, sd, low, high = seed_interval(values)
+    half = stats.t.ppf(0.975, 4) * pd.Series(values).std() / math.sqrt(5)
+    assert mean == pytest.approx(sum(values) / 5)
+    assert (low, high) == pytest.approx((mean - half, mean + half))
+    assert sd == pytest.approx(pd.Series(values).std())
+
+
+def test_one_seed_has_a_mean_but_no_interval():
+    mean, sd, low, high = seed_interval([0.7])
+    assert mean == 0.7 and all(math.isnan(v) for v in (sd, low, high))
+
+
+def test_interval_over_seeds_is_wider_than_the_spread_of_two_close_seeds_suggests():
+    """Two seeds 10 points apart: t with one degree of freedom gives a wide interval, honestly."""
+    _, _, low, high = seed_interval([0.55, 0.65])
+    assert high - low > 0.6
+
+
+def _figures(values: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame([{"section": "accuracy", "figure": name, "value": v} for name, v in values.items()])
+
+
+def test_seed_table_has_each_seed_and_counts_missing_figures():
+    table = seed_table({0: _figures({"a": 0.5, "b": 0.9}), 3: _figures({"a": 0.7})})
+    a = table.set_index("figure").loc["a"]
+    assert a["seeds"] == 2 and a["seed_0"] == 0.5 and a["seed_3"] == 0.7 and a["mean"] == pytest.approx(0.6)
+    b = table.set_index("figure").loc["b"]
+    assert b["seeds"] == 1 and math.isnan(b["seed_3"]) and math.isnan(b["low"])
+    text = markdown_table(table, [0, 3])
+    assert "| a | 60.0 % [" in text and "| b | 90.0 % | – | 90.0 | – |" in text
+
+
+def test_headline_across_keeps_each_key_path_with_mean_low_high():
+    headlines = {0: [{"eval": {"stage-1": {"test": 0.8}}}, {"oracle": {"stage-1": {"self": {"step": 0.5}}}}],
+                 1: [{"eval": {"stage-1": {"test": 0.9}}}, {"oracle": {"stage-1": {"self": {"step": 0.7}}}}]}
+    out = headline_across(headlines)
+    assert out["seeds"] == 2
+    assert out["eval"]["stage-1"]["test"]["mean"] == pytest.approx(0.85)
+    low, high = out["oracle"]["stage-1"]["self"]["step"]["low"], out["oracle"]["stage-1"]["self"]["step"]["high"]
+    assert low < 0.6 < high
+    single = headline_across({0: [{"eval": {"stage-1": {"test": 0.8}}}]})
+    assert single["eval"]["stage-1"]["test"] == {"mean": 0.8, "low": None, "high": None}
