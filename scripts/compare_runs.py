@@ -61,11 +61,13 @@ def validation_rows(runs: dict[str, Path], stage: int) -> str:
 
 
 def oracle_rows(runs: dict[str, Path], stage: int, task: str) -> str:
-    """Test exact match of `task` per thought and over all: each oracle, the best baseline, the probe ceiling."""
+    """Test exact match of `task` per thought and over all: each oracle, the best baseline, the linear-probe
+    product and the joint probe."""
     rows = []
     for name, run in runs.items():
         table = pd.read_csv(run / f"results/oracle/stage-{stage}.csv", dtype={"thought": str})
-        ceiling = _json(run / f"results/probes/stage-{stage}.json").get("ceiling", {}).get(task, {})
+        probes = _json(run / f"results/probes/stage-{stage}.json")
+        readers = [probes.get(name, {}).get(task, {}) for name in ("linear_product", "joint_probe")]
         rows_of_task = table[table["task"] == task]
         for thought, cell in rows_of_task.groupby("thought", sort=False):
             line: list[Any] = [name, thought]
@@ -75,11 +77,12 @@ def oracle_rows(runs: dict[str, Path], stage: int, task: str) -> str:
                 best = own.loc[row["exact_match_best_baseline"], "exact_match"]
                 line.append(f"{format_interval(row['exact_match'], row['exact_match_low'], row['exact_match_high'])}"
                             f" / {best:.1%} ({row['exact_match_best_baseline']})")
-            limit = ceiling.get(thought)
-            line.append(format_interval(limit["accuracy"], limit["low"], limit["high"]) if limit else "–")
+            for reader in readers:
+                cell = reader.get(thought)
+                line.append(format_interval(cell["accuracy"], cell["low"], cell["high"]) if cell else "–")
             rows.append(line)
     return _table(["run", "thought", "self-oracle EM / best baseline", "separate oracle EM / best baseline",
-                   "probe-composed ceiling"], rows)
+                   "linear-probe product", "joint probe"], rows)
 
 
 def readable_rows(runs: dict[str, Path], stage: int) -> str:

@@ -9,7 +9,7 @@ half-width of one run's 95 % interval (what a single seed's interval claims, aga
 
 Figures at the all-latent stage: free-generation answer accuracy (val, test), each oracle's exact match per task
 over all thoughts and per thought (test), the val-chosen thought probe per label and thought (test), and the
-probe-composed ceiling of the step text per thought and over all thoughts (test).
+linear-probe product and the joint probe of the step text per thought and over all thoughts (test).
 """
 from __future__ import annotations
 
@@ -85,9 +85,10 @@ def figures(metrics: Metrics, stage: int) -> Iterator[tuple[str, float, float | 
     for label, by_thought in probes["by_thought"].items():
         for thought, probe in by_thought.items():
             yield f"probe {label}, thought {thought}", probe["accuracy"], probe["low"], probe["high"]
-    for where, cell in probes.get("ceiling", {}).get("step", {}).items():
-        yield f"probe-composed ceiling, step text, {'all thoughts' if where == 'all' else 'thought ' + where}", \
-            cell["accuracy"], cell["low"], cell["high"]
+    for reader, name in (("linear_product", "linear-probe product"), ("joint_probe", "joint probe")):
+        for where, cell in probes.get(reader, {}).get("step", {}).items():
+            yield f"{name}, step text, {'all thoughts' if where == 'all' else 'thought ' + where}", \
+                cell["accuracy"], cell["low"], cell["high"]
 
 
 def spread_table(runs: dict[str, Metrics], stage: int) -> str:

@@ -234,9 +234,9 @@ def test_seed_spread_puts_the_experiments_side_by_side(queued, tmp_path):
     values = [found[name]["by_thought"][label][thought]["accuracy"] for name in EXPERIMENTS]
     row = next(line for line in out.splitlines() if line.startswith(f"| probe {label}, thought {thought} |"))
     assert row.split(" | ")[1:4] == [f"{values[0]:.1%}", f"{values[1]:.1%}", f"{statistics.mean(values):.1%}"], out
-    ceilings = [found[name]["ceiling"]["step"]["all"]["accuracy"] for name in EXPERIMENTS]
+    products = [found[name]["linear_product"]["step"]["all"]["accuracy"] for name in EXPERIMENTS]
     row = next(line for line in out.splitlines()
-               if line.startswith("| probe-composed ceiling, step text, all thoughts |"))
-    assert row.split(" | ")[1:3] == [f"{c:.1%}" for c in ceilings], out
+               if line.startswith("| linear-probe product, step text, all thoughts |"))
+    assert row.split(" | ")[1:3] == [f"{c:.1%}" for c in products], out
     assert out.splitlines()[0] == "| figure | c-small | c-large | mean | sd | range | one run's 95 % interval |"
 
