@@ -48,11 +48,15 @@ def interval_kind(groups: np.ndarray) -> str:
 def proportion(hits: np.ndarray, groups: np.ndarray, seed: int = 0) -> tuple[float, float, str]:
     """95 % interval of the share of hits (1/0 per item) and its kind: Wilson where each problem (`groups`) gives
     one item; where some give several, a percentile bootstrap resampling whole problems, as Wilson's interval over
-    the pooled items would treat correlated items as independent and be too narrow."""
+    the pooled items would treat correlated items as independent and be too narrow (where every item is 0, or
+    every item 1, no resample differs, and the interval is Wilson's over the problems instead)."""
     hits = np.asarray(hits, dtype=float)
     kind = interval_kind(groups)
     if kind == WILSON:
         return (*wilson(round(hits.sum()), len(hits)), kind)
+    if hits.min() == hits.max():  # every resample is all 0 (or all 1): the percentile interval would be [p, p]
+        problems = len(np.unique(np.asarray(groups)))  # Wilson's over the problems, each one item of that value
+        return (*wilson(round(hits[0]) * problems, problems), kind)
     return (*bootstrap(hits, groups, seed), kind)
 
 

@@ -69,3 +69,6 @@ def test_a_proportion_gets_wilson_over_one_item_per_problem_and_a_bootstrap_over
     assert kind == "cluster bootstrap" and (low, high) == bootstrap(pooled, np.repeat(np.arange(200), 3))
     naive = wilson(int(pooled.sum()), 600)
     assert 1.5 < (high - low) / (naive[1] - naive[0]) < 2.0
+    # all wrong: no resample differs, so the interval over problems is Wilson's over the 200 problems, not [0, 0]
+    low, high, kind = proportion(np.zeros(600), np.repeat(np.arange(200), 3))
+    assert kind == "cluster bootstrap" and (low, high) == wilson(0, 200)
