@@ -54,15 +54,16 @@ def evaluation(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def probes(summary: dict[str, Any]) -> dict[str, Any]:
     """`probe`: the mean test accuracy of the thought probes chosen on val (one per label and thought), and the
-    probe-composed ceiling of the step text over all thoughts."""
+    linear-probe product of the step text over all thoughts (the joint probe's stays in the results file: the
+    default's metrics hold at most 40 columns)."""
     chosen = [probe["accuracy"] for by_thought in summary.get("by_thought", {}).values()
               for probe in by_thought.values()]
     figures: dict[str, float] = {}
     if chosen:
         figures["thought_probes"] = statistics.fmean(chosen)
-    ceiling = summary.get("ceiling", {}).get("step", {}).get("all")
-    if ceiling:
-        figures["step_ceiling"] = ceiling["accuracy"]
+    product = summary.get("linear_product", {}).get("step", {}).get("all")
+    if product:
+        figures["step_linear_product"] = product["accuracy"]
     return {"probes": {f"stage-{summary['stage']}": figures}}
 
 

@@ -9,13 +9,19 @@ A probe is a logistic regression on standardised activations, fit on train. Its 
 walked from strong to weak regularisation, each fit starting from the previous solution; ties go to the smaller
 C), and so is the tensor of each reported cell; test scores it once, beside the majority-class baseline on the
 same items. The (tensor, position) units are fitted in parallel over the job's threads.
+
+Two references for the oracles, per oracle task and thought, on the oracle's test rows: the linear-probe product
+(the share of rows on which the linear probes of every field of the task's answer are all right) and the joint
+probe (a small MLP on the same tensor that reads each task's whole answer at once, one softmax over the answer's
+field tuples; `probes.joint`). Neither is a bound on what a reader can get from the thought: a nonlinear reader
+can beat the first, a better-fitted one the second.
 """
 from __future__ import annotations
 
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,7 +41,7 @@ from cocoracle.headline import probes as headline
 from cocoracle.headline import write as write_headline
 from cocoracle.plots import pyplot, save_png
 from cocoracle.provenance import describe
-from cocoracle.stats import wilson
+from cocoracle.stats import proportion, wilson
 
 SPLITS = ("train", "val", "test")
 SCORES = ["accuracy", "baseline", "val_accuracy", "n", "C", "converged"]
@@ -43,10 +49,12 @@ COLUMNS = ["stage", "tensor", "thought", "label", *SCORES]
 STEP_COLUMNS = ["stage", "tensor", "position", "step", "label", *SCORES]
 ANSWER_POSITIONS = ("eot", "###", "answer")  # cache `position` values of the answer pass, in computation order
 # the fields an oracle task's answer is made of (a step's text follows from its two digits and carry in)
-CEILING_FIELDS = {"step": ("a_digit", "b_digit", "carry_in"), "digit": ("digit_written",), "carry": ("carry_out",),
+TASK_FIELDS = {"step": ("a_digit", "b_digit", "carry_in"), "digit": ("digit_written",), "carry": ("carry_out",),
                   "operands": ("a_digit", "b_digit"), "a_digit": ("a_digit",), "b_digit": ("b_digit",)}
 READABLE = 0.9  # a step's label is readable at the first position whose chosen probe reaches this val accuracy
 CONSTANT = "constant"  # in place of a tensor: a label with one value in train, known without reading anything
+JOINT_CHECK = 25  # the joint probe's val accuracy is measured every this many training steps (and at the last)
+JOINT_COLUMNS = ["stage", "tensor", "thought", "task", "accuracy", "val_accuracy", "n", "hidden", "alpha", "steps"]
 
 Split = tuple[np.ndarray, np.ndarray]  # (activations, labels) of the rows whose label is known
 
@@ -79,6 +87,112 @@ def fit_probe(train: Split, val: Split, test: Split, c_grid: list[float], max_it
             "hits": best_hits}
 
 
+def joint_tasks(probes: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The oracle tasks the joint probe reads: those whose fields are all in `probes.labels` (the tasks the
+    linear-probe product covers), none without `probes.joint`."""
+    if not probes.get("joint"):
+        return {}
+    return {task: fields for task, fields in TASK_FIELDS.items() if set(fields) <= set(probes["labels"])}
+
+
+def _answer_codes(fields: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """One integer per row for the tuple of its `names` field values (digits and carries, each < 10); -1 where one
+    is unknown (NaN)."""
+    values = np.stack([fields[name] for name in names])
+    known = ~np.isnan(values).any(0)
+    codes = np.full(values.shape[1], -1, dtype=np.int64)
+    codes[known] = (np.nan_to_num(values[:, known]).astype(np.int64) * 10 ** np.arange(len(names))[:, None]).sum(0)
+    return codes
+
+
+def fit_joint(data: dict[str, tuple[np.ndarray, dict]], tasks: dict[str, tuple[str, ...]], joint: dict[str, Any]
+              ) -> dict[str, dict[str, Any]]:
+    """The joint probe of one (tensor, thought): an MLP on the standardised activations, one ReLU hidden layer and
+    per task one softmax over the tuples of the task's field values seen in train (the step's text is one of them:
+    its digits and carry in), all heads trained together by full-batch Adam (_Adam) on the summed cross-entropy plus
+    alpha/2 times the weights' squared norm per train row. Per task, the hidden size, alpha (from `joint`'s grids)
+    and the training step (measured every JOINT_CHECK steps) are those of the best val accuracy (ties: the smaller
+    hidden size, the larger alpha, the earlier step), scored once on test. Returns {task: {accuracy, val_accuracy,
+    n, hidden, alpha, steps, hits (1/0 over the unit's test rows, NaN where the answer is unknown)}}, without the
+    tasks train, val or test has no item of. One thread, one seed: the same bits whatever the job's threads."""
+    x_tr = data["train"][0].astype(np.float64)
+    mean, scale = x_tr.mean(0), x_tr.std(0)
+    scale[scale == 0] = 1.0
+    inputs = {split: torch.from_numpy(((data[split][0] - mean) / scale).astype(np.float32)) for split in SPLITS}
+    fields = {split: {key[2]: y for key, y in data[split][1].items() if key[0] == "field"} for split in SPLITS}
+    heads, labels = [], {}  # (task, its train classes); per task and split a class index per row (-1: none)
+    for task, names in tasks.items():
+        codes = {split: _answer_codes(fields[split], names) for split in SPLITS}
+        if not all((codes[split] >= 0).any() for split in SPLITS):
+            continue
+        classes = np.unique(codes["train"][codes["train"] >= 0])
+        index = {split: np.searchsorted(classes, c).clip(0, len(classes) - 1) for split, c in codes.items()}
+        labels[task] = {split: np.where((codes[split] >= 0) & (classes[index[split]] == codes[split]),
+                                        index[split], -1) for split in SPLITS}
+        labels[task]["known"] = {split: codes[split] >= 0 for split in SPLITS}
+        heads.append((task, len(classes)))
+    if not heads:
+        return {}
+    bounds = np.cumsum([0] + [n for _, n in heads])
+    train_labels = {task: torch.from_numpy(np.where(labels[task]["known"]["train"], labels[task]["train"], -100))
+                    for task, _ in heads}  # cross_entropy's ignore_index where the answer is unknown
+    best: dict[str, dict[str, Any]] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for hidden in sorted(joint["hidden"]):
+            for alpha in sorted(joint["alpha"], reverse=True):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(joint["seed"])
+                    net = torch.nn.Sequential(torch.nn.Linear(inputs["train"].shape[1], hidden), torch.nn.ReLU(),
+                                              torch.nn.Linear(hidden, int(bounds[-1])))
+                adam = _Adam(list(net.parameters()), joint["lr"])
+                weights = [net[0].weight, net[2].weight]
+                for step in range(1, joint["steps"] + 1):
+                    logits = net(inputs["train"])
+                    loss = sum(torch.nn.functional.cross_entropy(logits[:, bounds[i]:bounds[i + 1]], train_labels[task])
+                               for i, (task, _) in enumerate(heads))
+                    loss = loss + alpha / 2 * sum((w ** 2).sum() for w in weights) / len(inputs["train"])
+                    adam.step(torch.autograd.grad(loss, adam.params))
+                    if step % JOINT_CHECK and step != joint["steps"]:
+                        continue
+                    with torch.no_grad():
+                        predicted = {split: net(inputs[split]) for split in ("val", "test")}
+                    for i, (task, _) in enumerate(heads):
+                        right = {split: (predicted[split][:, bounds[i]:bounds[i + 1]].argmax(1).numpy()
+                                         == labels[task][split]) for split in ("val", "test")}
+                        known = labels[task]["known"]
+                        score = float(right["val"][known["val"]].mean())
+                        if task not in best or score > best[task]["val_accuracy"]:
+                            hits = np.where(known["test"], right["test"], np.nan)
+                            best[task] = {"accuracy": float(right["test"][known["test"]].mean()),
+                                          "val_accuracy": score, "n": int(known["test"].sum()), "hidden": hidden,
+                                          "alpha": float(alpha), "steps": step, "hits": hits}
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
+class _Adam:
+    """Adam (Kingma and Ba's defaults: betas 0.9, 0.999, eps 1e-8), written out: torch.optim's first optimiser
+    costs about two seconds of imports in every worker process, longer than a small stage's joint probes."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: tuple[torch.Tensor, ...]) -> None:
+        self.t += 1
+        (b1, b2), t = self.betas, self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v / (1 - b2 ** t)).sqrt_().add_(self.eps), value=-self.lr / (1 - b1 ** t))
+
+
 def probed_rows(index: pd.DataFrame) -> pd.DataFrame:
     """The index rows probed: all but answer tokens beyond the gold answer's digits (what a model that does not
     stop writes after it)."""
@@ -107,10 +221,14 @@ def step_targets(rows: pd.DataFrame, n_steps: int, labels: list[str]) -> dict[tu
 
 def _unit_targets(rows: pd.DataFrame, position: str, n_steps: int, probes: dict[str, Any]
                   ) -> dict[tuple[str, Any, str], np.ndarray]:
-    """Every label probed at one position: ('own', None, label) at thoughts, ('step', s, label) everywhere."""
+    """Every label probed at one position: ('own', None, label) at thoughts, ('step', s, label) everywhere, and
+    at thoughts ('field', None, name) for each field the joint probe reads (joint_tasks)."""
     own = {("own", None, label): rows[label].to_numpy(dtype=float) for label in probes["labels"]
            if position == "thought"}
-    return own | {("step", s, label): y for (s, label), y in step_targets(rows, n_steps, probes["step_labels"]).items()}
+    fields = {("field", None, name): rows[name].to_numpy(dtype=float) for name in
+              dict.fromkeys(name for names in joint_tasks(probes).values() for name in names) if position == "thought"}
+    steps = {("step", s, label): y for (s, label), y in step_targets(rows, n_steps, probes["step_labels"]).items()}
+    return own | steps | fields
 
 
 def label_splits(data: dict[str, tuple[np.ndarray, dict]], key: tuple) -> list[Split]:
@@ -129,12 +247,17 @@ def label_key(data: dict[str, tuple[np.ndarray, dict]], key: tuple) -> bytes:
 
 
 def _fit_unit(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) -> list[tuple[tuple, dict]]:
-    """Fit every label of one (tensor, position): [(target key, result)] for the labels train has two classes of.
+    """Fit every label of one (tensor, position): [(target key, result)] for the labels train has two classes of,
+    and at a thought the joint probe: [(('joint', None, task), result)] (fit_joint).
 
     numpy's BLAS runs on one thread here, so the fits have the same bits whatever the job's thread count (a
     multi-threaded BLAS sums in another order); the units themselves run in parallel."""
     with threadpool_limits(limits=1):
-        return _fit_labels(data, probes)
+        fits = _fit_labels(data, probes)
+        if any(key[0] == "field" for key in data["train"][1]):
+            fits += [(("joint", None, task), fitted)
+                     for task, fitted in fit_joint(data, joint_tasks(probes), probes["joint"]).items()]
+        return fits
 
 
 def _fit_labels(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]) -> list[tuple[tuple, dict]]:
@@ -143,6 +266,8 @@ def _fit_labels(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]
     the same inputs and labels is the same fit."""
     out, fits = [], {}
     for key in data["train"][1]:
+        if key[0] == "field":  # the joint probe's
+            continue
         splits = label_splits(data, key)
         labels = label_key(data, key)
         if labels not in fits:
@@ -158,10 +283,20 @@ def _fit_labels(data: dict[str, tuple[np.ndarray, dict]], probes: dict[str, Any]
     return out
 
 
-def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[str, Any]
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, int, str], np.ndarray]]:
-    """The thoughts table and the steps table of one stage's train/val/test caches, and the thoughts table's
-    test hits ({(tensor, thought, label): 1/0 per test row of the thought, NaN where the label is unknown})."""
+class Probed(NamedTuple):
+    """What probing one stage gives: the thoughts and steps tables, the thoughts table's test hits ({(tensor,
+    thought, label): 1/0 per test row of the thought, NaN where the label is unknown}), the joint probes' table
+    (JOINT_COLUMNS, the chosen grid point per tensor, thought and task) and their test hits ({(tensor, thought,
+    task): the same})."""
+    thoughts: pd.DataFrame
+    steps: pd.DataFrame
+    hits: dict[tuple[str, int, str], np.ndarray]
+    joint: pd.DataFrame
+    joint_hits: dict[tuple[str, int, str], np.ndarray]
+
+
+def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[str, Any]) -> Probed:
+    """The tables and test hits of one stage's train/val/test caches (Probed)."""
     index = caches["train"].index
     if "position" not in index:
         raise InputError(f"{caches['train'].path}: a cache without answer-pass positions (rerun its collection)")
@@ -181,12 +316,15 @@ def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[st
 
     jobs = Parallel(n_jobs=max(1, torch.get_num_threads()), return_as="generator")(
         delayed(_fit_unit)(load(tensor, pos), probes) for tensor, pos in units)
-    thoughts, steps, hits = [], [], {}
+    thoughts, steps, hits, joint, joint_hits = [], [], {}, [], {}
     for (tensor, (position, offset)), fits in zip(units, tqdm(jobs, total=len(units), desc=f"probes stage {stage}"),
                                                   strict=True):
         for (kind, step, label), fitted in fits:
             hit = fitted.pop("hits")
-            if fitted.get(CONSTANT):
+            if kind == "joint":
+                joint_hits[tensor, offset, label] = hit
+                joint.append({"stage": stage, "tensor": tensor, "thought": offset, "task": label, **fitted})
+            elif fitted.get(CONSTANT):
                 hits[CONSTANT, offset, label] = hit
             elif kind == "own":
                 hits[tensor, offset, label] = hit
@@ -194,44 +332,92 @@ def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[st
             else:
                 steps.append({"stage": stage, "tensor": tensor, "position": position_name(position, offset),
                               "step": step, "label": label, **fitted})
-    return pd.DataFrame(thoughts, columns=COLUMNS), pd.DataFrame(steps, columns=STEP_COLUMNS), hits
+    return Probed(pd.DataFrame(thoughts, columns=COLUMNS), pd.DataFrame(steps, columns=STEP_COLUMNS), hits,
+                  pd.DataFrame(joint, columns=JOINT_COLUMNS), joint_hits)
 
 
-def composed_ceiling(table: pd.DataFrame, hits: dict[tuple[str, int, str], np.ndarray]
-                     ) -> dict[str, dict[str, dict[str, Any]]]:
-    """{oracle task: {thought, and 'all': the share of test items on which every probe of the fields its answer
-    is made of is right}}: what a perfect reader of the linearly readable fields would reach. Per label the probe
-    is the one best on val at that thought (a label with one value in train needs no probe: it is that value);
-    the items are the thought's test rows (the oracle's items)."""
+def thought_problems(index: pd.DataFrame) -> dict[int, np.ndarray]:
+    """{thought: the problem id of each of its rows in `index`, in row order}: the problems of the test hits."""
+    rows = index[index["position"] == "thought"].sort_values("row")
+    return {int(t): group["problem_id"].to_numpy() for t, group in rows.groupby("offset")}
+
+
+def linear_product(table: pd.DataFrame, hits: dict[tuple[str, int, str], np.ndarray],
+                   problems: dict[int, np.ndarray]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{oracle task: {thought, and 'all': the share of test items on which the linear probes of every field its
+    answer is made of are all right}}. Per label the probe is the one best on val at that thought (a label with one
+    value in train needs no probe: it is that value); the items are the thought's test rows (the oracle's items),
+    whose problem ids are `problems` (see _pooled for the intervals)."""
     chosen = best_by_thought(table)
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for task, fields in CEILING_FIELDS.items():
+    for task, fields in TASK_FIELDS.items():
         per_thought = {}
         for thought in sorted({key[1] for key in hits}):
             tensors = [chosen.get(label, {}).get(str(thought), {}).get("tensor", CONSTANT) for label in fields]
             if any((tensor, thought, label) not in hits for tensor, label in zip(tensors, fields, strict=True)):
                 continue
-            joint = np.prod([hits[tensor, thought, label] for tensor, label in zip(tensors, fields, strict=True)],
-                            axis=0)
-            per_thought[str(thought)] = joint[~np.isnan(joint)]
+            product = np.prod([hits[tensor, thought, label] for tensor, label in zip(tensors, fields, strict=True)],
+                              axis=0)
+            per_thought[thought] = (product, {})
         if per_thought:
-            every = np.concatenate(list(per_thought.values()))
-            out[task] = {key: _share(v) for key, v in [*per_thought.items(), ("all", every)]}
+            out[task] = _pooled(per_thought, problems)
     return out
 
 
-def ceilings_by_tensor(table: pd.DataFrame, hits: dict[tuple[str, int, str], np.ndarray]
-                       ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """{tensor: composed_ceiling from that tensor's probes alone}: what a perfect linear reader of one tensor
-    (an oracle's source) would reach."""
-    return {tensor: composed_ceiling(table[table["tensor"] == tensor], hits)
+def linear_product_by_tensor(table: pd.DataFrame, hits: dict[tuple[str, int, str], np.ndarray],
+                             problems: dict[int, np.ndarray]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """{tensor: linear_product from that tensor's probes alone}: the product of one tensor's (an oracle's
+    source's) linear probes."""
+    return {tensor: linear_product(table[table["tensor"] == tensor], hits, problems)
             for tensor in _tensor_order(table["tensor"])}
 
 
-def _share(hits: np.ndarray) -> dict[str, Any]:
-    """Share of 1s with its 95 % Wilson interval."""
-    low, high = wilson(int(hits.sum()), len(hits))
-    return {"accuracy": float(hits.mean()) if len(hits) else float("nan"), "low": low, "high": high, "n": len(hits)}
+def joint_probe(joint: pd.DataFrame, hits: dict[tuple[str, int, str], np.ndarray],
+                problems: dict[int, np.ndarray]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{oracle task: {thought, and 'all': the joint probe's share of test items read right}}: per task and thought
+    the tensor whose joint probe is best on val (ties: the earlier in _tensor_order), with its grid point."""
+    order = {tensor: i for i, tensor in enumerate(_tensor_order(joint["tensor"]))}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for task, rows in joint.groupby("task", sort=False):
+        per_thought = {}
+        for thought, cell in rows.groupby("thought"):
+            pick = cell.assign(order=cell["tensor"].map(order)).sort_values(["val_accuracy", "order"],
+                                                                             ascending=[False, True]).iloc[0]
+            chosen = {"tensor": pick["tensor"], "val_accuracy": float(pick["val_accuracy"]),
+                      "hidden": int(pick["hidden"]), "alpha": float(pick["alpha"]), "steps": int(pick["steps"])}
+            per_thought[int(thought)] = (hits[pick["tensor"], int(thought), task], chosen)
+        out[str(task)] = _pooled(per_thought, problems)
+    return out
+
+
+def joint_probe_by_tensor(joint: pd.DataFrame, hits: dict[tuple[str, int, str], np.ndarray],
+                          problems: dict[int, np.ndarray]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """{tensor: joint_probe from that tensor alone}."""
+    return {tensor: joint_probe(joint[joint["tensor"] == tensor], hits, problems)
+            for tensor in _tensor_order(joint["tensor"])}
+
+
+def _pooled(per_thought: dict[int, tuple[np.ndarray, dict[str, Any]]], problems: dict[int, np.ndarray]
+            ) -> dict[str, dict[str, Any]]:
+    """{thought: share, 'all': share} of per-thought test hits (NaN: no item) and what to record beside each: a
+    thought's rows are one per problem (Wilson interval), 'all' pools several thoughts of a problem (bootstrap
+    over problems), stats.proportion decides from the problem ids."""
+    out, every, groups = {}, [], []
+    for thought, (hits, extra) in per_thought.items():
+        known = ~np.isnan(hits)
+        out[str(thought)] = _share(hits[known], problems[thought][known]) | extra
+        every.append(hits[known])
+        groups.append(problems[thought][known])
+    out["all"] = _share(np.concatenate(every), np.concatenate(groups))
+    return out
+
+
+def _share(hits: np.ndarray, problems: np.ndarray) -> dict[str, Any]:
+    """Share of 1s with its 95 % interval and its kind (stats.proportion: Wilson where each problem gives one
+    item, else a bootstrap over problems)."""
+    low, high, kind = proportion(hits, problems)
+    return {"accuracy": float(hits.mean()) if len(hits) else float("nan"), "low": low, "high": high,
+            "interval": kind, "n": len(hits)}
 
 
 def _tensor_order(tensors) -> list[str]:
@@ -345,10 +531,11 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Probe one stage. `outputs`: table and steps_table (CSV), heatmap and steps_heatmap (PNG), metrics (JSON:
     per label, and per label and thought, the thought probe best on val; per label, step and position the steps
-    probe best on val, and where each step's labels first become readable; the probe-composed ceiling of each
-    oracle task over every tensor and from each tensor alone; each reported on test)."""
+    probe best on val, and where each step's labels first become readable; the linear-probe product and the joint
+    probe of each oracle task over every tensor and from each tensor alone; each reported on test)."""
     caches = {split: ActivationCache(path) for split, path in cache_dirs.items()}
-    table, steps, hits = probe_caches(caches, stage, params["probes"])
+    table, steps, hits, joint, joint_hits = probe_caches(caches, stage, params["probes"])
+    problems = thought_problems(caches["test"].index)
     for name, frame in (("table", table), ("steps_table", steps)):
         with atomic_path(outputs[name]) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.4f")
@@ -357,8 +544,10 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
     heatmap(table, stage, outputs["heatmap"])
     step_heatmap(by_step, order, stage, outputs["steps_heatmap"])
     summary = {"stage": stage, "best": best_probes(table), "by_thought": best_by_thought(table),
-               "positions": order, "by_step": by_step, "ceiling": composed_ceiling(table, hits),
-               "ceiling_by_tensor": ceilings_by_tensor(table, hits),
+               "positions": order, "by_step": by_step, "linear_product": linear_product(table, hits, problems),
+               "linear_product_by_tensor": linear_product_by_tensor(table, hits, problems),
+               "joint_probe": joint_probe(joint, joint_hits, problems),
+               "joint_probe_by_tensor": joint_probe_by_tensor(joint, joint_hits, problems),
                "readable_at": READABLE,
                "readable": first_readable(by_step, order),
                "unconverged": {"max_iter": params["probes"]["max_iter"], "probes": len(table) + len(steps),

@@ -21,7 +21,7 @@ SPLITS = ("val", "test", "ood")
 PROBE_LABELS = ("digit_written", "carry_out", "carry_in", "digit_sum", "a_digit", "b_digit")
 ORACLE_METRICS = {"exact_match": "EM", "exact_match_any_order": "EM any order", "token_f1": "token F1",
                   "number_f1": "number F1"}
-ORACLE_COLUMNS = (["stage", "oracle", "condition", "task", "thought", "n", *ORACLE_METRICS]
+ORACLE_COLUMNS = (["stage", "oracle", "condition", "task", "thought", "n", "interval", *ORACLE_METRICS]
                   + [f"{m}_{end}" for m in ORACLE_METRICS for end in ("low", "high", "best_baseline")]
                   + ["exact_match_diff", "exact_match_diff_low", "exact_match_diff_high"])
 
@@ -123,41 +123,51 @@ def oracle_thought_table(table: pd.DataFrame) -> str:
     return _table(head, _oracle_rows(table[table["thought"] != "all"], ["stage", "oracle", "task", "thought"]))
 
 
-def ceiling_table(table: pd.DataFrame, probes: list[dict[str, Any]], oracle_metrics: list[dict[str, Any]]) -> str:
-    """Markdown: per stage, task and thought (and over all), each oracle's exact match beside the probe-composed
-    ceiling on the same test rows (over every tensor, and from the tensor the oracle reads alone) and its share
-    of each."""
-    ceilings = {m["stage"]: m.get("ceiling", {}) for m in probes}
-    by_tensor = {m["stage"]: m.get("ceiling_by_tensor", {}) for m in probes}
+def references_table(table: pd.DataFrame, probes: list[dict[str, Any]], oracle_metrics: list[dict[str, Any]]) -> str:
+    """Markdown: per stage, task and thought (and over all), each oracle's exact match beside two probe readers
+    scored on the same test rows, references rather than bounds: the linear-probe product and the joint probe, over
+    every tensor and from the tensor the oracles read alone; each with its 95 % interval and the interval's kind."""
+    readers = {m["stage"]: {name: m.get(name, {}) for name in ("linear_product", "joint_probe")} for m in probes}
+    by_tensor = {m["stage"]: {name: m.get(f"{name}_by_tensor", {}) for name in ("linear_product", "joint_probe")}
+                 for m in probes}
     sources = {m["stage"]: {kind: m.get(kind, {}).get("source_tensor") for kind in ORACLE_KINDS}
                for m in oracle_metrics}
-    own = table[table["condition"] == "oracle"].set_index(["stage", "task", "thought", "oracle"])["exact_match"]
+    own = table[table["condition"] == "oracle"].set_index(["stage", "task", "thought", "oracle"])
     rows = []
     cells_in_order = sorted({key[:3] for key in own.index}, key=lambda k: (
         k[0], ORACLE_TASKS.index(k[1]) if k[1] in ORACLE_TASKS else len(ORACLE_TASKS), k[2] == "all", str(k[2])))
     for stage, task, thought in cells_in_order:
-        limit = ceilings.get(stage, {}).get(task, {}).get(str(thought))
-        if limit is None:
+        found = {name: cells.get(task, {}).get(str(thought)) for name, cells in readers.get(stage, {}).items()}
+        if not any(found.values()):
             continue
-        tensors = sources.get(stage, {})
-        at_source = {kind: by_tensor.get(stage, {}).get(tensor, {}).get(task, {}).get(str(thought))
-                     for kind, tensor in tensors.items()}
-        cells = []
+        tensors = sorted({t for t in sources.get(stage, {}).values() if t})
+        at_source = [f"{tensor}: " + " / ".join(
+            _reference(by_tensor[stage][name].get(tensor, {}).get(task, {}).get(str(thought)))
+            for name in ("linear_product", "joint_probe")) for tensor in tensors]
+        oracles, kinds = [], {c["interval"] for c in found.values() if c and "interval" in c}
         for kind in ORACLE_KINDS:
-            if (stage, task, thought, kind) not in own.index or limit["accuracy"] <= 0:
-                cells.append("–")
+            if (stage, task, thought, kind) not in own.index:
+                oracles.append("–")
                 continue
-            em, source = own[stage, task, thought, kind], at_source.get(kind)
-            share = f"{em / source['accuracy']:.0%}" if source and source["accuracy"] > 0 else "–"
-            cells.append(f"{em:.1%} ({em / limit['accuracy']:.0%}; {share})")
-        shown = {f"{tensors[kind]}: {format_interval(c['accuracy'], c['low'], c['high'])}"
-                 for kind, c in at_source.items() if c is not None}
-        rows.append([stage, task, thought, format_interval(limit["accuracy"], limit["low"], limit["high"]),
-                     " / ".join(sorted(shown)) or "–", *cells])
+            cell = own.loc[(stage, task, thought, kind)]
+            oracles.append(format_interval(cell["exact_match"], cell["exact_match_low"], cell["exact_match_high"]))
+            kinds.add(cell["interval"])
+        rows.append([stage, task, thought, *oracles, _reference(found.get("linear_product")),
+                     _reference(found.get("joint_probe")), " · ".join(at_source) or "–",
+                     ", ".join(sorted(k for k in kinds if isinstance(k, str))) or "–"])
     if not rows:
-        return "No oracle task has a probe-composed ceiling (probes.labels lacks its fields).\n"
-    return _table(["stage", "task", "thought", "probe-composed ceiling", "ceiling at the oracles' source tensor",
-                   *(f"{kind} oracle EM (of ceiling; of its source's)" for kind in ORACLE_KINDS)], rows)
+        return "No oracle task has a probe reference (probes.labels lacks its fields).\n"
+    return _table(["stage", "task", "thought", *(f"{kind} oracle EM" for kind in ORACLE_KINDS),
+                   "linear-probe product", "joint probe",
+                   "at the oracles' source tensor: linear-probe product / joint probe", "interval"], rows)
+
+
+def _reference(cell: dict[str, Any] | None) -> str:
+    """A probe reader's share with its interval (and the tensor a joint probe chose), or '–'."""
+    if not cell:
+        return "–"
+    shown = format_interval(cell["accuracy"], cell["low"], cell["high"])
+    return f"{shown} · {cell['tensor']}" if "tensor" in cell else shown
 
 
 def forgetting_table(metrics: list[dict[str, Any]]) -> str:
@@ -287,29 +297,36 @@ def _accuracy_section(evals: list[dict[str, Any]], plot: str) -> list[str]:
 
 def _oracle_section(oracle: pd.DataFrame, summaries: list[dict[str, Any]], plot: str,
                     probes: list[dict[str, Any]]) -> list[str]:
-    """Markdown blocks: the oracle-vs-baseline tables, its plot, the oracles against the probe-composed ceiling
-    and the before/after answer accuracy."""
+    """Markdown blocks: the oracle-vs-baseline tables, its plot, the oracles beside the probe references (the
+    linear-probe product and the joint probe) and the before/after answer accuracy."""
     if oracle.empty and not summaries:
         return ["No oracle outputs.\n"]
     parts = []
     if not oracle.empty:
         parts += [("Each oracle keeps the weights of its best validation exact match (chosen on **val**); every figure "
-                   "here is scored once on **test**. Each cell: the oracle's score [95 % interval: Wilson for exact "
-                   "match, bootstrap over problems for F1] / the best baseline of that metric (shuffled, random or no "
-                   "injected activation; majority answers), on the same items. EM any order counts `b + a` for "
-                   "`a + b`. The last column: oracle EM minus the best baseline's, with its paired bootstrap "
-                   "interval.\n"),
+                   "here is scored once on **test**. Each cell: the oracle's score [95 % interval] / the best baseline "
+                   "of that metric (shuffled, random or no injected activation; majority answers), on the same items. "
+                   "The intervals: over all thought positions each problem gives several items (one per thought), "
+                   "so every interval there is a percentile bootstrap resampling whole problems (a cluster "
+                   "bootstrap); at one thought position each problem gives one item, and exact match has a Wilson "
+                   "interval, F1 a bootstrap over problems (the oracle CSV's `interval` column says which). EM any "
+                   "order counts `b + a` for `a + b`. The last column: oracle EM minus the best baseline's, with its "
+                   "paired bootstrap interval over problems.\n"),
                   "### Over all thought positions\n", oracle_table(oracle),
                   f"![Oracle exact match by thought position]({plot})\n",
                   "### Per thought position\n", oracle_thought_table(oracle),
-                  "### Against what the probes can read\n",
-                  ("The probe-composed ceiling: the share of the same test rows on which the probes (chosen on "
-                   "**val**, per label and thought) of every field an answer is made of are all right, i.e. what a "
-                   "perfect reader of the linearly readable fields would reach (a step's text follows from its two "
-                   "digits and its carry in). Beside it the same from the probes of one tensor alone, the one the "
-                   "oracles read (`oracle.source_layer`): what a perfect linear reader of the oracle's own input "
-                   "would reach. In brackets: the oracle's exact match as a share of each.\n"),
-                  ceiling_table(oracle, probes, summaries)]
+                  "### Beside two probe readers\n",
+                  ("Two probe readers of the thoughts, references for the oracles, not bounds on them (a reader "
+                   "that reads more than a linear probe, as an oracle can, may exceed both). The **linear-probe "
+                   "product**: the share of the same test rows on which the linear probes (chosen on **val**, per "
+                   "label and thought) of every field an answer is made of are all right (a step's text follows "
+                   "from its two digits and its carry in). The **joint probe**: a small MLP on one tensor reading "
+                   "the task's whole answer at once (one softmax over the answer's field tuples; hidden size, L2 "
+                   "penalty, training length and, per thought, the tensor chosen on **val**; the tensor follows "
+                   "its figure). Then both from the tensor the oracles read alone (`oracle.source_layer`). Intervals "
+                   "are 95 %: Wilson at one thought position (one item per problem), a bootstrap over problems over "
+                   "all thoughts (several items per problem); the last column says which.\n"),
+                  references_table(oracle, probes, summaries)]
     return parts + ["### Did the self oracle forget? Answer accuracy before and after oracle fine-tuning\n",
                     forgetting_table(summaries) if summaries else "No oracle metrics.\n"]
 
@@ -321,11 +338,11 @@ def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatm
         return ["No probe outputs.\n"]
     parts = [("Logistic-regression probes, fit on train; per thought position and label the tensor (hidden-state "
               "layer, or the fed-back thought) and the regularisation are chosen on **val**, and the chosen probe "
-              "is scored once on **test**: accuracy [95 % Wilson interval] / majority-class baseline on the same "
-              "test items · tensor. Tensors: `thought` is the vector fed in at that position (the last layer's "
-              "output at the position before); `layer_j` is hidden state j computed there (`layer_0` = that input "
-              "plus the position embedding, which depends on the question's length); the last layer at thought t "
-              "is `thought` at t+1 (t before the last).\n")]
+              "is scored once on **test**: accuracy [95 % Wilson interval: one item per problem] / majority-class "
+              "baseline on the same test items · tensor. Tensors: `thought` is the vector fed in at that position "
+              "(the last layer's output at the position before); `layer_j` is hidden state j computed there "
+              "(`layer_0` = that input plus the position embedding, which depends on the question's length); the "
+              "last layer at thought t is `thought` at t+1 (t before the last).\n")]
     for m in sorted(probes, key=lambda m: m["stage"]):
         stopped = m["unconverged"]
         parts += [f"### Stage {m['stage']}\n", probe_table(m),
@@ -337,7 +354,8 @@ def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatm
                "pass (`eot` is the `<eot>` input, `###` the answer marker, `answer k` the k-th answer token as "
                "input; steps are columns, units first). Per cell the tensor and C are chosen on **val**. The "
                f"tables give, per step and label, the first position whose chosen probe reaches "
-               f"{probes[0]['readable_at']:.0%} val accuracy, scored on **test**: accuracy [95 % interval] / "
+               f"{probes[0]['readable_at']:.0%} val accuracy, scored on **test**: accuracy [95 % Wilson interval: "
+               "one item per problem] / "
                "majority baseline · tensor; 'nowhere' when no position does.\n")]
     for m in sorted(probes, key=lambda m: m["stage"]):
         parts += [f"#### Stage {m['stage']}\n", readable_table(m)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,9 @@ def run_figures(run: Path, params: dict[str, Any]) -> pd.DataFrame:
 
 def seed_table(figures: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """One row per figure: section, figure, seeds (how many have it), mean, sd, low, high, then seed_S per seed."""
-    wide = None
-    for seed, frame in figures.items():
-        column = frame.rename(columns={"value": f"seed_{seed}"}).drop_duplicates(["section", "figure"])
-        wide = column if wide is None else wide.merge(column, on=["section", "figure"], how="outer", sort=False)
-    assert wide is not None
+    columns = [frame.drop_duplicates(["section", "figure"]).set_index(["section", "figure"])["value"]
+               .rename(f"seed_{seed}") for seed, frame in figures.items()]
+    wide = pd.concat(columns, axis=1, sort=False).reset_index()  # the figures in the order the runs give them
     seed_columns = [f"seed_{seed}" for seed in figures]
     summary = [seed_interval(list(row)) for row in wide[seed_columns].itertuples(index=False)]
     out = wide[["section", "figure"]].copy()
@@ -196,7 +195,7 @@ def write_seed_report(params: dict[str, Any], runs: dict[int, Path], outputs: di
     write_text(table_path, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
     write_text(outputs["headline"], json.dumps(headline_across(headlines), indent=2) + "\n")
     plot_seeds(table, seeds, Path(plot_path))
-    link = Path(plot_path).resolve().relative_to(out_md.resolve().parent).as_posix()
+    link = _relative(plot_path, out_md)
     parts = [f"# cocoracle results across {len(seeds)} training seed(s)\n",
              (f"Seeds {', '.join(map(str, seeds))} (`run.seeds`): each trains its own Coconut curriculum, oracles "
               "and probes on the same data split. Each figure: its mean over the seeds [95 % interval over seeds, "
@@ -208,12 +207,16 @@ def write_seed_report(params: dict[str, Any], runs: dict[int, Path], outputs: di
         rows = table[table["section"] == section]
         if len(rows):
             parts += [f"## {title}\n", markdown_table(rows, seeds)]
-    parts += ["## Each seed's report\n"] + [
-        f"- [seed {seed}]({(Path(run) / 'report.md').resolve().relative_to(out_md.resolve().parent).as_posix()})"
-        for seed, run in runs.items()]
+    parts += ["## Each seed's report\n"] + [f"- [seed {seed}]({_relative(Path(run) / 'report.md', out_md)})"
+                                             for seed, run in runs.items()]
     text = "\n".join(parts) + "\n"
     write_text(out_md, text)
     write_text(outputs["page"], markdown_page(text, "cocoracle results across seeds"))
+
+
+def _relative(path: str | Path, page: Path) -> str:
+    """A link from the page to path."""
+    return Path(os.path.relpath(Path(path).resolve(), page.resolve().parent)).as_posix()
 
 
 def _results_files(run: Path, params: dict[str, Any]) -> list[Path]:

@@ -1,5 +1,7 @@
-"""95 % intervals for the report's figures: Wilson for proportions, a paired bootstrap over problems for means
-and differences (items of one problem move together, so correlated items do not narrow the interval)."""
+"""95 % intervals for the report's figures: Wilson for a proportion over items that are one per problem, a
+percentile bootstrap over problems (a cluster bootstrap) for a proportion that pools several items per problem
+(e.g. every thought of a problem), and a paired bootstrap over problems for means and differences (items of one
+problem move together, so correlated items do not narrow the interval)."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +11,8 @@ import numpy as np
 
 Z95 = 1.959963984540054
 BOOTSTRAP_DRAWS = 2000
+WILSON = "wilson"  # the kinds of interval a proportion gets (`interval` in the tables and JSON)
+CLUSTER_BOOTSTRAP = "cluster bootstrap"
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -33,6 +37,27 @@ def bootstrap(values: np.ndarray, groups: np.ndarray | None = None, seed: int = 
     means = sums[picks].sum(1) / counts[picks].sum(1)
     low, high = np.quantile(means, [0.025, 0.975])
     return float(low), float(high)
+
+
+def interval_kind(groups: np.ndarray) -> str:
+    """WILSON when every group (problem) gives at most one item, else CLUSTER_BOOTSTRAP."""
+    groups = np.asarray(groups)
+    return WILSON if len(np.unique(groups)) == len(groups) else CLUSTER_BOOTSTRAP
+
+
+def proportion(hits: np.ndarray, groups: np.ndarray, seed: int = 0) -> tuple[float, float, str]:
+    """95 % interval of the share of hits (1/0 per item) and its kind: Wilson where each problem (`groups`) gives
+    one item; where some give several, a percentile bootstrap resampling whole problems, as Wilson's interval over
+    the pooled items would treat correlated items as independent and be too narrow (where every item is 0, or
+    every item 1, no resample differs, and the interval is Wilson's over the problems instead)."""
+    hits = np.asarray(hits, dtype=float)
+    kind = interval_kind(groups)
+    if kind == WILSON:
+        return (*wilson(round(hits.sum()), len(hits)), kind)
+    if hits.min() == hits.max():  # every resample is all 0 (or all 1): the percentile interval would be [p, p]
+        problems = len(np.unique(np.asarray(groups)))  # Wilson's over the problems, each one item of that value
+        return (*wilson(round(hits[0]) * problems, problems), kind)
+    return (*bootstrap(hits, groups, seed), kind)
 
 
 @functools.lru_cache(maxsize=4)

@@ -33,7 +33,8 @@ def _probe_results(stage: int, labels=("digit_written", "carry_out"), thoughts=(
     return {"stage": stage, "best": {label: {**probe, "thought": 0} for label in labels},
             "by_thought": {label: {str(t): {**probe, "accuracy": 0.25 * (t + 1), "thought": t} for t in thoughts}
                            for label in labels},
-            "ceiling": {"step": {"0": {"accuracy": 0.2}, "all": {"accuracy": 0.3, "low": 0.2, "high": 0.4}}},
+            "linear_product": {"step": {"0": {"accuracy": 0.2}, "all": {"accuracy": 0.3, "low": 0.2, "high": 0.4}}},
+            "joint_probe": {"step": {"0": {"accuracy": 0.4}, "all": {"accuracy": 0.45, "low": 0.3, "high": 0.6}}},
             "readable": {}, "unconverged": {"max_iter": 300, "probes": 8, "stopped": 0},
             "provenance": describe({}, [])}
 
@@ -52,7 +53,7 @@ def test_headlines_are_a_few_numbers_under_keys_naming_their_step_and_stage():
               {"eval.stage-2.val": 0.5, "eval.stage-2.test": 0.5, "eval.stage-2.ood": 0.5,
                "eval.stage-2.test_tf": 0.75}),
              (headline.probes(_probe_results(1)),
-              {"probes.stage-1.thought_probes": 0.375, "probes.stage-1.step_ceiling": 0.3}),
+              {"probes.stage-1.thought_probes": 0.375, "probes.stage-1.step_linear_product": 0.3}),
              (headline.oracles(_oracle_results(3)),
               {"oracle.stage-3.self.step": 0.5, "oracle.stage-3.separate.step": 0.125})]
     for made, expected in cases:

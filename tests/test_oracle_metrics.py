@@ -90,10 +90,31 @@ def test_every_condition_gets_every_metric_and_interval():
         assert (table[f"{m}_low"] <= table[m] + 1e-12).all() and (table[m] <= table[f"{m}_high"] + 1e-12).all()
     cell = table[(table["condition"] == "majority_per_position") & (table["thought"] == "all")].iloc[0]
     assert cell["n"] == 2 * N_PROBLEMS
-    assert (cell["exact_match_low"], cell["exact_match_high"]) == wilson(10, 2 * N_PROBLEMS)
     items = scored[scored["condition"] == "majority_per_position"]
-    grouped = bootstrap(items["token_f1"].to_numpy(), items["problem_id"].to_numpy())
+    problems = items["problem_id"].to_numpy()
+    # over all thoughts each problem gives two items: every interval resamples problems
+    assert cell["interval"] == "cluster bootstrap"
+    assert (cell["exact_match_low"], cell["exact_match_high"]) == \
+        pytest.approx(bootstrap(items["exact_match"].to_numpy(), problems))
+    grouped = bootstrap(items["token_f1"].to_numpy(), problems)
     assert (cell["token_f1_low"], cell["token_f1_high"]) == pytest.approx(grouped)  # resampled by problem
+    first = table[(table["condition"] == "majority_per_position") & (table["thought"] == "0")].iloc[0]
+    assert first["interval"] == "wilson"  # one item per problem at one thought
+    assert (first["exact_match_low"], first["exact_match_high"]) == wilson(5, N_PROBLEMS)
+
+
+def test_items_alike_within_problems_widen_the_pooled_interval_but_not_a_thoughts():
+    """Both thoughts of a problem are read alike: pooled, they are N_PROBLEMS independent items, not twice that.
+    The interval over all thoughts resamples problems and is wider than Wilson's over the pooled items (by about
+    sqrt(2)); at one thought the items are one per problem and keep Wilson's interval."""
+    right = np.repeat((np.random.default_rng(3).random(N_PROBLEMS) < 0.5).astype(float), 2)
+    table = aggregate(_scored({c: right for c in CONDITIONS}), stage=2).set_index(["condition", "thought"])
+    pooled, one = table.loc[("oracle", "all")], table.loc[("oracle", "1")]
+    naive = wilson(round(right.sum()), len(right))
+    assert pooled["interval"] == "cluster bootstrap"
+    assert pooled["exact_match_high"] - pooled["exact_match_low"] > 1.2 * (naive[1] - naive[0])
+    assert one["interval"] == "wilson"
+    assert (one["exact_match_low"], one["exact_match_high"]) == wilson(round(right[1::2].sum()), N_PROBLEMS)
 
 
 def test_difference_is_paired_against_the_best_baseline_of_each_cell():
@@ -123,7 +144,8 @@ def test_summary_is_flat_and_numeric_but_for_the_baseline_name():
     digit = out["self"]["digit"]
     assert digit["best_baseline"] == "shuffled" and digit["best_baseline_exact_match"] == 0.5
     assert digit["n"] == 2 * N_PROBLEMS and digit["exact_match"] == 1.0
-    numbers = {k: v for k, v in digit.items() if k != "best_baseline"}
+    assert digit["interval"] == "cluster bootstrap"  # the kind of the exact matches' intervals
+    numbers = {k: v for k, v in digit.items() if k not in ("best_baseline", "interval")}
     assert all(isinstance(v, int | float) for v in numbers.values())
     assert {*METRICS, *INTERVALS, "exact_match_diff", "number_f1_diff_low", "best_baseline_exact_match_high"} \
         <= set(numbers)
@@ -133,5 +155,6 @@ def test_summary_is_flat_and_numeric_but_for_the_baseline_name():
         assert cell["exact_match"] == table.loc[("self", "oracle", "digit", thought), "exact_match"]
         assert cell["n"] == N_PROBLEMS
         assert cell["exact_match_low"] < cell["exact_match"] <= cell["exact_match_high"] + 1e-12
+        assert cell["interval"] == "wilson"
     assert out["self"]["by_thought"]["digit"]["0"]["best_baseline"] == "shuffled"  # always right at thought 0
     assert out["self"]["by_thought"]["digit"]["1"]["best_baseline"] == "majority"

@@ -35,7 +35,8 @@ def _oracle_rows(stage: int, oracle: str, task: str, thought: str, ems: dict[str
     for condition, em in ems.items():
         metrics = {"exact_match": em, "exact_match_any_order": em, "token_f1": round(min(em + 0.1, 1), 2),
                    "number_f1": em}
-        cells = [stage, oracle, condition, task, thought, 200, *metrics.values()]
+        cells = [stage, oracle, condition, task, thought, 200, "cluster bootstrap" if thought == "all" else "wilson",
+                 *metrics.values()]
         for value in metrics.values():
             cells += [round(value - 0.05, 2), round(value + 0.05, 2), best if condition == "oracle" else ""]
         diff = round(em - ems[best], 2)
@@ -86,10 +87,20 @@ def inputs(tmp_path: Path) -> dict:
                                       {"stage": k, "best": {"carry_out": probe, "digit_written": probe},
                                        "by_thought": {"carry_out": {"1": probe, "2": weak},
                                                       "digit_written": {"1": probe}},
-                                       "ceiling": {"step": {"1": {"accuracy": 0.9, "low": 0.85, "high": 0.94,
-                                                                  "n": 200}}},
-                                       "ceiling_by_tensor": {"layer_2": {"step": {"1": {
-                                           "accuracy": 0.6, "low": 0.55, "high": 0.65, "n": 200}}}},
+                                       "linear_product": {"step": {
+                                           "1": {"accuracy": 0.9, "low": 0.85, "high": 0.94, "n": 200,
+                                                 "interval": "wilson"},
+                                           "all": {"accuracy": 0.8, "low": 0.7, "high": 0.88, "n": 400,
+                                                   "interval": "cluster bootstrap"}}},
+                                       "linear_product_by_tensor": {"layer_2": {"step": {"1": {
+                                           "accuracy": 0.6, "low": 0.55, "high": 0.65, "n": 200,
+                                           "interval": "wilson"}}}},
+                                       "joint_probe": {"step": {"1": {"accuracy": 0.95, "low": 0.91, "high": 0.97,
+                                                                      "n": 200, "interval": "wilson",
+                                                                      "tensor": "layer_1"}}},
+                                       "joint_probe_by_tensor": {"layer_2": {"step": {"1": {
+                                           "accuracy": 0.7, "low": 0.63, "high": 0.76, "n": 200,
+                                           "interval": "wilson", "tensor": "layer_2"}}}},
                                        "readable_at": 0.9,
                                        "unconverged": {"max_iter": 300, "probes": 40, "stopped": 3 * k},
                                        "readable": {"digit_written": {"0": {**probe, "position": "thought 0"},
@@ -132,11 +143,16 @@ def test_report_numbers_come_from_the_files(inputs: dict) -> None:
     assert ("| 0 | thought 0: 91.4 % [89.5, 93.0] / 55.2% · layer_2 | "
             "answer 2: 31.0 % [28.1, 34.1] / 55.2% · thought |") in where
     assert "| 1 | nowhere | eot: 91.4 % [89.5, 93.0] / 55.2% · layer_2 |" in where
-    ceiling = text.split("### Against what the probes can read\n")[1].split("###")[0]
-    # beside the ceiling over every tensor, the one from the tensor the oracles read alone, and each share
-    assert ("| 3 | step | 1 | 90.0 % [85.0, 94.0] | layer_2: 60.0 % [55.0, 65.0] | 62.0% (69%; 103%) | "
-            "45.0% (50%; 75%) |") in ceiling
-    assert ceiling.count("| 3 |") == 1  # no ceiling for the answer task or the other thoughts
+    references = text.split("### Beside two probe readers\n")[1].split("###")[0]
+    # each oracle beside the linear-probe product and the joint probe, over every tensor and from the tensor the
+    # oracles read alone, with intervals and their kind; no share of either
+    assert ("| 3 | step | 1 | 62.0 % [57.0, 67.0] | 45.0 % [40.0, 50.0] | 90.0 % [85.0, 94.0] | "
+            "95.0 % [91.0, 97.0] · layer_1 | layer_2: 60.0 % [55.0, 65.0] / 70.0 % [63.0, 76.0] · layer_2 | "
+            "wilson |") in references
+    assert ("| 3 | step | all | 62.0 % [57.0, 67.0] | 45.0 % [40.0, 50.0] | 80.0 % [70.0, 88.0] | – | "
+            "layer_2: – / – | cluster bootstrap |") in references
+    assert references.count("| 3 |") == 2  # none for the answer task or thought 0
+    assert "ceiling" not in text and "cluster bootstrap" in text.split("### Over all thought positions")[0]
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections == ["## Coconut answer accuracy", "## Oracles", "## Probes", "## Training curves"]
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cocoracle.stats import bootstrap, format_interval, paired_difference, resamples, wilson
+from cocoracle.stats import bootstrap, format_interval, paired_difference, proportion, resamples, wilson
 
 
 def test_wilson_matches_the_closed_form_and_stays_inside_0_1():
@@ -56,3 +56,19 @@ def test_shared_resamples_give_the_intervals_of_fresh_draws():
     assert resamples.cache_info().hits >= 3
     with pytest.raises(ValueError):
         resamples(7, 0, 50)[0, 0] = 1  # shared, so read-only
+
+
+def test_a_proportion_gets_wilson_over_one_item_per_problem_and_a_bootstrap_over_several():
+    """Each problem's three items alike: Wilson over the 600 pooled items would be too narrow (by sqrt(3)); the
+    interval resamples the 200 problems instead, and says so."""
+    right = (np.random.default_rng(1).random(200) < 0.3).astype(float)
+    low, high, kind = proportion(right, np.arange(200))
+    assert kind == "wilson" and (low, high) == wilson(int(right.sum()), 200)
+    pooled = np.repeat(right, 3)
+    low, high, kind = proportion(pooled, np.repeat(np.arange(200), 3))
+    assert kind == "cluster bootstrap" and (low, high) == bootstrap(pooled, np.repeat(np.arange(200), 3))
+    naive = wilson(int(pooled.sum()), 600)
+    assert 1.5 < (high - low) / (naive[1] - naive[0]) < 2.0
+    # all wrong: no resample differs, so the interval over problems is Wilson's over the 200 problems, not [0, 0]
+    low, high, kind = proportion(np.zeros(600), np.repeat(np.arange(200), 3))
+    assert kind == "cluster bootstrap" and (low, high) == wilson(0, 200)

@@ -84,8 +84,8 @@ def _check_seed(models, results):
     report = (results / "report.md").read_text()
     assert all(f"\n| {k} |" in report for k in STAGES)  # accuracy table rows
     assert "| 2 | self | step |" in report and "| 1 | separate | carry |" in report  # oracle table rows
-    ceiling = report.split("### Against what the probes can read\n")[1].split("###")[0]
-    assert "| 2 | step | all |" in ceiling and "| layer_1: " in ceiling  # the smoke model's hidden state 1 of 2
+    references = report.split("### Beside two probe readers\n")[1].split("###")[0]
+    assert "| 2 | step | all |" in references and "| layer_1: " in references  # the smoke model's hidden state 1 of 2
     for name in ("accuracy", "oracle", "training"):
         assert f"(report/{name}.png)" in report
         assert (results / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,11 +8,13 @@ most common training target (`majority`) and the most common one per thought pos
 shuffled item whose question template matches its source item's asks what the `oracle` condition asked.
 
 The table has one row per (oracle, condition, task, thought), thought 'all' pooling the positions: each
-metric's mean and 95 % interval (`{metric}_low`, `{metric}_high`: Wilson for the exact matches, a bootstrap
-over problems for the F1 means). The oracle's rows also hold, per metric, the best baseline on that metric
-(`{metric}_best_baseline`; ties: the earlier in CONDITIONS) and oracle − it on the same items
-(`{metric}_diff`, with a paired bootstrap interval over problems `{metric}_diff_low`, `{metric}_diff_high`).
-The best baseline is picked on the test items themselves, which favours the baseline.
+metric's mean and 95 % interval (`{metric}_low`, `{metric}_high`). `interval` says which: `wilson` where each
+problem gives one item of the cell (a single thought position): Wilson for the exact matches, a bootstrap over
+problems for the F1 means; `cluster bootstrap` where problems give several (thought 'all'): every metric's
+interval is a percentile bootstrap resampling whole problems. The oracle's rows also hold, per metric, the best
+baseline on that metric (`{metric}_best_baseline`; ties: the earlier in CONDITIONS) and oracle − it on the
+same items (`{metric}_diff`, with a paired bootstrap interval over problems `{metric}_diff_low`,
+`{metric}_diff_high`). The best baseline is picked on the test items themselves, which favours the baseline.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from cocoracle.oracle.metrics import EXACT_METRICS, METRICS, score
 from cocoracle.oracle.train import answer_prompts, load_oracle, read_spec, read_validation
 from cocoracle.precision import autocast, precision_of
 from cocoracle.provenance import describe
-from cocoracle.stats import bootstrap, paired_difference, wilson
+from cocoracle.stats import bootstrap, interval_kind, paired_difference, proportion
 
 CONDITIONS = ["oracle", "shuffled", "random", "no_injection", "majority", "majority_per_position"]
 BASELINES = CONDITIONS[1:]
@@ -49,7 +51,7 @@ KEYS = ["oracle", "condition", "task", "thought"]
 INTERVALS = [f"{m}_{end}" for m in METRICS for end in ("low", "high")]
 DIFFERENCES = [f"{m}_{part}" for m in METRICS for part in ("diff", "diff_low", "diff_high")]
 BEST = [f"{m}_best_baseline" for m in METRICS]
-COLUMNS = ["stage", *KEYS, "n", *METRICS, *INTERVALS, *BEST, *DIFFERENCES]
+COLUMNS = ["stage", *KEYS, "n", *METRICS, *INTERVALS, "interval", *BEST, *DIFFERENCES]
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +103,14 @@ def with_all_thoughts(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 def intervals(cell: pd.DataFrame) -> pd.Series:
-    """95 % intervals of one cell's metrics: Wilson for exact matches, a bootstrap over problems for the rest."""
-    bounds = {m: wilson(round(cell[m].sum()), len(cell)) if m in EXACT_METRICS
-              else bootstrap(cell[m].to_numpy(), cell["problem_id"].to_numpy()) for m in METRICS}
-    return pd.Series({f"{m}_{end}": value for m, pair in bounds.items()
-                      for end, value in zip(("low", "high"), pair, strict=True)})
+    """95 % intervals of one cell's metrics and their kind (`interval`): for exact matches Wilson where each problem
+    gives one item, else a bootstrap over problems (stats.proportion); for the F1 means a bootstrap over problems."""
+    problems = cell["problem_id"].to_numpy()
+    bounds = {m: proportion(cell[m].to_numpy(), problems)[:2] if m in EXACT_METRICS
+              else bootstrap(cell[m].to_numpy(), problems) for m in METRICS}
+    return pd.Series({**{f"{m}_{end}": value for m, pair in bounds.items()
+                         for end, value in zip(("low", "high"), pair, strict=True)},
+                      "interval": interval_kind(problems)})
 
 
 def differences(cell: pd.DataFrame) -> pd.Series:
@@ -139,7 +144,7 @@ def task_summary(rows: pd.DataFrame) -> dict[str, Any]:
     baselines = rows[rows["condition"] != "oracle"]
     best = baselines.loc[baselines["exact_match"].idxmax()]
     return {"n": int(mine["n"]), **{c: float(mine[c]) for c in [*METRICS, *INTERVALS, *DIFFERENCES]},
-            "best_baseline": best["condition"],
+            "interval": mine["interval"], "best_baseline": best["condition"],
             **{f"best_baseline_{c}": float(best[c]) for c in ("exact_match", "exact_match_low", "exact_match_high")}}
 
 
@@ -147,8 +152,8 @@ def thought_summary(rows: pd.DataFrame) -> dict[str, Any]:
     """One task's rows at one thought position: the oracle's exact match with its interval and n, and the best
     baseline by exact match with its value (task_summary's figures on exact match only)."""
     full = task_summary(rows)
-    return {key: full[key] for key in ("n", "exact_match", "exact_match_low", "exact_match_high", "best_baseline",
-                                       "best_baseline_exact_match")}
+    return {key: full[key] for key in ("n", "exact_match", "exact_match_low", "exact_match_high", "interval",
+                                       "best_baseline", "best_baseline_exact_match")}
 
 
 def summary(table: pd.DataFrame, stage: int, accuracy: dict[str, float],
