@@ -109,7 +109,7 @@ def fit_joint(data: dict[str, tuple[np.ndarray, dict]], tasks: dict[str, tuple[s
               ) -> dict[str, dict[str, Any]]:
     """The joint probe of one (tensor, thought): an MLP on the standardised activations, one ReLU hidden layer and
     per task one softmax over the tuples of the task's field values seen in train (the step's text is one of them:
-    its digits and carry in), all heads trained together by full-batch Adam (_Adam) on the summed cross-entropy plus
+    its digits and carry in), all heads trained together by full-batch Adam on the summed cross-entropy plus
     alpha/2 times the weights' squared norm per train row. Per task, the hidden size, alpha (from `joint`'s grids)
     and the training step (measured every JOINT_CHECK steps) are those of the best val accuracy (ties: the smaller
     hidden size, the larger alpha, the earlier step), scored once on test. Returns {task: {accuracy, val_accuracy,
@@ -146,14 +146,16 @@ def fit_joint(data: dict[str, tuple[np.ndarray, dict]], tasks: dict[str, tuple[s
                     torch.manual_seed(joint["seed"])
                     net = torch.nn.Sequential(torch.nn.Linear(inputs["train"].shape[1], hidden), torch.nn.ReLU(),
                                               torch.nn.Linear(hidden, int(bounds[-1])))
-                adam = _Adam(list(net.parameters()), joint["lr"])
+                adam = torch.optim.Adam(net.parameters(), lr=joint["lr"])
                 weights = [net[0].weight, net[2].weight]
                 for step in range(1, joint["steps"] + 1):
                     logits = net(inputs["train"])
                     loss = sum(torch.nn.functional.cross_entropy(logits[:, bounds[i]:bounds[i + 1]], train_labels[task])
                                for i, (task, _) in enumerate(heads))
                     loss = loss + alpha / 2 * sum((w ** 2).sum() for w in weights) / len(inputs["train"])
-                    adam.step(torch.autograd.grad(loss, adam.params))
+                    adam.zero_grad()
+                    loss.backward()
+                    adam.step()
                     if step % JOINT_CHECK and step != joint["steps"]:
                         continue
                     with torch.no_grad():
@@ -171,26 +173,6 @@ def fit_joint(data: dict[str, tuple[np.ndarray, dict]], tasks: dict[str, tuple[s
     finally:
         torch.set_num_threads(threads)
     return best
-
-
-class _Adam:
-    """Adam (Kingma and Ba's defaults: betas 0.9, 0.999, eps 1e-8), written out: torch.optim's first optimiser
-    costs about two seconds of imports in every worker process, longer than a small stage's joint probes."""
-
-    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    @torch.no_grad()
-    def step(self, grads: tuple[torch.Tensor, ...]) -> None:
-        self.t += 1
-        (b1, b2), t = self.betas, self.t
-        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.addcdiv_(m, (v / (1 - b2 ** t)).sqrt_().add_(self.eps), value=-self.lr / (1 - b1 ** t))
 
 
 def probed_rows(index: pd.DataFrame) -> pd.DataFrame:
