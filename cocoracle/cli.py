@@ -111,7 +111,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
 def cmd_probe(args: argparse.Namespace) -> None:
     params = load_params(args.params, args.seed)
     from cocoracle.probes import run_probes
-    run_probes(params, args.stage, {"train": args.train, "val": args.val, "test": args.test},
+    run_probes(params, args.stage, {"train": args.train, "val": args.val, "test": args.held_out},
                {name: getattr(args, name) for name in ("table", "steps_table", "heatmap", "steps_heatmap", "metrics")})
 
 
@@ -128,7 +128,7 @@ def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
     from cocoracle.model import pick_device
     from cocoracle.oracle.evaluate import evaluate_oracles
     evaluate_oracles(params, args.stage, args.checkpoint, {"separate": args.separate, "self": args.self_oracle},
-                     {"train": args.train, "test": args.test}, args.data, args.table, args.metrics, args.predictions,
+                     {"train": args.train, "test": args.held_out}, args.data, args.table, args.metrics, args.predictions,
                      pick_device(args.device))
 
 
@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     _paths(p, checkpoint="checkpoint directory", out="cache directory to write")
     p = command("probe", cmd_probe, "linear probes over one stage's activation caches", params, seed, stage)
     _paths(p, train="train activation cache directory", val="val activation cache directory",
-           test="test activation cache directory", table="CSV: each thought against its own step's labels",
+           held_out="the held-out split's activation cache (run.held_out: dev, or test for final figures)",
+           table="CSV: each thought against its own step's labels",
            steps_table="CSV: every position against every step's labels", heatmap="PNG heatmap of the first table",
            steps_heatmap="PNG step x position heatmap", metrics="JSON summary (probes chosen on val) to write")
     p = command("train-oracle", cmd_train_oracle, "train the separate oracle or the self-oracle of one stage",
@@ -286,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self", dest="self_oracle", required=True, help="self-oracle directory")
     _paths(p, checkpoint="the stage's Coconut checkpoint (answer accuracy before)",
            separate="separate oracle directory", train="train activation cache (majority baselines)",
-           test="test activation cache (scored items)", table="CSV: metrics per oracle, condition, task and thought",
+           held_out="the held-out split's activation cache (the scored items)",
+           table="CSV: metrics per oracle, condition, task and thought",
            metrics="JSON summary to write", predictions="per-item answers parquet to write")
     p = command("ask", cmd_ask, "solve a new problem and ask the oracle what each latent thought computed", device)
     p.add_argument("problem", help='a sum such as "347 + 285"')

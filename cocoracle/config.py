@@ -11,7 +11,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-SPLITS = ("train", "val", "test", "ood")  # the problem splits; ood has longer operands
+# the problem splits: dev is the held-out split to look at, test the fresh one scored once for a study's final
+# figures (run.held_out), ood has longer operands
+SPLITS = ("train", "val", "dev", "test", "ood")
 ORACLE_KINDS = ("separate", "self")  # params sections oracle.separate and oracle.self
 # the tasks about one latent thought (the column step it stands for); answer and problem are about the whole sum
 THOUGHT_TASKS = ("step", "digit", "carry", "a_digit", "b_digit", "operands")
@@ -112,11 +114,12 @@ def _semantic_errors(p: dict[str, Any]):
     if data["n_ood"] > 0 and data["ood_digits"] in data["digits"]:
         yield "data.ood_digits", (f"{data['ood_digits']} is also in data.digits, so the OOD split would not be out "
                                   "of distribution")
-    for d, n in zip(data["digits"], split_counts(data), strict=False):  # unequal lengths are reported above
-        if n > unique_problems(d):
+    drawn = zip(data["digits"], split_counts(data), split_counts(data, data["n_test"]), strict=False)
+    for d, pool, test in drawn:  # unequal lengths are reported above
+        if pool + test > unique_problems(d):
             yield "data.digit_probs", (
-                f"asks for {n} distinct {d}-digit problems but only {unique_problems(d)} exist; "
-                "lower data.n_train/n_val/n_test or that digit count's probability")
+                f"asks for {pool + test} distinct {d}-digit problems but only {unique_problems(d)} exist; "
+                "lower data.n_train/n_val/n_dev/n_test or that digit count's probability")
     if data["n_ood"] > unique_problems(data["ood_digits"]):
         yield "data.n_ood", (f"only {unique_problems(data['ood_digits'])} distinct {data['ood_digits']}-digit "
                              "problems exist")
@@ -145,6 +148,12 @@ def _semantic_errors(p: dict[str, Any]):
     if not coconut["steps_see_question"] and coconut["answer_sees_question"]:
         yield "coconut.steps_see_question", ("false needs coconut.answer_sees_question false (the text steps "
                                              "cannot be hidden from the question while the answer sees it)")
+    if "test" in p["evaluate"]["splits"] and p["run"]["held_out"] != "test":
+        yield "evaluate.splits", ("test is scored only for a study's final figures: set run.held_out: test for "
+                                  "that run, and score dev until then")
+    held_out = p["run"]["held_out"]
+    if held_out not in p["evaluate"]["splits"]:
+        yield "evaluate.splits", f"must include run.held_out ({held_out}), the split the other figures are scored on"
     epochs = train["epochs"]
     if isinstance(epochs, list) and len(epochs) != coconut["num_stages"] + 1:
         yield "train.epochs", (f"needs one entry per stage (coconut.num_stages + 1 = {coconut['num_stages'] + 1}), "
@@ -203,9 +212,10 @@ def unique_problems(digits: int) -> int:
     return m * (m + 1) // 2
 
 
-def split_counts(data: dict[str, Any]) -> list[int]:
-    """In-distribution problems per digit count (largest-remainder rounding, sums exactly)."""
-    total = data["n_train"] + data["n_val"] + data["n_test"]
+def split_counts(data: dict[str, Any], total: int | None = None) -> list[int]:
+    """Problems per digit count of `total` in-distribution problems (default: train, val and dev, drawn together;
+    test is drawn apart), by largest-remainder rounding, summing exactly."""
+    total = data["n_train"] + data["n_val"] + data["n_dev"] if total is None else total
     raw = [p * total for p in data["digit_probs"]]
     counts = [math.floor(r) for r in raw]
     order = sorted(range(len(raw)), key=lambda i: (counts[i] - raw[i], i))

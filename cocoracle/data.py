@@ -1,4 +1,7 @@
-"""Multi-digit addition problems with a carry chain-of-thought, in disjoint parquet splits."""
+"""Multi-digit addition problems with a carry chain-of-thought, in disjoint parquet splits.
+
+train, val and dev are drawn together from data.seed; test is drawn apart, from data.test_seed, among the problems
+none of them holds, so that it stays fresh however often dev is looked at; ood has longer operands."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,17 +59,22 @@ def cot_steps(a: int, b: int) -> list[str]:
     return steps
 
 
-def _sample_pairs(rng: np.random.Generator, digits: int, n: int) -> list[tuple[int, int]]:
-    """n distinct unordered pairs of `digits`-digit numbers, in random order and orientation."""
+def _sample_pairs(rng: np.random.Generator, digits: int, n: int,
+                  taken: frozenset[tuple[int, int]] = frozenset()) -> list[tuple[int, int]]:
+    """n distinct unordered pairs of `digits`-digit numbers, none of them in `taken` (pairs (a, b) with a <= b),
+    in random order and orientation."""
     lo, m = 10 ** (digits - 1), 9 * 10 ** (digits - 1)
     if n == 0:
         return []
-    if unique_problems(digits) <= 4 * n:  # dense: draw from the full list of pairs
+    if unique_problems(digits) <= 4 * (n + len(taken)):  # dense: draw from the full list of pairs
         i, j = np.triu_indices(m)
+        if taken:
+            free = np.array([(x + lo, y + lo) not in taken for x, y in zip(i, j, strict=True)])
+            i, j = i[free], j[free]
         pick = rng.choice(len(i), size=n, replace=False)
         pairs = np.stack([i[pick], j[pick]], axis=1)
     else:  # sparse: rejection sampling
-        seen: set[tuple[int, int]] = set()
+        seen: set[tuple[int, int]] = {(x - lo, y - lo) for x, y in taken}
         rows = []
         while len(rows) < n:
             for x, y in rng.integers(0, m, size=(2 * (n - len(rows)), 2)):
@@ -83,7 +91,9 @@ def _sample_pairs(rng: np.random.Generator, digits: int, n: int) -> list[tuple[i
 
 
 def make_splits(data: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
-    """Disjoint train/val/test splits (shuffled mix of digit counts) and the OOD split."""
+    """Disjoint train/val/dev splits (shuffled mix of digit counts), the OOD split, and the test split, drawn
+    apart from its own seed among the in-distribution problems the others do not hold (in that order: ids follow
+    it)."""
     rng = np.random.default_rng(data["seed"])
     pool: list[tuple[int, int]] = []
     for d, n in zip(data["digits"], split_counts(data), strict=True):
@@ -91,12 +101,16 @@ def make_splits(data: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
     order = rng.permutation(len(pool))
     pool = [pool[i] for i in order]
     n_train, n_val = data["n_train"], data["n_val"]
-    return {
-        "train": pool[:n_train],
-        "val": pool[n_train:n_train + n_val],
-        "test": pool[n_train + n_val:],
-        "ood": _sample_pairs(rng, data["ood_digits"], data["n_ood"]),
-    }
+    splits = {"train": pool[:n_train], "val": pool[n_train:n_train + n_val], "dev": pool[n_train + n_val:],
+              "ood": _sample_pairs(rng, data["ood_digits"], data["n_ood"])}
+    taken = frozenset((min(a, b), max(a, b)) for a, b in pool)
+    test_rng = np.random.default_rng(data["test_seed"])
+    test: list[tuple[int, int]] = []
+    for d, n in zip(data["digits"], split_counts(data, data["n_test"]), strict=True):
+        lo, hi = 10 ** (d - 1), 10 ** d
+        test += _sample_pairs(test_rng, d, n, frozenset(p for p in taken if lo <= p[0] < hi))
+    splits["test"] = [test[i] for i in test_rng.permutation(len(test))]
+    return splits
 
 
 def problems_table(pairs: list[tuple[int, int]], first_id: int) -> pa.Table:

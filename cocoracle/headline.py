@@ -44,11 +44,13 @@ def _number(value: Any) -> float | None:
 
 
 def evaluation(metrics: dict[str, Any]) -> dict[str, Any]:
-    """`evaluate`: free-generation answer accuracy on each split, and teacher-forced on test."""
+    """`evaluate`: free-generation answer accuracy on each split, and teacher-forced on the held-out split (test
+    where it was scored, else dev)."""
     splits = {split: block for split, block in metrics.items() if isinstance(block, dict) and "accuracy" in block}
     figures = {split: block["accuracy"] for split, block in splits.items()}
-    if "test" in splits:
-        figures["test_tf"] = splits["test"]["teacher_forced"]
+    held_out = next((split for split in ("test", "dev") if split in splits), None)
+    if held_out:
+        figures[f"{held_out}_tf"] = splits[held_out]["teacher_forced"]
     return {"eval": {f"stage-{metrics['stage']}": figures}}
 
 

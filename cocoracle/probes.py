@@ -532,6 +532,7 @@ def run_probes(params: dict[str, Any], stage: int, cache_dirs: dict[str, str | P
                "joint_probe_by_tensor": joint_probe_by_tensor(joint, joint_hits, problems),
                "readable_at": READABLE,
                "readable": first_readable(by_step, order),
+               "held_out": caches["test"].manifest["split"],  # the split scored: dev, or test for final figures
                "unconverged": {"max_iter": params["probes"]["max_iter"], "probes": len(table) + len(steps),
                                "stopped": int(sum((~t["converged"].astype(bool)).sum() for t in (table, steps)))},
                "provenance": describe({"probes": params["probes"]}, cache_dirs.values(), seed=run_seed(params))}

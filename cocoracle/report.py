@@ -17,7 +17,7 @@ from cocoracle.stats import format_interval, wilson
 from cocoracle.summarize import accuracy_table
 
 T = TypeVar("T")
-SPLITS = ("val", "test", "ood")
+SPLITS = ("val", "dev", "test", "ood")
 PROBE_LABELS = ("digit_written", "carry_out", "carry_in", "digit_sum", "a_digit", "b_digit")
 ORACLE_METRICS = {"exact_match": "EM", "exact_match_any_order": "EM any order", "token_f1": "token F1",
                   "number_f1": "number F1"}

@@ -25,9 +25,9 @@ from cocoracle.headline import path_for
 from cocoracle.plots import pyplot, save_png
 from cocoracle.report_html import markdown_page
 
-SPLITS = ("val", "test", "ood")
+SPLITS = ("val", "dev", "test", "ood")
 SECTIONS = {"accuracy": "Coconut answer accuracy", "oracle": "Oracles over all thoughts",
-            "oracle_thought": "Oracles per thought", "probe": "Thought probes (chosen on val, scored on test)"}
+            "oracle_thought": "Oracles per thought", "probe": "Thought probes (chosen on val, scored held out)"}
 
 
 def seed_interval(values: list[float]) -> tuple[float, float, float, float]:
@@ -89,8 +89,8 @@ def run_figures(run: Path, params: dict[str, Any]) -> pd.DataFrame:
         for split in (s for s in SPLITS if isinstance(metrics.get(s), dict)):
             rows.append({"section": "accuracy", "figure": f"stage {stage} · {split} · free generation",
                          "value": metrics[split]["accuracy"]})
-            if split == "test":
-                rows.append({"section": "accuracy", "figure": f"stage {stage} · test · teacher-forced",
+            if split in ("dev", "test"):
+                rows.append({"section": "accuracy", "figure": f"stage {stage} · {split} · teacher-forced",
                              "value": metrics[split]["teacher_forced"]})
     for stage in oracle_stages(params):
         rows += _oracle_figures(run / "oracle" / f"stage-{stage}.csv", stage)

@@ -23,7 +23,6 @@ from cocoracle.codedeps import code_files
 from cocoracle.config import ORACLE_KINDS, SPLITS, InputError, is_hub_id, oracle_stages
 from cocoracle.headline import SUFFIX
 
-CACHE_SPLITS = ("train", "val", "test")  # the splits whose activations are collected
 REPORT_PLOTS = ("accuracy", "oracle", "training")
 LIVE_METRICS, LIVE_PLOTS = "metrics.json", "plots/metrics"  # what dvclive writes in its directory
 ORACLE_SHARED_KEYS = ["oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
@@ -93,6 +92,17 @@ class Layout:
     def per_seed(self, wildcards: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each of these wildcard values once per training seed."""
         return [{"seed": seed, **values} for seed in self.seeds for values in wildcards]
+
+    @property
+    def held_out(self) -> str:
+        """The split every figure is scored on: dev, or test for a study's final figures (run.held_out)."""
+        return self.params["run"]["held_out"]
+
+    @property
+    def cache_splits(self) -> list[str]:
+        """The splits whose activations are collected: the probes and oracles fit on train, choose on val and are
+        scored on the held-out split."""
+        return ["train", "val", self.held_out]
 
     @property
     def stages(self) -> list[int]:
@@ -253,7 +263,9 @@ def _run(layout: Layout, root: str, seed: int) -> str:
 
 
 def _caches(layout: Layout, seed: int, stage: int) -> dict[str, str]:
-    return {split: f"{_run(layout, layout.results, seed)}/activations/stage-{stage}/{split}" for split in CACHE_SPLITS}
+    """One stage's caches by role: train, val, and held_out (the split run.held_out names)."""
+    cache = f"{_run(layout, layout.results, seed)}/activations/stage-{stage}"
+    return {"train": f"{cache}/train", "val": f"{cache}/val", "held_out": f"{cache}/{layout.held_out}"}
 
 
 def _checkpoint(layout: Layout, seed: int, stage: int) -> str:
@@ -315,7 +327,7 @@ def evaluate_stage(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
       dvc_stage="collect_stage_{stage}_{split}_seed_{seed}",
       outputs={"cache": Out("{results}/seed-{seed}/activations/stage-{stage}/{split}", directory=True)},
       instances=lambda layout: layout.per_seed([{"stage": k, "split": s} for k in layout.latent_stages
-                                                for s in CACHE_SPLITS]))
+                                                for s in layout.cache_splits]))
 def collect_activations(layout: Layout, out: Paths, seed: int, stage: int, split: str) -> Job:
     """Cache the activations at every latent thought of one split."""
     checkpoint = _checkpoint(layout, seed, stage)
@@ -338,7 +350,7 @@ def probe_stage(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
     """Linear probes over one stage's activation caches."""
     caches = _caches(layout, seed, stage)
     return Job(f"--params {layout.params_file} --seed {seed} --stage {stage}"
-               + "".join(f" --{split} {cache}" for split, cache in caches.items())
+               + "".join(f" --{role.replace('_', '-')} {cache}" for role, cache in caches.items())
                + f" --table {out.table} --steps-table {out.steps_table} --heatmap {out.heatmap}"
                f" --steps-heatmap {out.steps_heatmap} --metrics {out.metrics}",
                inputs=dict(caches), params=["probes", *THREADS])
@@ -371,15 +383,16 @@ def train_oracle(layout: Layout, out: Paths, seed: int, kind: str, stage: int) -
                "predictions": Out("{results}/seed-{seed}/oracle/stage-{stage}-predictions.parquet")},
       instances=lambda layout: layout.per_seed([{"stage": k} for k in layout.oracle_stages]))
 def evaluate_oracles(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
-    """Score both oracles of one stage on test, next to the trivial baselines."""
+    """Score both oracles of one stage on the held-out split, next to the trivial baselines."""
     oracles = {kind: f"{_run(layout, layout.models, seed)}/oracle/{kind}/stage-{stage}" for kind in ORACLE_KINDS}
     checkpoint, caches = _checkpoint(layout, seed, stage), _caches(layout, seed, stage)
     return Job(f"--params {layout.params_file} --seed {seed} --stage {stage} --checkpoint {checkpoint}"
                f" --separate {oracles['separate']} --self {oracles['self']} --train {caches['train']}"
-               f" --test {caches['test']} --data {layout.data} --table {out.table} --metrics {out.metrics}"
+               f" --held-out {caches['held_out']} --data {layout.data} --table {out.table} --metrics {out.metrics}"
                f" --predictions {out.predictions}",
                inputs={"checkpoint": checkpoint, "separate": oracles["separate"], "self_oracle": oracles["self"],
-                       "train": caches["train"], "test": caches["test"], "data": f"{layout.data}/test.parquet"},
+                       "train": caches["train"], "held_out": caches["held_out"],
+                       "data": f"{layout.data}/{layout.held_out}.parquet"},
                params=ORACLE_SHARED_KEYS + THREADS)
 
 

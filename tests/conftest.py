@@ -40,20 +40,20 @@ TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 96}
 def tiny_params_dict() -> dict:
     """params.yaml with every size shrunk: 1-, 2- and 3-digit problems, a 2-layer GPT-2, a few steps."""
     params = copy.deepcopy(read_yaml(PARAMS_YAML))
-    params["data"].update({"seed": 0, "digits": [1, 2, 3], "digit_probs": [0.2, 0.4, 0.4], "ood_digits": 4,
-                           "n_train": 100, "n_val": 10, "n_test": 10, "n_ood": 10})
+    params["data"].update({"seed": 0, "test_seed": 1, "digits": [1, 2, 3], "digit_probs": [0.2, 0.4, 0.4],
+                           "ood_digits": 4, "n_train": 100, "n_val": 10, "n_dev": 10, "n_test": 10, "n_ood": 10})
     params["model"].update({"name": "tiny", "dtype": "float32"})
     params["model"]["tiny"] = {**(params["model"].get("tiny") or {}), **TINY}
     params["coconut"].update({"num_stages": 3, "thoughts_per_step": 1})
     params["train"].update({"batch_size": 8, "grad_accum": 1, "lr": 0.003, "weight_decay": 0.0,
                             "warmup_steps": 1, "schedule": "cosine", "grad_clip": 1.0, "epochs": 1,
                             "max_steps": 3, "mix_prob": 0.0, "val_examples": 3})
-    params["evaluate"].update({"batch_size": 16, "extra_tokens": 8, "splits": ["val", "test", "ood"]})
+    params["evaluate"].update({"batch_size": 16, "extra_tokens": 8, "splits": ["val", "dev", "ood"]})
     params["oracle"].update({"max_new_tokens": 16, "batch_size": 32})
     for kind in ("separate", "self"):
         params["oracle"][kind]["lora"].update({"r": 4, "alpha": 8})
         params["oracle"][kind]["train"].update({"batch_size": 8, "max_steps": 4, "warmup_steps": 1})
-    params["run"].update({"seeds": [0], "threads": 2})
+    params["run"].update({"seeds": [0], "threads": 2, "held_out": "dev"})
     return validate_params(params, source="tiny params")
 
 

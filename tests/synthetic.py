@@ -15,10 +15,10 @@ from cocoracle.data import column_additions
 
 
 def synthetic_cache(path: Path, n: int, encoded: bool, seed: int, d: int = 16, layer: str = "layer_0",
-                    noise: float = 0.5) -> ActivationCache:
+                    noise: float = 0.5, split: str = "dev") -> ActivationCache:
     """n two-digit problems, each with 2 thought rows and an `eot` row. With `encoded`, thought t's `layer` is a
     noisy linear map of digit_written and carry_out of step t (its own step) and the `eot` row of step 0's digit;
-    without it every vector is noise."""
+    without it every vector is noise. `split`: the split its manifest names."""
     rng = np.random.default_rng(seed)
     a, b = rng.integers(10, 100, n), rng.integers(10, 100, n)
     columns = [column_additions(int(x), int(y)) for x, y in zip(a, b, strict=True)]
@@ -43,7 +43,8 @@ def synthetic_cache(path: Path, n: int, encoded: bool, seed: int, d: int = 16, l
     for i, row in enumerate(rows):
         row["row"] = i
     pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), path / "index.parquet")
-    manifest = {"rows": len(rows), "tensors": sorted({THOUGHT, layer}), "d_model": d, "shards": writer.shards,
+    manifest = {"rows": len(rows), "split": split, "tensors": sorted({THOUGHT, layer}), "d_model": d,
+                "shards": writer.shards,
                 "index_sha256": sha256(path / "index.parquet")}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return ActivationCache(path)

@@ -124,7 +124,7 @@ def ask(problem: str, *extra: str) -> list[str]:
 TRAIN_ORACLE = ["train-oracle", "--params", "{params}", "--stage", "1", "--kind", "both", "--checkpoint", "{ckpt}",
                 "--train", "{tmp}/train", "--val", "{tmp}/val", "--out", "{out}/oracle", "--live", "{out}/live"]
 PROBE = ["probe", "--params", "{params}", "--stage", "1", "--train", "{tmp}/none/train", "--val", "{tmp}/none/val",
-         "--test", "{tmp}/none/test", "--table", "{out}/p.csv", "--steps-table", "{out}/s.csv",
+         "--held-out", "{tmp}/none/test", "--table", "{out}/p.csv", "--steps-table", "{out}/s.csv",
          "--heatmap", "{out}/p.png", "--steps-heatmap", "{out}/s.png", "--metrics", "{out}/p.json"]
 DEPTH = "is beyond the model's depth: hidden states are 0..model.tiny.n_layer (2; 0 = embeddings)"
 MODEL_REF = "is not 'tiny', an existing local directory, or a Hugging Face model id"

@@ -43,7 +43,7 @@ def test_unique_problems_matches_brute_force(digits):
 
 
 def test_split_counts_hand_examples():
-    base = {"n_train": 30, "n_val": 5, "n_test": 5}
+    base = {"n_train": 30, "n_val": 5, "n_dev": 5}
     assert split_counts({**base, "digit_probs": [0.25, 0.75]}) == [10, 30]
     assert split_counts({**base, "digit_probs": [1.0]}) == [40]
     assert split_counts({**base, "digit_probs": [0.0, 1.0]}) == [0, 40]
@@ -55,9 +55,9 @@ def test_split_counts_sum_exactly_and_round_to_neighbours():
         k = rng.randint(1, 5)
         weights = [rng.random() for _ in range(k)]
         probs = [w / sum(weights) for w in weights]
-        data = {"n_train": rng.randint(1, 500), "n_val": rng.randint(1, 50), "n_test": rng.randint(1, 50),
+        data = {"n_train": rng.randint(1, 500), "n_val": rng.randint(1, 50), "n_dev": rng.randint(1, 50),
                 "digit_probs": probs}
-        total = data["n_train"] + data["n_val"] + data["n_test"]
+        total = data["n_train"] + data["n_val"] + data["n_dev"]
         counts = split_counts(data)
         assert sum(counts) == total
         for p, n in zip(probs, counts, strict=True):
@@ -147,6 +147,11 @@ BAD_PARAMS = [
     ("max_steps_zero", _set("train.max_steps", 0), {"train.max_steps"}),
     ("unknown_schedule", _set("train.schedule", "exponential"), {"train.schedule"}),
     ("unknown_eval_split", _set("evaluate.splits", ["val", "bogus"]), {"evaluate.splits"}),
+    ("test_scored_while_looking", _set("evaluate.splits", ["val", "dev", "test"]), {"evaluate.splits"}),
+    ("held_out_not_evaluated", _set("run.held_out", "test"), {"evaluate.splits"}),
+    ("held_out_val", _set("run.held_out", "val"), {"run.held_out"}),
+    ("test_as_big_as_what_is_left", _many(_set("data.digits", [1]), _set("data.digit_probs", [1.0]),
+                                          _set("data.n_train", 20), _set("data.n_test", 6)), {"data.digit_probs"}),
 ]
 
 
@@ -265,8 +270,8 @@ def test_generate_with_good_params_writes_splits(tmp_path):
     out = tmp_path / "data-out"
     result = run_cli("generate", "--params", file, "--out", out)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.glob("*.parquet")) == ["ood.parquet", "test.parquet", "train.parquet",
-                                                             "val.parquet"]
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["dev.parquet", "ood.parquet", "test.parquet",
+                                                             "train.parquet", "val.parquet"]
 
 
 def test_evaluate_with_missing_checkpoint_names_the_path(tmp_path):

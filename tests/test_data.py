@@ -14,7 +14,7 @@ from conftest import tiny_params_dict
 
 STEP = re.compile(r"^(\d)\+(\d)(?:\+(\d))?=(\d+) write (\d)(?: carry (\d))?$")
 FINAL = "carry 1 write 1"
-SPLITS = ("train", "val", "test", "ood")
+SPLITS = ("train", "val", "dev", "test", "ood")
 
 
 def check_steps(a: int, b: int, steps: list[str]) -> None:
@@ -83,10 +83,11 @@ def _key(pair):
 
 @pytest.mark.parametrize("overrides", [
     {},
-    {"digits": [1, 2], "digit_probs": [0.25, 0.75], "n_train": 30, "n_val": 5, "n_test": 5, "ood_digits": 3,
-     "n_ood": 12, "seed": 7},
+    {"digits": [1, 2], "digit_probs": [0.25, 0.75], "n_train": 30, "n_val": 5, "n_dev": 5, "n_test": 5,
+     "ood_digits": 3, "n_ood": 12, "seed": 7},
     # every one of the 45 distinct 1-digit problems (the dense sampling path, exhausted)
-    {"digits": [1], "digit_probs": [1.0], "n_train": 35, "n_val": 5, "n_test": 5, "ood_digits": 2, "n_ood": 20},
+    {"digits": [1], "digit_probs": [1.0], "n_train": 30, "n_val": 5, "n_dev": 5, "n_test": 5, "ood_digits": 2,
+     "n_ood": 20},
 ])
 def test_make_splits_sizes_digits_and_disjointness(overrides):
     data = _data(**overrides)
@@ -94,6 +95,7 @@ def test_make_splits_sizes_digits_and_disjointness(overrides):
     assert set(splits) == set(SPLITS)
     assert len(splits["train"]) == data["n_train"]
     assert len(splits["val"]) == data["n_val"]
+    assert len(splits["dev"]) == data["n_dev"]
     assert len(splits["test"]) == data["n_test"]
     assert len(splits["ood"]) == data["n_ood"]
 
@@ -111,7 +113,7 @@ def test_make_splits_sizes_digits_and_disjointness(overrides):
 
     if data["digits"] == [1]:  # all 45 distinct one-digit problems, each exactly once
         everything = {_key((a, b)) for a in range(1, 10) for b in range(1, 10)}
-        assert set(keys["train"] + keys["val"] + keys["test"]) == everything
+        assert set(keys["train"] + keys["val"] + keys["dev"] + keys["test"]) == everything
 
 
 def itertools_pairs(items):
@@ -119,21 +121,34 @@ def itertools_pairs(items):
 
 
 def test_make_splits_digit_mix_follows_probs():
-    data = _data(digits=[1, 2], digit_probs=[0.25, 0.75], n_train=30, n_val=5, n_test=5, n_ood=0)
+    data = _data(digits=[1, 2], digit_probs=[0.25, 0.75], n_train=30, n_val=5, n_dev=5, n_ood=0)
     splits = make_splits(data)
-    pool = splits["train"] + splits["val"] + splits["test"]
+    pool = splits["train"] + splits["val"] + splits["dev"]
     assert sum(len(str(a)) == 1 for a, _ in pool) == 10  # 0.25 * 40
     assert sum(len(str(a)) == 2 for a, _ in pool) == 30  # 0.75 * 40
     assert splits["ood"] == []
 
 
 def test_make_splits_random_orientation_and_seed():
-    data = _data(digits=[2, 3], digit_probs=[0.5, 0.5], n_train=200, n_val=10, n_test=10)
+    data = _data(digits=[2, 3], digit_probs=[0.5, 0.5], n_train=200, n_val=10, n_dev=10, n_test=10)
     splits = make_splits(data)
     train = splits["train"]
     assert any(a < b for a, b in train) and any(a > b for a, b in train)
     assert make_splits(data) == splits
     assert make_splits({**data, "seed": data["seed"] + 1})["train"] != train
+
+
+def test_the_test_split_is_drawn_apart_from_its_own_seed():
+    """test is fresh: its seed moves it alone, and it never holds a problem of train, val or dev, however dense
+    the problems are (2-digit: the dense path; 3-digit: rejection sampling)."""
+    data = _data(digits=[2, 3], digit_probs=[0.9, 0.1], n_train=3000, n_val=200, n_dev=300, n_test=500, n_ood=5)
+    splits = make_splits(data)
+    other = make_splits({**data, "test_seed": data["test_seed"] + 1})
+    assert other["test"] != splits["test"]
+    assert all(other[split] == splits[split] for split in SPLITS if split != "test")
+    seen = {_key(p) for split in ("train", "val", "dev") for p in splits[split]}
+    assert not seen & {_key(p) for p in splits["test"]} and not seen & {_key(p) for p in other["test"]}
+    assert sum(len(str(a)) == 2 for a, _ in splits["test"]) == 450  # the digit mix of data.digit_probs
 
 
 def _files(out):

@@ -212,7 +212,7 @@ def test_probe_refuses_a_corrupt_cache(built, corrupt_cache, tmp_path, cli):
     cache, message = corrupt_cache
     outs = [tmp_path / name for name in ("probes.csv", "steps.csv", "heatmap.png", "steps.png", "probes.json")]
     code, err = cli("probe", "--params", built / "params.yaml", "--stage", STAGE, "--train", built / "cache-train",
-                    "--val", built / "cache-val", "--test", cache, "--table", outs[0], "--steps-table", outs[1],
+                    "--val", built / "cache-val", "--held-out", cache, "--table", outs[0], "--steps-table", outs[1],
                     "--heatmap", outs[2], "--steps-heatmap", outs[3], "--metrics", outs[4])
     assert code == 2
     assert_one_line(err, "probe", message)
@@ -229,7 +229,7 @@ def test_oracle_commands_refuse_a_corrupt_cache(built, corrupt_cache, tmp_path, 
     outs = [tmp_path / "oracle.csv", tmp_path / "oracle.json", tmp_path / "items.parquet"]
     code, err = cli("evaluate-oracle", "--params", built / "params.yaml", "--stage", STAGE, "--device", "cpu",
                     "--data", built / "data", "--checkpoint", built / "ckpt", "--separate", tmp_path / "sep",
-                    "--self", tmp_path / "self", "--train", built / "cache-train", "--test", cache,
+                    "--self", tmp_path / "self", "--train", built / "cache-train", "--held-out", cache,
                     "--table", outs[0], "--metrics", outs[1], "--predictions", outs[2])
     assert code == 2
     assert_one_line(err, "evaluate-oracle", message)

@@ -28,7 +28,7 @@ def _mtimes(repo, paths):
 
 
 def _check_outputs(repo):
-    for split in ("train", "val", "test", "ood"):
+    for split in ("train", "val", "dev", "test", "ood"):
         assert (repo / "data" / f"{split}.parquet").is_file()
     for seed in SEEDS:
         _check_seed(repo / "models" / f"seed-{seed}", repo / "results" / f"seed-{seed}")
@@ -39,12 +39,12 @@ def _check_across_seeds(repo):
     """results/report.md leads with every figure across the two seeds; DVC's metrics are the across-seed ones."""
     report = (repo / "results" / "report.md").read_text()
     assert report.startswith("# cocoracle results across 2 training seed(s)\n")
-    assert "| stage 2 · test · free generation | " in report and "(seed-1/report.md)" in report
+    assert "| stage 2 · dev · free generation | " in report and "(seed-1/report.md)" in report
     table = (repo / "results" / "report" / "seeds.csv").read_text().splitlines()
     assert table[0] == "section,figure,seeds,mean,sd,low,high,seed_0,seed_1"
     assert all(line.split(",")[2] == "2" for line in table[1:]), table[:3]
     headline = json.loads((repo / "results" / "report" / "seeds-headline.json").read_text())
-    cell = headline["eval"]["stage-2"]["test"]
+    cell = headline["eval"]["stage-2"]["dev"]
     assert headline["seeds"] == 2 and cell["low"] <= cell["mean"] <= cell["high"]
     assert (repo / "results" / "report" / "seeds.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -55,11 +55,11 @@ def _check_seed(models, results):
         assert (ckpt / "model.safetensors").is_file() and (ckpt / "tokenizer.json").is_file()
         assert not list(ckpt.glob("*.bin")) and not list(ckpt.glob("*.pt"))
         metrics = json.loads((results / "eval" / f"stage-{k}.json").read_text())
-        assert {"val", "test", "ood"} <= set(metrics)
-        assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["n"] == 40
+        assert {"val", "dev", "ood"} == set(metrics) - {"stage", "provenance"}  # test: final figures only
+        assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0 and metrics["dev"]["n"] == 40
         assert (results / "train" / f"stage-{k}" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     for k in STAGES[1:]:
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "dev"):
             assert (results / "activations" / f"stage-{k}" / split / "manifest.json").is_file()
         probes = (results / "probes" / f"stage-{k}.csv").read_text().splitlines()
         assert probes[0] == "stage,tensor,thought,label,accuracy,baseline,val_accuracy,n,C,converged"
@@ -94,7 +94,7 @@ def _check_seed(models, results):
 UPSTREAM = ["data/train.parquet"] + [f"models/seed-0/stage-{k}/model.safetensors" for k in STAGES]
 EVAL = [f"results/seed-0/eval/stage-{k}.json" for k in STAGES]
 CACHES = [f"results/seed-0/activations/stage-{k}/{s}/manifest.json" for k in STAGES[1:]
-          for s in ("train", "val", "test")]
+          for s in ("train", "val", "dev")]
 PROBES = [f"results/seed-0/probes/stage-{k}.json" for k in STAGES[1:]]
 SEPARATE = [f"models/seed-0/oracle/separate/stage-{k}/oracle.json" for k in STAGES[1:]]
 SELF = [f"models/seed-0/oracle/self/stage-{k}/oracle.json" for k in STAGES[1:]]

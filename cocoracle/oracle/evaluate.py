@@ -226,11 +226,11 @@ def answer_accuracy(model, tokenizer, rows: list[dict[str, Any]], stage: int, co
     return sum(r["correct"] for r in results) / max(len(results), 1)
 
 
-def self_answer_accuracy(checkpoint: str | Path, self_oracle: str | Path, data_dir: str | Path, stage: int,
-                         batch_size: int, device: torch.device) -> dict[str, float]:
-    """The checkpoint's test answer accuracy at its stage before and after self-oracle fine-tuning."""
+def self_answer_accuracy(checkpoint: str | Path, self_oracle: str | Path, data_dir: str | Path, split: str,
+                         stage: int, batch_size: int, device: torch.device) -> dict[str, float]:
+    """The checkpoint's answer accuracy on a split at its stage before and after self-oracle fine-tuning."""
     trained = checkpoint_params(checkpoint)
-    rows = load_split(data_dir, "test")
+    rows = load_split(data_dir, split)
     before, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(trained["model"]["dtype"], device))
     after, after_tokenizer, _ = load_oracle(self_oracle, device)
     return {"before": answer_accuracy(before, tokenizer, rows, stage, trained["coconut"], batch_size),
@@ -242,10 +242,11 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
                      metrics_path: str | Path, predictions_path: str | Path, device: torch.device) -> pd.DataFrame:
     """Score both oracles and all baselines; write the table (CSV), summary (JSON) and per-item predictions."""
     caches = {split: ActivationCache(path) for split, path in cache_dirs.items()}
+    held_out = caches["test"].manifest["split"]  # the split scored: dev, or test for a study's final figures
     with autocast(precision_of(checkpoint_params(checkpoint)["model"]), device):
         scored = pd.concat([score_oracle(kind, oracle_dirs[kind], caches, params, stage, device)
                             for kind in ORACLE_KINDS], ignore_index=True)
-        accuracy = self_answer_accuracy(checkpoint, oracle_dirs["self"], data_dir, stage,
+        accuracy = self_answer_accuracy(checkpoint, oracle_dirs["self"], data_dir, held_out, stage,
                                         params["oracle"]["batch_size"], device)
     table = aggregate(scored, stage)
     validation = {kind: read_validation(oracle_dirs[kind]) for kind in ORACLE_KINDS}
@@ -254,9 +255,9 @@ def evaluate_oracles(params: dict[str, Any], stage: int, checkpoint: str | Path,
         scored.to_parquet(tmp, index=False)
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    inputs = [checkpoint, *oracle_dirs.values(), *cache_dirs.values(), Path(data_dir) / "test.parquet"]
+    inputs = [checkpoint, *oracle_dirs.values(), *cache_dirs.values(), Path(data_dir) / f"{held_out}.parquet"]
     record = describe({"oracle": params["oracle"], "stage": stage}, inputs, seed=run_seed(params))
-    results = summary(table, stage, accuracy, validation, sources)
+    results = {**summary(table, stage, accuracy, validation, sources), "held_out": held_out}
     write_text(metrics_path, json.dumps({**results, "provenance": record}, indent=2) + "\n")
     write_headline(metrics_path, headline(results))
     return table
