@@ -128,8 +128,8 @@ def cmd_evaluate_oracle(args: argparse.Namespace) -> None:
     from cocoracle.model import pick_device
     from cocoracle.oracle.evaluate import evaluate_oracles
     evaluate_oracles(params, args.stage, args.checkpoint, {"separate": args.separate, "self": args.self_oracle},
-                     {"train": args.train, "test": args.held_out}, args.data, args.table, args.metrics, args.predictions,
-                     pick_device(args.device))
+                     {"train": args.train, "test": args.held_out}, args.data, args.table, args.metrics,
+                     args.predictions, pick_device(args.device))
 
 
 def cmd_ask(args: argparse.Namespace) -> None:

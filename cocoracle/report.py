@@ -291,12 +291,12 @@ def _accuracy_section(evals: list[dict[str, Any]], plot: str) -> list[str]:
     return [("Free-generation: greedy decoding from the question alone, with its 95 % Wilson interval over the "
              "split's problems. Teacher-forced: the answer tokens are the argmax given the gold text. Each stage's "
              "final checkpoint (epochs fixed in params.yaml) is scored once per split; nothing was chosen on these "
-             "numbers. Truncated: generations the decoding budget cut off before the end token (val, test and ood "
-             "together).\n"), accuracy_table(evals), f"![Coconut answer accuracy by stage]({plot})\n"]
+             "numbers. Truncated: generations the decoding budget cut off before the end token (every evaluated "
+             "split together).\n"), accuracy_table(evals), f"![Coconut answer accuracy by stage]({plot})\n"]
 
 
 def _oracle_section(oracle: pd.DataFrame, summaries: list[dict[str, Any]], plot: str,
-                    probes: list[dict[str, Any]]) -> list[str]:
+                    probes: list[dict[str, Any]], held_out: str) -> list[str]:
     """Markdown blocks: the oracle-vs-baseline tables, its plot, the oracles beside the probe references (the
     linear-probe product and the joint probe) and the before/after answer accuracy."""
     if oracle.empty and not summaries:
@@ -304,7 +304,8 @@ def _oracle_section(oracle: pd.DataFrame, summaries: list[dict[str, Any]], plot:
     parts = []
     if not oracle.empty:
         parts += [("Each oracle keeps the weights of its best validation exact match (chosen on **val**); every figure "
-                   "here is scored once on **test**. Each cell: the oracle's score [95 % interval] / the best baseline "
+                   f"here is scored once on **{held_out}**. Each cell: the oracle's score [95 % interval] / the "
+                   "best baseline "
                    "of that metric (shuffled, random or no injected activation; majority answers), on the same items. "
                    "The intervals: over all thought positions each problem gives several items (one per thought), "
                    "so every interval there is a percentile bootstrap resampling whole problems (a cluster "
@@ -318,7 +319,8 @@ def _oracle_section(oracle: pd.DataFrame, summaries: list[dict[str, Any]], plot:
                   "### Beside two probe readers\n",
                   ("Two probe readers of the thoughts, references for the oracles, not bounds on them (a reader "
                    "that reads more than a linear probe, as an oracle can, may exceed both). The **linear-probe "
-                   "product**: the share of the same test rows on which the linear probes (chosen on **val**, per "
+                   f"product**: the share of the same {held_out} rows on which the linear probes (chosen on "
+                   "**val**, per "
                    "label and thought) of every field an answer is made of are all right (a step's text follows "
                    "from its two digits and its carry in). The **joint probe**: a small MLP on one tensor reading "
                    "the task's whole answer at once (one softmax over the answer's field tuples; hidden size, L2 "
@@ -331,15 +333,17 @@ def _oracle_section(oracle: pd.DataFrame, summaries: list[dict[str, Any]], plot:
                     forgetting_table(summaries) if summaries else "No oracle metrics.\n"]
 
 
-def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatmaps: list[str]) -> list[str]:
+def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatmaps: list[str], held_out: str
+                   ) -> list[str]:
     """Markdown blocks: per stage, the per-thought probe table, and the heatmap links; then where each step's
     labels become readable, per stage, with the step x position heatmaps."""
     if not probes:
         return ["No probe outputs.\n"]
     parts = [("Logistic-regression probes, fit on train; per thought position and label the tensor (hidden-state "
               "layer, or the fed-back thought) and the regularisation are chosen on **val**, and the chosen probe "
-              "is scored once on **test**: accuracy [95 % Wilson interval: one item per problem] / majority-class "
-              "baseline on the same test items · tensor. Tensors: `thought` is the vector fed in at that position "
+              f"is scored once on **{held_out}**: accuracy [95 % Wilson interval: one item per problem] / "
+              f"majority-class baseline on the same {held_out} items · tensor. Tensors: `thought` is the vector fed "
+              "in at that position "
               "(the last layer's output at the position before); `layer_j` is hidden state j computed there "
               "(`layer_0` = that input plus the position embedding, which depends on the question's length); the "
               "last layer at thought t is `thought` at t+1 (t before the last).\n")]
@@ -354,7 +358,8 @@ def _probe_section(probes: list[dict[str, Any]], heatmaps: list[str], step_heatm
                "pass (`eot` is the `<eot>` input, `###` the answer marker, `answer k` the k-th answer token as "
                "input; steps are columns, units first). Per cell the tensor and C are chosen on **val**. The "
                f"tables give, per step and label, the first position whose chosen probe reaches "
-               f"{probes[0]['readable_at']:.0%} val accuracy, scored on **test**: accuracy [95 % Wilson interval: "
+               f"{probes[0]['readable_at']:.0%} val accuracy, scored on **{held_out}**: accuracy [95 % Wilson "
+               "interval: "
                "one item per problem] / "
                "majority baseline · tensor; 'nowhere' when no position does.\n")]
     for m in sorted(probes, key=lambda m: m["stage"]):
@@ -394,13 +399,15 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     plot_training(curves, plots["training"])
     write_text(plots_dir / "accuracy.csv", accuracy_frame(evals).to_csv(index=False, lineterminator="\n"))
     links = {name: _link(path, out_md.parent) for name, path in plots.items()}
+    # the split the probes and oracles scored (run.held_out): dev, or test for a study's final figures
+    held_out = next((m["held_out"] for m in [*probes, *summaries] if m.get("held_out")), "test")
     training = [f"![Training loss]({links['training']})\n" if curves else "No training runs.\n"]
     parts = (["# cocoracle results\n",
               "Made by `cocoracle report` from the pipeline's output files; every number here is read from them.\n",
               "## Coconut answer accuracy\n"] + _accuracy_section(evals, links["accuracy"])
-             + ["## Oracles\n"] + _oracle_section(oracle, summaries, links["oracle"], probes)
+             + ["## Oracles\n"] + _oracle_section(oracle, summaries, links["oracle"], probes, held_out)
              + ["## Probes\n"] + _probe_section(probes, [_link(p, out_md.parent) for p in probe_heatmaps],
-                                                [_link(p, out_md.parent) for p in step_heatmaps])
+                                                [_link(p, out_md.parent) for p in step_heatmaps], held_out)
              + ["## Training curves\n"] + training)
     text = "\n".join(parts)
     write_text(out_md, text)

@@ -42,7 +42,8 @@ def commands(params: str, run: Path | None, quick: bool) -> list[list[str]]:
     if run is not None:
         stage = str(load_params(params)["coconut"]["num_stages"])
         out += [["bench_noop.py", str(run), "--runs", "1" if quick else "5"],
-                ["bench_probes.py", "--params", params, "--cache", str(run / "results/seed-0/activations"), "--stage", stage],
+                ["bench_probes.py", "--params", params, "--cache", str(run / "results/seed-0/activations"),
+                 "--stage", stage],
                 ["bench_probe_solvers.py", "--params", params, "--cache", str(run / "results/seed-0/activations"),
                  "--stage", stage, "--every", "27" if quick else "9"],
                 ["bench_oracle_eval.py", str(run), "--stage", stage]]

@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from cocoracle.cli import main
-from cocoracle.config import InputError, load_params, run_seed, split_counts, stage_epochs, unique_problems, validate_params
+from cocoracle.config import (
+    InputError,
+    load_params,
+    run_seed,
+    split_counts,
+    stage_epochs,
+    unique_problems,
+    validate_params,
+)
 from conftest import PARAMS_YAML, run_cli, tiny_params_dict
 
 # ----------------------------------------------------------------------------------------------

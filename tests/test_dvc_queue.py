@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
 from hashlib import sha256
 from pathlib import Path
 
-import dvc.api
 import psutil  # a dependency of dvc
 import pytest
 import yaml
 
 from cocoracle.engine_lock import LOCK_FILE, _dvc_run, _is_locked
-from helpers_workflow import REPO, copy_run, engine_env, run, set_param
+from helpers_workflow import copy_run, engine_env, run, set_param
 
 pytestmark = pytest.mark.e2e
 EXPERIMENTS = {"c-small": [0.01], "c-large": [10.0]}  # probes.C_grid: reruns only the probe stage

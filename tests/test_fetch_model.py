@@ -464,7 +464,8 @@ def test_replacing_a_local_bases_weights_reruns_its_dependents_and_nothing_else(
     tensors["transformer.wte.weight"] += 0.01
     save_file(tensors, weights, metadata={"format": "pt"})
 
-    dependents = ["collect_activations[seed=0, split=train, stage=1]", "collect_activations[seed=0, split=val, stage=1]",
+    dependents = ["collect_activations[seed=0, split=train, stage=1]",
+                  "collect_activations[seed=0, split=val, stage=1]",
                   "train_oracle[kind=separate, seed=0, stage=1]", "train_stage[seed=0, stage=0]",
                   "train_stage[seed=0, stage=1]"]
     assert _planned(run(["snakemake", "-n", "--cores", "1", target], cwd=repo).stdout) == dependents
