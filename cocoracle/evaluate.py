@@ -27,7 +27,7 @@ ANSWER_MARK = "###"
 PREDICTIONS_SCHEMA = pa.schema([
     ("split", pa.string()), ("id", pa.int64()), ("n_steps", pa.int8()), ("generated", pa.string()),
     ("predicted", pa.int64()), ("answer", pa.int64()), ("correct", pa.bool_()), ("teacher_forced", pa.bool_()),
-    ("truncated", pa.bool_()),
+    ("truncated", pa.bool_()), ("not_marker_first", pa.bool_()),
 ])
 
 
@@ -39,9 +39,16 @@ def parse_answer(text: str) -> int | None:
     return int(digits) if re.fullmatch(r"[0-9]{1,18}", digits) else None
 
 
+def marker_first(text: str) -> bool:
+    """Whether a generation begins with '###' (the answer pass, with no text step before it)."""
+    return text.lstrip().startswith(ANSWER_MARK)
+
+
 def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], stage: int, coconut: dict[str, Any],
             batch_size: int, extra_tokens: int, desc: str = "eval") -> list[dict[str, Any]]:
-    """Per problem: generated text, parsed answer, free-generation and teacher-forced correctness, truncation.
+    """Per problem: generated text, parsed answer, free-generation and teacher-forced correctness, truncation,
+    and `not_marker_first`: the gold text after <eot> begins with `###` (no text step left: the all-latent
+    stage, or order `last`) but the generation does not.
 
     A problem may decode as many tokens as its gold solution needs (remaining steps, `###`, answer, end token)
     plus `extra_tokens`, and never past the position table; a generation that has not ended by then is cut
@@ -57,21 +64,23 @@ def predict(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]], st
         prompt = codec.batch(chunk, *layout, with_targets=False, **layout_options(coconut)).to(device)
         gold = codec.batch(chunk, *layout, **layout_options(coconut)).to(device)
         budgets = (gold.suffix_mask.sum(1) - 1 + extra_tokens).tolist()  # <eot> is given, not generated
+        marked = (gold.suffix_ids[:, 1] == codec.encode(" " + ANSWER_MARK)[0]).tolist()  # gold: ### first
         generated, output = generate_with_thoughts(model, prompt, codec.eos, max(budgets), return_states=False)
         forced = teacher_forced_correct(model, gold).tolist()
-        for row, ids, tf, ended, budget in zip(chunk, generated, forced, output.finished.tolist(), budgets,
-                                               strict=True):
+        for row, ids, tf, ended, budget, due in zip(chunk, generated, forced, output.finished.tolist(), budgets,
+                                                    marked, strict=True):
             ended = ended and len(ids) < budget  # its end token was within its own budget
             text = codec.tokenizer.decode(ids[:budget])
             answer = parse_answer(text)
             results.append({"id": row["id"], "n_steps": row["n_steps"], "generated": text, "predicted": answer,
                             "answer": row["answer"], "correct": answer == row["answer"], "teacher_forced": tf,
-                            "truncated": not ended})
+                            "truncated": not ended, "not_marker_first": due and not marker_first(text)})
     return results
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall and by number of reasoning steps, and how many generations were cut off."""
+    """Accuracy overall and by number of reasoning steps, how many generations were cut off and (overall) how
+    many should have begun with `###` and did not."""
     def block(rs: list[dict[str, Any]]) -> dict[str, Any]:
         n = len(rs)
         return {"accuracy": sum(r["correct"] for r in rs) / max(n, 1),
@@ -80,7 +89,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     by_steps: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_steps[r["n_steps"]].append(r)
-    return {**block(results), "by_steps": {str(k): block(v) for k, v in sorted(by_steps.items())}}
+    return {**block(results), "not_marker_first": sum(r.get("not_marker_first", False) for r in results),
+            "by_steps": {str(k): block(v) for k, v in sorted(by_steps.items())}}
 
 
 def evaluate_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, data_dir: str | Path,

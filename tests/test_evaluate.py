@@ -13,7 +13,7 @@ from cocoracle import headline
 from cocoracle.coconut import Codec, coconut_forward, loss_fn
 from cocoracle.config import InputError
 from cocoracle.data import problems_table, write_splits
-from cocoracle.evaluate import evaluate_stage, parse_answer, predict, summarize
+from cocoracle.evaluate import evaluate_stage, marker_first, parse_answer, predict, summarize
 from cocoracle.model import save_checkpoint
 from conftest import make_tiny_model, tiny_params_dict
 
@@ -54,16 +54,24 @@ def test_parse_answer_rejects_numbers_too_long_for_the_predictions_table():
     assert parse_answer("### " + "9" * 18) == int("9" * 18)
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("### 1 2 3", True), (" ###12", True), ("\n### 1", True), ("###", True),
+    ("7 + 5 = 1 2 write 2 carry 1 | ### 1 2", False), ("1 2 ### 1 2", False), ("", False), ("## # 1", False),
+])
+def test_marker_first(text, expected):
+    assert marker_first(text) == expected
+
+
 def test_summarize_hand_made():
     results = [
         {"n_steps": 2, "correct": True, "teacher_forced": True, "truncated": False},
         {"n_steps": 3, "correct": False, "teacher_forced": True, "truncated": True},
         {"n_steps": 3, "correct": True, "teacher_forced": False, "truncated": False},
         {"n_steps": 3, "correct": True, "teacher_forced": True, "truncated": False},
-        {"n_steps": 10, "correct": False, "teacher_forced": False, "truncated": True},
+        {"n_steps": 10, "correct": False, "teacher_forced": False, "truncated": True, "not_marker_first": True},
     ]
     summary = summarize(results)
-    assert summary["n"] == 5
+    assert summary["n"] == 5 and summary["not_marker_first"] == 1
     assert summary["accuracy"] == pytest.approx(3 / 5)
     assert summary["teacher_forced"] == pytest.approx(3 / 5)
     assert summary["truncated"] == 2 and summary["by_steps"]["3"]["truncated"] == 1
@@ -73,7 +81,7 @@ def test_summarize_hand_made():
     assert summary["by_steps"]["3"]["teacher_forced"] == pytest.approx(2 / 3)
     assert summary["by_steps"]["3"]["n"] == 3
     assert summary["by_steps"]["10"] == {"accuracy": 0.0, "teacher_forced": 0.0, "n": 1, "truncated": 1}
-    assert summarize([])["n"] == 0 and summarize([])["by_steps"] == {}
+    assert summarize([])["n"] == 0 and summarize([])["by_steps"] == {} and summarize([])["not_marker_first"] == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,6 +123,18 @@ def test_predict_on_overfit_model(overfit):
         assert re.sub(r"\s", "", r["generated"]) == re.sub(r"\s", "", wanted), r["generated"]
     assert all(r["correct"] for r in results)
     assert all(r["teacher_forced"] for r in results)
+    assert not any(r["not_marker_first"] for r in results)  # the text steps come first, as they should
+
+
+@pytest.mark.parametrize("stage", [0, LAYOUT["num_stages"]])
+def test_predict_counts_generations_that_should_begin_with_the_marker_and_do_not(overfit, stage):
+    """At the all-latent stage the gold text after <eot> begins with ###: a generation that does not is counted;
+    at stage 0 (text steps first) none is."""
+    model, codec, rows = overfit
+    results = predict(model, codec, rows, stage, LAYOUT, batch_size=4, extra_tokens=5)
+    flags = [r["not_marker_first"] for r in results]
+    assert flags == [stage > 0 and not marker_first(r["generated"]) for r in results]
+    assert summarize(results)["not_marker_first"] == sum(flags)
 
 
 def test_predict_does_not_depend_on_batching(overfit):
