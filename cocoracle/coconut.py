@@ -5,16 +5,22 @@ so every row's thoughts sit in the same columns (order `first`: stage k replaces
 `last` stage k replaces the last k steps, and the remaining steps are input, before <bot>:
 [left pad | question remaining steps <bot>] [T thoughts] [<eot> ### answer <eos> | right pad].
 The prefix is one pass, each thought one single-position pass that reuses the cache (its input is the last
-layer's final hidden state at the previous position), and the rest one more pass. Position ids skip the left
-padding.
+layer's final hidden state at the previous position), and the rest one more pass.
+
+Position ids skip the left padding. A model trained by `cocoracle train` reserves ids 0..n-1 for the question
+(n: the longest question of the data in tokens, fixed at stage 0 and saved in its config as
+`coconut_question_positions`): the question's tokens count from 0, and everything after them (given steps,
+<bot>, thoughts, suffix) from n, so no column after the question knows from its position id how long the
+question was. A model without the reservation counts on after the question.
 
 With answer_sees_question false the *blind* positions (<eot>, ###, the answer and <eos>) cannot attend to the
 question's columns (question tokens and <bot>): they see the thoughts, the text steps and themselves, so at the
 all-latent stage the question reaches the answer only through the thoughts. Text steps still see the question,
 unless steps_see_question is false too: then wherever a thought precedes them they are blind as well, so at
 stage k the thoughts must carry the rest of the question to the text steps (at stage 0, with no thought, they
-see it). In greedy generation a generated token is blind from the first `###` token on (a text step before it),
-or from the first on when the text steps are blind.
+see it). In greedy generation a generated token is blind from the first `###` token on (a text step before it)
+in a row with text steps left to write; in a row with none (the all-latent stage, order `last`), or when the text
+steps are blind, from the first on, so that nothing generated there sees the question either.
 """
 from __future__ import annotations
 
@@ -82,6 +88,9 @@ class CoconutBatch:
     blind: torch.Tensor | None = None     # (B, S) bool: suffix positions that cannot see `question`
     marker: int | None = None             # first token of ###: generated tokens from it on are blind
     steps_blind: bool = False             # the text steps are blind too: every generated token is
+    steps_left: torch.Tensor | None = None  # (B,) bool: the row writes text steps after <eot> (else, blind
+    #                                         layouts: every token it generates is blind)
+    question_length: torch.Tensor | None = None  # (B,) the question's tokens (position ids: see _positions)
 
     def to(self, device: torch.device) -> CoconutBatch:
         return CoconutBatch(**{f.name: (v.to(device) if torch.is_tensor(v) else v)
@@ -153,13 +162,14 @@ class Codec:
         if answer_sees_question and not steps_see_question:
             raise ValueError("steps_see_question false needs answer_sees_question false")
         steps_blind = not steps_see_question and stage * thoughts_per_step > 0
-        prefixes, questions, suffixes, answers, blinds = [], [], [], [], []
+        prefixes, questions, suffixes, answers, blinds, written = [], [], [], [], [], []
         for row in rows:
             replaced = stage_layout(stage, num_stages, thoughts_per_step, len(row["steps"]))[1]
             kept = kept_steps(row["steps"], replaced, order)
             ids, question = self.prefix(row["question"], kept if order == "last" else [], separator)
             prefixes.append(ids)
             questions.append(question)
+            written.append(order == "first" and bool(kept))
             ids, answer, blind = ([self.eot], [0], [1]) if not with_targets else \
                 self.suffix(kept if order == "first" else [], row["answer"], separator, steps_blind)
             suffixes.append(ids)
@@ -171,12 +181,13 @@ class Codec:
         labels[:, 0] = IGNORE  # <eot> is given, not predicted
         prefix_mask = _padded([[1] * len(p) for p in prefixes], 0, left=True)
         batch = CoconutBatch(_padded(prefixes, self.pad, left=True), prefix_mask, stage * thoughts_per_step,
-                             suffix_ids, suffix_mask, labels, _padded(answers, 0, left=False).bool())
+                             suffix_ids, suffix_mask, labels, _padded(answers, 0, left=False).bool(),
+                             question_length=torch.tensor([sum(q) - 1 for q in questions]))  # less <bot>
         if answer_sees_question:
             return batch
         return replace(batch, question=_padded(questions, 0, left=True).bool(),
                        blind=_padded(blinds, 0, left=False).bool(), marker=self.encode(ANSWER_MARK)[0],
-                       steps_blind=steps_blind)
+                       steps_blind=steps_blind, steps_left=torch.tensor(written))
 
 
 def _padded(seqs: list[list[int]], fill: int, left: bool) -> torch.Tensor:
@@ -187,6 +198,39 @@ def _padded(seqs: list[list[int]], fill: int, left: bool) -> torch.Tensor:
         start = width - len(seq) if left else 0
         out[i, start:start + len(seq)] = seq
     return torch.from_numpy(out)
+
+
+QUESTION_POSITIONS = "coconut_question_positions"  # model.config attribute: position ids reserved for the question
+
+
+def question_positions(model: PreTrainedModel) -> int | None:
+    """The position id the columns after the question start at (None: a model without it, whose positions
+    continue after the question)."""
+    return getattr(model.config, QUESTION_POSITIONS, None)
+
+
+def reserve_question_positions(model: PreTrainedModel, codec: Codec, rows: list[dict[str, Any]]) -> int:
+    """Reserve position ids 0..n-1 for questions, n the token count of the longest question of `rows`, unless
+    the model has a reservation already (kept); the columns after a question then start at n. Returns it."""
+    if question_positions(model) is None:
+        setattr(model.config, QUESTION_POSITIONS, max(len(codec.encode(r["question"])) for r in rows))
+    return question_positions(model)
+
+
+def _positions(model: PreTrainedModel, batch: CoconutBatch, mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of the columns of `mask` (B, n), which start with a row's left-padded prefix: padding is
+    skipped, the question's tokens count from 0 and every column after them (given steps, <bot>, thoughts,
+    suffix) from question_positions(model), whatever the question's length, so that no position the question
+    is hidden from learns the question's length from its position id."""
+    counted = (mask.cumsum(-1) - 1).clamp(min=0)
+    reserved = question_positions(model)
+    if reserved is None or batch.question_length is None:
+        return counted
+    length = batch.question_length.to(counted.device)[:, None]
+    if bool((length > reserved).any()):
+        raise ValueError(f"a question of {int(length.max())} tokens, but the model reserves {reserved} positions "
+                         "for it")
+    return torch.where(counted < length, counted, counted - length + reserved)
 
 
 def _step(model: PreTrainedModel, embeds, mask, positions, cache):
@@ -229,7 +273,7 @@ def latent_prefix(model: PreTrainedModel, batch: CoconutBatch, return_states: bo
     """
     embed = model.get_input_embeddings()
     mask = batch.prefix_mask
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = _positions(model, batch, mask)
     _, hidden, cache = _step(model, embed(batch.prefix_ids), mask, positions, None)
     next_pos = positions[:, -1:] + 1
     thoughts, states = [], []
@@ -277,7 +321,7 @@ def naive_forward(model: PreTrainedModel, batch: CoconutBatch,
     seq, mask = embed(batch.prefix_ids), batch.prefix_mask
     thoughts = []
     for t in range(batch.n_thoughts):
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = _positions(model, batch, mask)
         out = model(inputs_embeds=seq, attention_mask=mask, position_ids=positions, output_hidden_states=True)
         h = out.hidden_states[-1][:, -1:]
         h = feed(t, h) if feed is not None else h
@@ -286,7 +330,7 @@ def naive_forward(model: PreTrainedModel, batch: CoconutBatch,
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
     seq = torch.cat([seq, embed(batch.suffix_ids)], dim=1)
     mask = torch.cat([mask, batch.suffix_mask], dim=1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = _positions(model, batch, mask)
     # suffix padding sits on the right, so its positions need not continue; only valid ones are compared
     attention = _attention(model, batch, mask, _after_thoughts(batch, mask.shape[1] - batch.suffix_mask.shape[1]),
                            seq.dtype)
@@ -345,8 +389,11 @@ def generate_with_thoughts(model: PreTrainedModel, batch: CoconutBatch, eos_id: 
     eot = embed(batch.suffix_ids[:, :1])
     inputs = eot if last is None else torch.cat([last, eot], dim=1)
     finished = torch.zeros(B, dtype=torch.bool, device=mask.device)
-    text = torch.ones(B, 1, dtype=torch.bool, device=mask.device)  # generated tokens are text steps until ###
-    blind = F.pad(text, (inputs.shape[1] - 1, 0))  # the last thought (if any) sees the question, <eot> does not
+    # generated tokens are text steps until ### in rows with text steps left, blind from the first in the others
+    text = torch.ones(B, 1, dtype=torch.bool, device=mask.device)
+    if batch.steps_left is not None:
+        text = text & batch.steps_left[:, None]  # a new tensor: `text` changes below, the batch does not
+    blind = F.pad(torch.ones_like(text), (inputs.shape[1] - 1, 0))  # the last thought (if any) sees the question
     out: list[list[int]] = [[] for _ in range(B)]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None:  # never run past the position table

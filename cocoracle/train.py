@@ -20,6 +20,8 @@ from cocoracle.coconut import (
     coconut_forward,
     layout_options,
     loss_fn,
+    question_positions,
+    reserve_question_positions,
     scored_tokens,
 )
 from cocoracle.codedeps import code_files
@@ -65,11 +67,22 @@ def stage_optimizer_steps(train: dict[str, Any], stage: int, n_rows: int) -> int
 
 
 def _check_fits(model, codec: Codec, rows: list[dict[str, Any]], coconut: dict[str, Any]) -> None:
-    """Fail early when the longest problem (of any split) would not fit the position table."""
-    longest = max(rows, key=lambda r: len(codec.encode(r["question"] + " " + " | ".join(r["steps"]))))
+    """Fail early when a question (of any split) is longer than the positions the model reserves for questions,
+    or the longest problem would not fit the position table."""
+    reserved = question_positions(model)
+    if reserved is None:  # positions continue after the question: the longest question and steps together
+        longest = max(rows, key=lambda r: len(codec.encode(r["question"] + " " + " | ".join(r["steps"]))))
+    else:  # the reserved positions, then the longest rest
+        widest = max(len(codec.encode(r["question"])) for r in rows)
+        if widest > reserved:
+            raise InputError(f"a question of {widest} tokens, but the model reserves {reserved} positions for "
+                             "questions (a checkpoint trained on other data: train again from stage 0)")
+        longest = max(rows, key=lambda r: len(codec.encode(" | ".join(r["steps"]))))
     batch = codec.batch([longest], 0, coconut["num_stages"], coconut["thoughts_per_step"], **layout_options(coconut))
     thoughts = coconut["num_stages"] * coconut["thoughts_per_step"]
-    length = batch.prefix_ids.shape[1] + thoughts + batch.suffix_ids.shape[1]
+    question = int(batch.question_length[0])
+    rest = batch.prefix_ids.shape[1] - question + thoughts + batch.suffix_ids.shape[1]
+    length = (question if reserved is None else reserved) + rest
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and length > limit:
         raise InputError(f"model.tiny.n_positions: {limit} positions, but the longest problem needs {length}")
@@ -123,7 +136,10 @@ def _train(params: dict[str, Any], stage: int, data_dir: str | Path, init: str |
     else:
         model, tokenizer = load_checkpoint(init, device, dtype, expect=params["model"])
     codec = Codec(tokenizer)
-    _check_fits(model, codec, [r for split_rows in splits.values() for r in split_rows], coconut)
+    every_row = [r for split_rows in splits.values() for r in split_rows]
+    if stage == 0:  # the later stages keep the reservation of the checkpoint they start from
+        reserve_question_positions(model, codec, every_row)
+    _check_fits(model, codec, every_row, coconut)
 
     seed = run_seed(params)
     torch.manual_seed(seed * 1000 + stage + 7919 * dp.rank)  # own dropout masks per process

@@ -337,11 +337,12 @@ def test_answer_pass_states_equal_a_direct_recomputation(collected, forced):
             with torch.no_grad():
                 thoughts = naive_forward(model, batch).thoughts
                 seq = torch.cat([embed(batch.prefix_ids), thoughts, embed(torch.tensor([fed]))], dim=1)
-                # the layout's mask: without sight of the question, <eot> and everything from ### on are blind
+                # the layout's mask: without sight of the question, <eot> and everything from ### on are blind,
+                # and every fed token where no text step is left to write
                 blind = torch.zeros(1, seq.shape[1], dtype=torch.bool)
                 fed_start = seq.shape[1] - len(fed)
                 blind[0, fed_start] = True
-                blind[0, fed_start + columns.get(("###", 0), len(fed)):] = True
+                blind[0, fed_start + (columns.get(("###", 0), len(fed)) if batch.steps_left[0] else 0):] = True
                 mask = _attention(model, batch, torch.ones(1, seq.shape[1], dtype=torch.long), blind, seq.dtype)
                 hidden = model(inputs_embeds=seq, attention_mask=mask, output_hidden_states=True).hidden_states
             at = [columns[p, o] for p, o in zip(got["position"], got["offset"], strict=True)]

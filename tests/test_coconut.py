@@ -22,7 +22,9 @@ from cocoracle.coconut import (
     kept_steps,
     loss_fn,
     naive_forward,
+    question_positions,
     remembering_encoder,
+    reserve_question_positions,
     stage_layout,
     teacher_forced_correct,
     thought_steps,
@@ -37,6 +39,18 @@ LAYOUTS = {"default": {}, "blind": {"answer_sees_question": False}, "last": {"or
            "last-blind": {"order": "last", "answer_sees_question": False},
            "before-blind": {"separator": "before", "answer_sees_question": False},
            "strict": {"answer_sees_question": False, "steps_see_question": False}}  # Codec.batch layout keywords
+
+
+def _reserved(model, tokenizer, rows):
+    """The model with positions reserved for `rows`' questions, as `cocoracle train` reserves them at stage 0."""
+    reserve_question_positions(model, Codec(tokenizer), rows)
+    return model, tokenizer
+
+
+@pytest.fixture
+def tiny_model(mixed_rows):
+    """(model in float64, tokenizer) over the mixed problems' vocabulary, positions reserved for their questions."""
+    return _reserved(*make_tiny_model(mixed_rows), mixed_rows)
 
 
 def test_stage_layout():
@@ -96,6 +110,7 @@ def test_codec_batch_layout(tiny_model, mixed_rows, stage, order, separator):
         assert sm[:n_suffix].all() and sm[n_suffix:].sum() == 0
         prefix, suffix = _valid(batch.prefix_ids[i], pm), _valid(batch.suffix_ids[i], sm)
         assert prefix[-1] == bot and suffix[0] == eot
+        assert batch.question_length[i] == len(codec.encode(row["question"]))
         # the remaining steps: written after <eot> (first), or given before <bot> (last)
         kept = kept_steps(row["steps"], stage_layout(stage, K, C, len(row["steps"]))[1], order)
         remaining = "".join(f"{s}|" if separator == "after" else f"|{s}" for s in kept)
@@ -156,11 +171,12 @@ def test_blind_batch_marks_the_question_and_the_answer(tiny_model, mixed_rows, s
         assert batch.blind[i].tolist() == [True] + [False] * (mark - 1) + [True] * (n - mark) + [False] * (
             batch.blind.shape[1] - n)
         kept = kept_steps(row["steps"], stage_layout(stage, K, C, len(row["steps"]))[1], order)
-        assert (mark > 1) == (order == "first" and bool(kept))
+        assert (mark > 1) == (order == "first" and bool(kept)) == bool(batch.steps_left[i])
         text_steps += mark - 1
     assert text_steps > 0 or stage == K or order == "last"
     prompt = codec.batch(mixed_rows, stage, K, C, with_targets=False, order=order, answer_sees_question=False)
     assert prompt.blind.tolist() == [[True]] * len(mixed_rows)  # <eot>
+    assert torch.equal(prompt.steps_left, batch.steps_left) and seen.steps_left is None
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -197,16 +213,24 @@ def test_codec_prompt_without_targets(tiny_model, mixed_rows):
     assert batch.n_thoughts == C
 
 
-def test_the_last_layer_at_a_thought_is_the_next_thought(tiny_model, mixed_rows):
+@pytest.mark.parametrize("reserved", [True, False])
+def test_the_last_layer_at_a_thought_is_the_next_thought(mixed_rows, reserved):
     """docs/method.md's tensor names: layer_L at thought t is the vector fed back as thought t+1, and layer_0 at t
-    is thought t plus its position embedding."""
-    model, tokenizer = tiny_model
+    is thought t plus its position embedding: that of position n + 1 + t, n the positions reserved for questions
+    (<bot> sits at n whatever the question), or, in a model without the reservation, of the question's length
+    + 1 + t."""
+    model, tokenizer = make_tiny_model(mixed_rows)
+    if reserved:
+        _reserved(model, tokenizer, mixed_rows)
+        assert question_positions(model) == max(len(Codec(tokenizer).encode(r["question"])) for r in mixed_rows)
+    else:
+        assert question_positions(model) is None
     batch = Codec(tokenizer).batch(mixed_rows, K, K, C, with_targets=False)
     _, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, 3)
     assert out.thoughts.shape[1] >= 2
     assert torch.equal(out.thought_states[-1][:, :-1], out.thoughts[:, 1:])
-    positions = (batch.prefix_mask.sum(1, keepdim=True) + torch.arange(out.thoughts.shape[1]))
-    expected = out.thoughts + model.transformer.wpe(positions)
+    start = question_positions(model) + 1 if reserved else batch.prefix_mask.sum(1, keepdim=True)
+    expected = out.thoughts + model.transformer.wpe(start + torch.arange(out.thoughts.shape[1]))
     assert torch.allclose(out.thought_states[0], expected)
 
 
@@ -231,6 +255,25 @@ def test_cached_forward_equals_naive(tiny_model, mixed_rows, stage, layout):
     if stage:
         # successive thoughts are different vectors (each one is the model's output on the previous)
         assert not torch.allclose(cached.thoughts[:, 0], cached.thoughts[:, -1])
+
+
+@pytest.mark.parametrize("layout", ["default", "blind"])
+def test_cached_forward_equals_naive_without_a_reservation(mixed_rows, layout):
+    """A model without positions reserved for questions (not trained by `cocoracle train`) counts them on after
+    the question, in both implementations alike; a reservation shorter than a question is refused."""
+    model, tokenizer = make_tiny_model(mixed_rows)
+    batch = Codec(tokenizer).batch(mixed_rows, K, K, C, **LAYOUTS[layout])
+    with torch.no_grad():
+        cached, naive = coconut_forward(model, batch), naive_forward(model, batch)
+    valid = batch.suffix_mask.bool()
+    torch.testing.assert_close(cached.logits[valid], naive.logits[valid], atol=1e-10, rtol=0)
+    _reserved(model, tokenizer, mixed_rows)
+    with torch.no_grad():
+        assert (coconut_forward(model, batch).logits[valid] - cached.logits[valid]).abs().max() > 1e-6
+    model.config.coconut_question_positions = int(batch.question_length.max()) - 1
+    for forward in (coconut_forward, naive_forward):
+        with pytest.raises(ValueError, match="reserves"):
+            forward(model, batch)
 
 
 def test_naive_forward_detects_a_wrong_thought(tiny_model, mixed_rows):
@@ -433,7 +476,7 @@ def test_teacher_forced_correct(tiny_model, mixed_rows):
 @pytest.fixture(scope="module")
 def noisy_model(mixed_rows):
     """A random model with large weights, so that greedy outputs vary from row to row and step to step."""
-    model, tokenizer = make_tiny_model(mixed_rows, seed=3)
+    model, tokenizer = _reserved(*make_tiny_model(mixed_rows, seed=3), mixed_rows)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -445,12 +488,13 @@ def noisy_model(mixed_rows):
 def _greedy_reference(model, prompt: CoconutBatch, tokens: list[int]) -> list[int]:
     """The argmax after <eot> and each of `tokens` under naive_forward (no cache) for a one-row prompt, the
     generated tokens blind (answer_sees_question false) from the prompt's marker on, or all of them when the
-    prompt's steps are blind: `tokens` when they are the greedy continuation."""
+    prompt's steps are blind or the row has no text step left: `tokens` when they are the greedy continuation."""
     suffix = torch.tensor([[prompt.suffix_ids[0, 0].item(), *tokens]])
     blind = None
     if prompt.question is not None:
         marked = torch.tensor(tokens, dtype=torch.long) == (-1 if prompt.marker is None else prompt.marker)
-        blind = torch.cat([torch.ones(1, dtype=torch.bool), (marked.cumsum(0) > 0) | prompt.steps_blind])[None]
+        every = prompt.steps_blind or not bool(prompt.steps_left[0])
+        blind = torch.cat([torch.ones(1, dtype=torch.bool), (marked.cumsum(0) > 0) | every])[None]
     batch = replace(prompt, suffix_ids=suffix, suffix_mask=torch.ones_like(suffix), labels=suffix.clone(),
                     answer_mask=torch.zeros_like(suffix, dtype=torch.bool), blind=blind)
     with torch.no_grad():
@@ -494,7 +538,8 @@ def test_batched_generation_is_greedy_and_batch_independent(noisy_model, mixed_r
 @pytest.mark.parametrize("stage", [0, 1, K])
 def test_blind_generation_is_greedy_and_batch_independent(noisy_model, mixed_rows, stage, order):
     """answer_sees_question false in greedy generation: <eot> and every token from the marker (###) on are blind,
-    the tokens before it are text steps. A token the rows emit at different times stands in for ###."""
+    the tokens before it are text steps, in rows with text steps left; in the others (order last, and the
+    all-latent stage) every generated token is blind. A token the rows emit at different times stands in for ###."""
     model, tokenizer = noisy_model
     codec = Codec(tokenizer)
     steps = 10
@@ -516,7 +561,10 @@ def test_blind_generation_is_greedy_and_batch_independent(noisy_model, mixed_row
         assert generate(model, alone, -1, steps) == [full[i]]
         assert _greedy_reference(model, alone, full[i]) == full[i]
         rule_matters |= _greedy_reference(model, replace(alone, marker=None), full[i]) != full[i]
-    assert rule_matters  # treating every generated token as a text step would not reproduce the generation
+    # treating every generated token as a text step would not reproduce the generation, where there are any
+    assert rule_matters == (order == "first" and stage < K)
+    if order == "last" or stage == K:  # no text step left: the marker changes nothing
+        assert generate(model, prompt(mixed_rows), -1, steps) == full
 
 
 @pytest.mark.parametrize("stage", [1, K])

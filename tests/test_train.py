@@ -9,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cocoracle.config import InputError, run_seed
+from cocoracle.coconut import Codec, question_positions
+from cocoracle.config import SPLITS, InputError, run_seed
+from cocoracle.data import load_split
 from cocoracle.model import MARKERS, initial_model, load_checkpoint
-from cocoracle.train import batch_stages, micro_batches, stage_optimizer_steps, train_stage
+from cocoracle.train import _check_fits, batch_stages, micro_batches, stage_optimizer_steps, train_stage
 from conftest import tiny_params_dict
 
 CPU = torch.device("cpu")
@@ -63,7 +65,12 @@ def stage0(tmp_path_factory, data_dir):
     return params, root
 
 
-def test_train_stage_writes_a_safe_checkpoint(stage0, train_rows):
+def _longest_question(tokenizer, data_dir) -> int:
+    codec = Codec(tokenizer)
+    return max(len(codec.encode(r["question"])) for split in SPLITS for r in load_split(data_dir, split))
+
+
+def test_train_stage_writes_a_safe_checkpoint(stage0, train_rows, data_dir):
     params, root = stage0
     out = root / "stage-0a"
     files = {p.name for p in out.iterdir()}
@@ -78,6 +85,8 @@ def test_train_stage_writes_a_safe_checkpoint(stage0, train_rows):
     ids = tokenizer.convert_tokens_to_ids(MARKERS)  # each marker is one token of its own, never split or unknown
     assert len(set(ids)) == len(MARKERS) and tokenizer.unk_token_id not in ids
     assert [tokenizer.encode(marker, add_special_tokens=False) for marker in MARKERS] == [[i] for i in ids]
+    # positions reserved for the longest question of any split (the OOD split's), saved in the config
+    assert question_positions(model) == _longest_question(tokenizer, data_dir) == 10  # '1234 + 5678 =', digit by digit
     # training changed the weights of the seeded initial model
     initial, _ = initial_model(params["model"], train_rows, run_seed(params))
     trained = load_file(out / "model.safetensors")
@@ -105,6 +114,17 @@ def test_stage_1_starts_from_stage_0(stage0, data_dir):
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert tokenizer.get_vocab() == load_checkpoint(root / "stage-0a", CPU, torch.float32)[1].get_vocab()
+    assert question_positions(model) == _longest_question(tokenizer, data_dir)  # kept from stage 0
+
+
+def test_check_fits_refuses_a_question_longer_than_the_reservation(stage0, data_dir):
+    params, root = stage0
+    model, tokenizer = load_checkpoint(root / "stage-0a", CPU, torch.float32)
+    rows = [r for split in SPLITS for r in load_split(data_dir, split)]
+    _check_fits(model, Codec(tokenizer), rows, params["coconut"])
+    model.config.coconut_question_positions -= 1
+    with pytest.raises(InputError, match="reserves 9 positions"):
+        _check_fits(model, Codec(tokenizer), rows, params["coconut"])
 
 
 def test_train_stage_argument_errors(tiny_params, data_dir, tmp_path):
