@@ -129,7 +129,7 @@ PROBE = ["probe", "--params", "{params}", "--stage", "1", "--train", "{tmp}/none
 DEPTH = "is beyond the model's depth: hidden states are 0..model.tiny.n_layer (2; 0 = embeddings)"
 MODEL_REF = "is not 'tiny', an existing local directory, or a Hugging Face model id"
 CONFIG_KEYS = "params_file, data_dir, models_dir, results_dir, logs_dir, benchmarks_dir, train_processes"
-SECTIONS = "data, model, coconut, train, evaluate, activations, probes, oracle"
+SECTIONS = "run, data, model, coconut, train, evaluate, activations, probes, oracle"
 OUTSIDE = "outside what the checkpoint was trained on (two operands of 1 or 2 or 3 digits each)"
 NOT_A_SUM = "not a sum of two non-negative integers such as '347 + 285'"
 
@@ -197,7 +197,7 @@ ROWS: list[tuple[str, Make, list[str], str]] = [
     ("resume_every_0_minutes", params("resume.every_minutes", 0), GENERATE,
      "{params}: resume.every_minutes: 0 is less than or equal to the minimum of 0"),
     ("unknown_oracle_key", params("oracle.layer", 1), GENERATE,
-     "{params}: oracle.layer: unknown key (allowed: seed, stages, tasks, source_layer, inject_layers, "
+     "{params}: oracle.layer: unknown key (allowed: stages, tasks, source_layer, inject_layers, "
      "max_new_tokens, batch_size, separate, self)"),
     # config.yaml
     ("config_key_missing", config("models_dir", DELETE), DVC_YAML,
@@ -220,8 +220,8 @@ ROWS: list[tuple[str, Make, list[str], str]] = [
     ("stage_1_without_init", nothing, train("1"), "--init: stage 1 starts from the previous stage's checkpoint"),
     ("device_gpu", nothing, train("0", "--device", "gpu"),
      "argument --device: 'gpu' is not a device: auto, cpu, cuda or cuda:N"),
-    ("split_dev", checkpoint(), collect("1", "dev"),
-     "argument --split: invalid choice: 'dev' (choose from 'train', 'val', 'test', 'ood')"),
+    ("split_eval", checkpoint(), collect("1", "eval"),
+     "argument --split: invalid choice: 'eval' (choose from 'train', 'val', 'dev', 'test', 'ood')"),
     ("collect_stage_0", checkpoint(), collect("0", "train"), "--stage 0: activations exist at stages 1..3 only"),
     ("oracle_kind_both", checkpoint(), TRAIN_ORACLE,
      "argument --kind: invalid choice: 'both' (choose from 'separate', 'self')"),

@@ -48,7 +48,7 @@ def test_ask_defaults_are_the_last_stage_and_its_oracle_where_the_pipeline_write
     assert default_paths("config.yaml", stage=1) == ("out/models/seed-0/stage-1",
                                                      "out/models/seed-0/oracle/self/stage-1")
     _workspace(tmp_path, num_stages=3, oracle_stages=[1, 2], models_dir="m")  # no oracle at the last stage
-    assert default_paths("config.yaml") == ("m/stage-2", "m/oracle/self/stage-2")
+    assert default_paths("config.yaml") == ("m/seed-0/stage-2", "m/seed-0/oracle/self/stage-2")
     with pytest.raises(InputError, match=r"--stage 3: no oracle at this stage \(p.yaml oracle.stages: 1, 2\)"):
         default_paths("config.yaml", stage=3)
     with pytest.raises(InputError, match=r"--stage 4: p.yaml trains stages 0..3"):
@@ -60,10 +60,11 @@ def test_ask_defaults_are_the_last_stage_and_its_oracle_where_the_pipeline_write
 
 def test_ask_without_paths_reads_the_last_stages_checkpoint_with_its_oracle(tmp_path, monkeypatch, mixed_rows,
                                                                            capsys):
-    """On params with 2 stages, `cocoracle ask` alone finds models/seed-0/stage-2 and its self-oracle; the random model
-    writes no answer, which is said in a sentence."""
+    """On params with 2 stages, `cocoracle ask` alone finds models/seed-0/stage-2 and its self-oracle; the random
+    model writes no answer, which is said in a sentence."""
     params = _workspace(tmp_path, num_stages=2)
-    checkpoint, oracle_dir = tmp_path / "models" / "stage-2", tmp_path / "models" / "oracle" / "self" / "stage-2"
+    run = tmp_path / "models" / "seed-0"
+    checkpoint, oracle_dir = run / "stage-2", run / "oracle" / "self" / "stage-2"
     model, tokenizer = make_tiny_model(mixed_rows, dtype=torch.float32)
     save_checkpoint(model, tokenizer, checkpoint, {**params, "stage": 2})
     oracle, oracle_tokenizer, spec = build_oracle("self", params, 2, checkpoint, None, 32, CPU)

@@ -240,8 +240,11 @@ def _layout(params: dict) -> Layout:
 
 
 def _jobs(params: dict) -> dict[tuple, tuple]:
+    """The jobs of the first seed (and those no seed has), by (step, wildcard values but the seed)."""
     layout = _layout(params)
-    return {(step.name, *wildcards.values()): step.resolve(layout, wildcards) for step, wildcards in jobs(layout)}
+    first = layout.seeds[0]
+    return {(step.name, *(v for k, v in wildcards.items() if k != "seed")): step.resolve(layout, wildcards)
+            for step, wildcards in jobs(layout) if wildcards.get("seed", first) == first}
 
 
 def test_a_hub_model_is_fetched_once_before_stage_0_which_declares_and_loads_it():

@@ -47,9 +47,11 @@ def test_engines_declare_the_same_steps(tmp_path, params):
     assert set(smk) == set(dvc), "commands differ between workflow/rules and dvc.yaml"
     for cmd, (inputs, outputs) in dvc.items():
         assert smk[cmd] == (inputs, outputs), cmd
-    stages = load_params(repo / "params.yaml")["coconut"]["num_stages"] + 1
-    assert sum(c.startswith("cocoracle train ") for c in dvc) == stages
-    assert sum(c.startswith("cocoracle probe ") for c in dvc) == stages - 1
+    used = load_params(repo / "params.yaml")
+    stages, seeds = used["coconut"]["num_stages"] + 1, len(used["run"]["seeds"])
+    assert sum(c.startswith("cocoracle train ") for c in dvc) == stages * seeds
+    assert sum(c.startswith("cocoracle probe ") for c in dvc) == (stages - 1) * seeds
+    assert sum(c.startswith("cocoracle seed-report ") for c in dvc) == 1
 
 
 def test_engines_launch_training_under_torchrun_alike(tmp_path):
@@ -61,6 +63,7 @@ def test_engines_launch_training_under_torchrun_alike(tmp_path):
     smk, dvc = snakemake_jobs(repo), dvc_jobs(repo)
     assert set(smk) == set(dvc)
     launched = [c for c in dvc if " cocoracle train " in c]
-    assert len(launched) == 3 and all(c.startswith("torchrun --standalone --nproc-per-node 2 --no-python -- ")
-                                      for c in launched)
+    assert len(launched) == 3 * 2  # the smoke params: 3 stages, 2 seeds
+    assert all(c.startswith("torchrun --standalone --nproc-per-node 2 --no-python -- ")
+               for c in launched)
     assert not any(c.startswith("torchrun") for c in dvc if " cocoracle train " not in c)

@@ -30,6 +30,7 @@ from cocoracle.probes import (
 from cocoracle.stats import wilson
 from synthetic import synthetic_cache
 
+RUN = {"seeds": [0], "threads": 2, "held_out": "dev"}  # the run section the provenance reads
 PROBES = {"C_grid": [0.1, 1.0], "max_iter": 300, "labels": ["digit_written", "carry_out"],
           "step_labels": ["digit_written", "carry_out"]}
 OUTPUTS = ("table", "steps_table", "heatmap", "steps_heatmap", "metrics")
@@ -82,7 +83,7 @@ def test_steps_table_finds_each_step_where_it_is_encoded_and_nowhere_else(tmp_pa
 def test_run_probes_writes_tables_heatmaps_and_summary(tmp_path):
     caches = _caches(tmp_path, encoded=True)
     out = _outputs(tmp_path)
-    run_probes({"probes": {**PROBES, "joint": {**JOINT, "hidden": [8], "steps": 50}}}, 1,
+    run_probes({"probes": {**PROBES, "joint": {**JOINT, "hidden": [8], "steps": 50}}, "run": RUN}, 1,
                {s: c.path for s, c in caches.items()}, out)
     for png in ("heatmap", "steps_heatmap"):
         assert out[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -119,7 +120,8 @@ def test_run_probes_writes_tables_heatmaps_and_summary(tmp_path):
 def test_probes_stopped_by_max_iter_are_counted(tmp_path):
     caches = _caches(tmp_path, encoded=True)
     out = _outputs(tmp_path)
-    table, steps = run_probes({"probes": {**PROBES, "max_iter": 1}}, 1, {s: c.path for s, c in caches.items()}, out)
+    table, steps = run_probes({"probes": {**PROBES, "max_iter": 1}, "run": RUN}, 1,
+                              {s: c.path for s, c in caches.items()}, out)
     assert not table["converged"].any() and not steps["converged"].any()
     unconverged = json.loads(out["metrics"].read_text())["unconverged"]
     assert unconverged == {"max_iter": 1, "probes": len(table) + len(steps), "stopped": len(table) + len(steps)}

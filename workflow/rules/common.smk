@@ -41,7 +41,7 @@ GPU_MODEL = os.environ.get("COCORACLE_GPU_MODEL", "")  # SLURM GPU type for the 
 wildcard_constraints:
     seed=r"\d+",
     stage=r"\d+",
-    split=r"train|val|test|ood",
+    split=r"train|val|dev|test|ood",
     kind=r"separate|self",
     base=r"model|oracle",
 
