@@ -18,7 +18,7 @@ START = REPO / "scripts" / "start-localhost-slurm.sh"
 GPU_RULES = {"train_stage", "evaluate_stage", "collect_activations", "train_oracle", "evaluate_oracles"}
 ENV = {"SBATCH_PARTITION": "alt", "SBATCH_ACCOUNT": "cocoracle-ci", "COCORACLE_GPU_MODEL": "fake"}
 MEM_MB = 1000  # set for every rule with --set-resources: the localhost node may have less memory than rules ask
-BAR_S = 600  # the SLURM smoke run must finish within 10 minutes
+BAR_S = 900  # the SLURM smoke run (two seeds) must finish within 15 minutes
 REQUIRE = "COCORACLE_REQUIRE_SLURM"  # set (not 0): fail instead of skipping where SLURM cannot be installed
 THREADS = 2  # --cores for both runs (each job computes on run.threads whatever this is)
 
