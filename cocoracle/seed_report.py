@@ -27,7 +27,10 @@ from cocoracle.report_html import markdown_page
 
 SPLITS = ("val", "dev", "test", "ood")
 SECTIONS = {"accuracy": "Coconut answer accuracy", "oracle": "Oracles over all thoughts",
-            "oracle_thought": "Oracles per thought", "probe": "Thought probes (chosen on val, scored held out)"}
+            "oracle_thought": "Oracles per thought",
+            "reference": "Probe references for the oracles (linear-probe product, joint probe)",
+            "probe": "Thought probes (chosen on val, scored on the held-out split)"}
+REFERENCES = {"linear_product": "linear-probe product", "joint_probe": "joint probe"}
 
 
 def seed_interval(values: list[float]) -> tuple[float, float, float, float]:
@@ -101,6 +104,12 @@ def run_figures(run: Path, params: dict[str, Any]) -> pd.DataFrame:
                 name = f"stage {stage} · {label} · thought {thought}"
                 rows.append({"section": "probe", "figure": f"{name} · accuracy", "value": probe["accuracy"]})
                 rows.append({"section": "probe", "figure": f"{name} · majority baseline", "value": probe["baseline"]})
+        for key, reader in REFERENCES.items():
+            for task, cells in summary.get(key, {}).items():
+                for thought, cell in cells.items():
+                    where = "all thoughts" if thought == "all" else f"thought {thought}"
+                    rows.append({"section": "reference", "figure": f"stage {stage} · {reader} · {task} · {where}",
+                                 "value": cell["accuracy"]})
     return pd.DataFrame(rows, columns=["section", "figure", "value"])
 
 

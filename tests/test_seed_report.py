@@ -52,3 +52,38 @@ def test_headline_across_keeps_each_key_path_with_mean_low_high():
     assert low < 0.6 < high
     single = headline_across({0: [{"eval": {"stage-1": {"test": 0.8}}}]})
     assert single["eval"]["stage-1"]["test"] == {"mean": 0.8, "low": None, "high": None}
+
+
+def _one_seeds_results(run, accuracy: float) -> None:
+    """A seed's results files for params with one latent stage: what run_figures reads."""
+    import json
+
+    for kind in ("eval", "probes", "oracle"):
+        (run / kind).mkdir(parents=True)
+    for stage in (0, 1):
+        split = {"accuracy": accuracy, "teacher_forced": 1.0, "n": 40}
+        (run / "eval" / f"stage-{stage}.json").write_text(json.dumps({"stage": stage, "val": split, "dev": split}))
+    cell = {"accuracy": accuracy / 2}
+    (run / "probes" / "stage-1.json").write_text(json.dumps({
+        "stage": 1, "by_thought": {"carry_out": {"0": {"accuracy": accuracy, "baseline": 0.5}}},
+        "linear_product": {"step": {"0": cell, "all": cell}}, "joint_probe": {"step": {"0": cell, "all": cell}}}))
+    rows = [{"oracle": "self", "condition": "oracle", "task": "step", "thought": thought, "exact_match": accuracy,
+             "exact_match_best_baseline": "shuffled"} for thought in ("0", "all")]
+    rows += [{"oracle": "self", "condition": "shuffled", "task": "step", "thought": thought, "exact_match": 0.1,
+              "exact_match_best_baseline": ""} for thought in ("0", "all")]
+    pd.DataFrame(rows).to_csv(run / "oracle" / "stage-1.csv", index=False)
+
+
+def test_run_figures_read_every_figure_of_a_seed_with_its_baselines_and_references(tmp_path, tiny_params):
+    from cocoracle.seed_report import run_figures
+
+    params = {**tiny_params, "coconut": {**tiny_params["coconut"], "num_stages": 1}}
+    _one_seeds_results(tmp_path, 0.8)
+    figures = run_figures(tmp_path, params).set_index("figure")["value"]
+    assert figures["stage 1 · dev · free generation"] == 0.8 and figures["stage 1 · dev · teacher-forced"] == 1.0
+    assert figures["stage 1 · self · step · all thoughts · EM"] == 0.8
+    assert figures["stage 1 · self · step · thought 0 · best baseline EM"] == 0.1
+    assert figures["stage 1 · carry_out · thought 0 · majority baseline"] == 0.5
+    assert figures["stage 1 · joint probe · step · all thoughts"] == 0.4
+    assert figures["stage 1 · linear-probe product · step · thought 0"] == 0.4
+    assert "stage 1 · val · teacher-forced" not in figures  # teacher-forced on the held-out split only
