@@ -296,7 +296,9 @@ def probe_caches(caches: dict[str, ActivationCache], stage: int, probes: dict[st
             data[split] = (cache.load(tensor, rows["row"].to_numpy()), _unit_targets(rows, pos[0], n_steps, probes))
         return data
 
-    jobs = Parallel(n_jobs=max(1, torch.get_num_threads()), return_as="generator")(
+    # the units side by side on the job's run.threads; each fit's BLAS on one thread in every worker, whatever the
+    # machine's cores (joblib would give each worker cores // workers)
+    jobs = Parallel(n_jobs=max(1, torch.get_num_threads()), return_as="generator", inner_max_num_threads=1)(
         delayed(_fit_unit)(load(tensor, pos), probes) for tensor, pos in units)
     thoughts, steps, hits, joint, joint_hits = [], [], {}, [], {}
     for (tensor, (position, offset)), fits in zip(units, tqdm(jobs, total=len(units), desc=f"probes stage {stage}"),
