@@ -35,11 +35,16 @@ def _git(repo: Path, *args: str) -> str:
 
 def _keep_only(repo: Path, target: str) -> None:
     """Cut the copy's dvc.yaml down to target and the stages it depends on (as `dvc dag` finds them): a whole
-    pipeline of its own, which `dvc status` and `dvc exp apply` see complete."""
+    pipeline of its own, which `dvc status` and `dvc exp apply` see complete. The whole DAG's metrics are the
+    across-seed report's, which needs every stage: the cut pipeline shows the target's headline (METRICS) instead."""
     keep = set(re.findall(r'^"(\w+)";$', run(["dvc", "dag", "--dot", target], cwd=repo).stdout, re.MULTILINE))
     assert target in keep
     pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
     pipeline["stages"] = {name: stage for name, stage in pipeline["stages"].items() if name in keep}
+    stage = pipeline["stages"][target]
+    headline = next(out for out in stage["outs"] if METRICS in out)
+    stage["outs"].remove(headline)
+    stage["metrics"] = [headline]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 

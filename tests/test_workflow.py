@@ -228,11 +228,12 @@ def test_editing_a_module_reruns_exactly_the_steps_that_import_it(snakemake_repo
 
 
 @pytest.mark.parametrize("module, stages", [
-    ("cocoracle/atomic.py", 22),  # every one of the smoke DAG's 22 stages writes its outputs through it
-    ("cocoracle/probes.py", 2),  # probe_stage_1_seed_0, probe_stage_2_seed_0
-    ("cocoracle/train.py", 3),  # train_stage_0_seed_0..2
-    ("cocoracle/oracle/evaluate.py", 2),  # evaluate_oracles_stage_1_seed_0, _2
-    ("cocoracle/report.py", 1),
+    ("cocoracle/atomic.py", 44),  # every one of the smoke DAG's 44 stages (21 per seed) writes through it
+    ("cocoracle/probes.py", 4),  # probe_stage_{1,2}_seed_{0,1}
+    ("cocoracle/train.py", 6),  # train_stage_{0..2}_seed_{0,1}
+    ("cocoracle/oracle/evaluate.py", 4),  # evaluate_oracles_stage_{1,2}_seed_{0,1}
+    ("cocoracle/report.py", 2),  # report_seed_{0,1}
+    ("cocoracle/seed_report.py", 1),
     ("cocoracle/sync.py", 0),  # `cocoracle pull` is no step
 ])
 def test_code_dependencies_match_what_the_code_imports(dvc_repo, module, stages):
@@ -252,15 +253,19 @@ def test_snakemake_html_report_holds_the_figures_tables_and_run_statistics(snake
         return json.loads(re.search(rf"^\s*var {name} = (\{{.*\}});$", html, re.M).group(1))
 
     results, categories = variable("results"), variable("categories")
-    r, latent = "results", STAGES[1:]  # smoke params: oracle.stages = all latent stages
-    expected = {f"{r}/report.md": ("Results", "all stages"), f"{r}/report/results.html": ("Results", "all stages"),
-                f"{r}/report/training.png": ("Training", "all runs"),
-                f"{r}/report/accuracy.csv": ("Coconut", "all stages"),
-                f"{r}/report/accuracy.png": ("Coconut", "all stages"),
-                f"{r}/report/oracle.png": ("Oracles", "all stages"),
-                **{f"{r}/oracle/stage-{k}.csv": ("Oracles", f"stage {k}") for k in latent},
-                **{f"{r}/probes/stage-{k}{end}": ("Probes", f"stage {k}") for k in latent
-                   for end in (".csv", "-steps.csv", ".png", "-steps.png")}}
+    r, latent = "results/seed-0", STAGES[1:]  # smoke params: oracle.stages = all latent stages
+    expected = {path: ("Results", "across seeds")
+                for path in ("results/report.md", "results/report/seeds.csv", "results/report/seeds.png")}
+    for seed in SEEDS:
+        run_dir, where = f"results/seed-{seed}", f"seed {seed}"
+        expected |= {f"{run_dir}/report.md": ("Results", where), f"{run_dir}/report/results.html": ("Results", where),
+                     f"{run_dir}/report/training.png": ("Training", where),
+                     f"{run_dir}/report/accuracy.csv": ("Coconut", where),
+                     f"{run_dir}/report/accuracy.png": ("Coconut", where),
+                     f"{run_dir}/report/oracle.png": ("Oracles", where),
+                     **{f"{run_dir}/oracle/stage-{k}.csv": ("Oracles", f"{where}, stage {k}") for k in latent},
+                     **{f"{run_dir}/probes/stage-{k}{end}": ("Probes", f"{where}, stage {k}") for k in latent
+                        for end in (".csv", "-steps.csv", ".png", "-steps.png")}}
     placed = {path: (category, sub) for category, subs in categories.items() for sub, paths in subs.items()
               for path in paths}
     assert placed == expected
@@ -275,7 +280,7 @@ def test_snakemake_html_report_holds_the_figures_tables_and_run_statistics(snake
     assert page.count("<table>") == markdown.count("\n|---") > 5 and "<h2>Oracles</h2>" in page  # report.md's
     accuracy = (snakemake_repo / r / "report" / "accuracy.csv").read_text().splitlines()
     assert accuracy[0] == "stage,split,n,accuracy,accuracy_low,accuracy_high,teacher_forced,truncated"
-    assert len(accuracy) == 1 + 3 * len(STAGES)  # val, test and ood of every stage
+    assert len(accuracy) == 1 + 3 * len(STAGES)  # val, dev and ood of every stage
     caption = results[f"{r}/report/accuracy.csv"]["caption"]  # the table itself, shown in its description
     assert all(f"<td>{cell}</td>" in caption for line in accuracy[1:] for cell in line.split(","))
     runtimes = json.loads(re.search(r"var runtimes_spec = (\{.*?\});\n", html).group(1))["data"]["values"]
@@ -292,7 +297,7 @@ def _planned_jobs(dry_run: str) -> set[str]:
 def test_snakemake_reruns_only_evaluation_after_an_evaluate_param_change(snakemake_copy):
     set_param(snakemake_copy, "evaluate", "extra_tokens", 5)
     dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_copy).stdout
-    assert _planned_jobs(dry) == {"evaluate_stage", "report", "all"}, dry
+    assert _planned_jobs(dry) == {"evaluate_stage", "report", "seed_report", "all"}, dry
     before = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + EVAL)
     run(["snakemake", "--cores", "2"], cwd=snakemake_copy)
     after = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + EVAL)
@@ -303,7 +308,7 @@ def test_snakemake_reruns_only_evaluation_after_an_evaluate_param_change(snakema
 def test_snakemake_reruns_only_probes_after_a_probe_param_change(snakemake_copy):
     set_param(snakemake_copy, "probes", "C_grid", [0.5])
     dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_copy).stdout
-    assert _planned_jobs(dry) == {"probe_stage", "report", "all"}, dry
+    assert _planned_jobs(dry) == {"probe_stage", "report", "seed_report", "all"}, dry
     before = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES)
     run(["snakemake", "--cores", "2"], cwd=snakemake_copy)
     after = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES)
@@ -314,7 +319,7 @@ def test_snakemake_reruns_only_probes_after_a_probe_param_change(snakemake_copy)
 def test_dvc_reruns_only_evaluation_after_an_evaluate_param_change(dvc_copy):
     set_param(dvc_copy, "evaluate", "extra_tokens", 5)
     status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_copy).stdout)
-    assert set(status) == {f"evaluate_stage_{k}" for k in STAGES}
+    assert set(status) == {f"evaluate_stage_{k}_seed_{seed}" for k in STAGES for seed in SEEDS}
     before = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES + EVAL)
     out = run(["dvc", "repro"], cwd=dvc_copy).stdout
     after = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES + EVAL)
@@ -326,7 +331,7 @@ def test_dvc_reruns_only_evaluation_after_an_evaluate_param_change(dvc_copy):
 def test_dvc_reruns_only_probes_after_a_probe_param_change(dvc_copy):
     set_param(dvc_copy, "probes", "C_grid", [0.5])
     status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_copy).stdout)
-    assert set(status) == {f"probe_stage_{k}" for k in STAGES[1:]}
+    assert set(status) == {f"probe_stage_{k}_seed_{seed}" for k in STAGES[1:] for seed in SEEDS}
     before = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES)
     run(["dvc", "repro"], cwd=dvc_copy)
     after = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES)
@@ -339,8 +344,8 @@ def test_snakemake_reruns_only_the_self_oracle_after_its_param_change(snakemake_
     params["oracle"]["self"]["mix"] = 0.5
     (snakemake_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dry = run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_copy).stdout
-    assert _planned_jobs(dry) == {"train_oracle", "evaluate_oracles", "report", "all"}, dry
-    assert dry.count("rule train_oracle:") == 2 and "output: models/seed-0/oracle/separate" not in dry, dry
+    assert _planned_jobs(dry) == {"train_oracle", "evaluate_oracles", "report", "seed_report", "all"}, dry
+    assert dry.count("rule train_oracle:") == 2 * len(SEEDS) and "output: models/seed-0/oracle/separate" not in dry, dry
     before = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
     run(["snakemake", "--cores", "2"], cwd=snakemake_copy)
     after = _mtimes(snakemake_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
@@ -353,7 +358,7 @@ def test_dvc_reruns_only_the_self_oracle_after_its_param_change(dvc_copy):
     params["oracle"]["self"]["mix"] = 0.5
     (dvc_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_copy).stdout)
-    assert set(status) == {f"train_self_oracle_stage_{k}" for k in STAGES[1:]}
+    assert set(status) == {f"train_self_oracle_stage_{k}_seed_{seed}" for k in STAGES[1:] for seed in SEEDS}
     before = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
     run(["dvc", "repro"], cwd=dvc_copy)
     after = _mtimes(dvc_copy, UPSTREAM + CACHES + PROBES + SEPARATE + SELF + ORACLE_EVAL)
