@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers_workflow import BIN, REPO, copy_run, differing_outputs, output_difference, repo_copy, run
+from helpers_workflow import BIN, REPO, SMOKE_PARAMS, copy_run, differing_outputs, output_difference, repo_copy, run
 
 pytestmark = pytest.mark.e2e
 START = REPO / "scripts" / "start-localhost-slurm.sh"
@@ -21,6 +21,7 @@ MEM_MB = 1000  # set for every rule with --set-resources: the localhost node may
 BAR_S = 900  # the SLURM smoke run (two seeds) must finish within 15 minutes
 REQUIRE = "COCORACLE_REQUIRE_SLURM"  # set (not 0): fail instead of skipping where SLURM cannot be installed
 THREADS = 2  # --cores for both runs (each job computes on run.threads whatever this is)
+RUN_THREADS = yaml.safe_load(SMOKE_PARAMS.read_text())["run"]["threads"]  # the CPUs each computing job asks for
 
 
 def _no_slurm(message: str) -> None:
@@ -110,7 +111,8 @@ def test_slurm_jobs_get_the_resources_the_rules_and_profile_ask_for(slurm):
         info = _scontrol(slurm_id)
         assert info["Partition"] == ENV["SBATCH_PARTITION"], (rule, info)  # not the default partition
         assert resources["slurm_account"] == info["Account"] == ENV["SBATCH_ACCOUNT"], (rule, info)
-        assert int(info["CPUs/Task"]) == threads and threads == (1 if rule in ("generate", "report") else THREADS)
+        single = rule in ("generate", "report", "seed_report")
+        assert int(info["CPUs/Task"]) == threads and threads == (1 if single else RUN_THREADS), (rule, info)
         assert resources["mem_mb"] == str(MEM_MB) and info["MinMemoryNode"] == f"{MEM_MB}M", (rule, info)
         minutes = int(resources["runtime"])
         assert info["TimeLimit"] == f"{minutes // 60:02d}:{minutes % 60:02d}:00", (rule, info)
