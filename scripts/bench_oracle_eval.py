@@ -60,8 +60,9 @@ def main() -> int:
     oracle = params["oracle"]
     stage = params["coconut"]["num_stages"] if args.stage is None else args.stage
     oracle_dir = args.run / f"models/seed-{args.seed}/oracle/{args.kind}/stage-{stage}"
-    caches = {split: ActivationCache(args.run / f"results/seed-{args.seed}/activations/stage-{stage}/{split}")
-              for split in ("train", "test")}
+    run_caches = args.run / f"results/seed-{args.seed}/activations/stage-{stage}"
+    caches = {"train": ActivationCache(run_caches / "train"),  # the scored role is the held-out split's cache
+              "test": ActivationCache(run_caches / params["run"]["held_out"])}
     times: dict[str, list[float]] = {"shared": [], "every item": [], "prompt passes": []}
     for _ in range(args.repeats):
         (items, shared), seconds = timed(answer_conditions, args.kind, oracle_dir, caches, params, stage, CPU)

@@ -142,6 +142,6 @@ def test_a_fresh_clone_pulls_from_the_remote_and_both_engines_are_up_to_date(exp
     # the recorded metadata keeps param changes rerunning exactly what they affect
     set_param(clone, "evaluate", "extra_tokens", 5)
     assert _planned_jobs(run(["snakemake", "-n", "--cores", "1"], cwd=clone).stdout) == {
-        "evaluate_stage", "report", "all"}
+        "evaluate_stage", "report", "seed_report", "all"}
     assert set(json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout)) == {
-        "evaluate_stage_0_seed_0", "evaluate_stage_1_seed_0", "evaluate_stage_2_seed_0"}
+        f"evaluate_stage_{stage}_seed_{seed}" for stage in (0, 1, 2) for seed in (0, 1)}

@@ -380,8 +380,9 @@ def test_bench_noop_times_no_op_and_incremental_planning(snakemake_copy):
     assert (snakemake_copy / "params.yaml").read_text() == params
     lines = [line for line in out.splitlines() if not line.startswith("FIGURE")]
     assert re.search(r"^snakemake -n .* no-op$", lines[1]) and re.search(r"^dvc status .* no-op$", lines[2]), out
-    assert lines[3].endswith("after probes.max_iter=301: probe_stage x2, report, all"), out
-    assert lines[4].endswith("after probes.max_iter=301: " + ", ".join(f"probe_stage_{k}" for k in STAGES[1:])), out
+    assert lines[3].endswith("after probes.max_iter=301: probe_stage x4, report x2, seed_report, all"), out
+    probe_stages = sorted(f"probe_stage_{k}_seed_{seed}" for k in STAGES[1:] for seed in SEEDS)
+    assert lines[4].endswith("after probes.max_iter=301: " + ", ".join(probe_stages)), out
 
 
 def test_bench_oracle_eval_answers_as_decoding_every_item(snakemake_repo):
