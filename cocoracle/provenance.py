@@ -34,11 +34,15 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni
 
 def _git(*args: str) -> str | None:
     """git in the workspace the step runs in (the engines run every step from the repository root)."""
+    return _command("git", *args)
+
+
+def _command(*args: str) -> str | None:
+    """A command's output, stripped; None where it cannot run or fails."""
     try:
-        proc = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, check=True)
+        return subprocess.run(args, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return proc.stdout.strip()
 
 
 def _version(name: str) -> str | None:
@@ -76,13 +80,6 @@ def cpu_kind() -> dict[str, Any]:
         model = _command("sysctl", "-n", "machdep.cpu.brand_string") or model
     return {"model": model, "machine": platform.machine(), "isa": [flag for flag in ISA_FLAGS if flag in flags],
             "torch_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def _command(*args: str) -> str | None:
-    try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def base_record(name: str, revision: str | None, directory: str | Path) -> dict[str, Any]:

@@ -27,7 +27,6 @@ REPORT_PLOTS = ("accuracy", "oracle", "training")
 LIVE_METRICS, LIVE_PLOTS = "metrics.json", "plots/metrics"  # what dvclive writes in its directory
 ORACLE_SHARED_KEYS = ["oracle.tasks", "oracle.max_new_tokens", "oracle.batch_size"]
 WILDCARD_TYPES: dict[str, Callable[[str], Any]] = {"seed": int, "stage": int, "split": str, "kind": str, "base": str}
-RUN = "seed-{seed}"  # a training seed's directory under models, results and logs
 THREADS = ["run.threads"]  # what every computing step reads besides its own section
 FETCHED = "{models}/base/{base}"  # a hub model fetched at its revision: base 'model' (model.name) or 'oracle'
 # config.yaml's keys and their types (workflow/schemas/config.schema.yaml): paths, and processes per training stage
