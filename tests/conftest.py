@@ -5,7 +5,8 @@ The unit fixtures are sized so that the fast loop (`python -m pytest -q`: no e2e
 about 3 minutes on two CPU cores. Every end-to-end module shares the two finished smoke runs instead of running its
 own DAG: a test reads `snakemake_repo` / `dvc_repo` (shared, put back whatever it changes) or takes a copy of its
 own (`snakemake_copy` / `dvc_copy`) to change; `snakemake_run` / `dvc_run` are the untouched originals that runs are
-compared with.
+compared with. The DVC run, whose stages run one at a time on one core, starts in the background when the first
+test starts, and the end-to-end tests run last: the unit tests use the other core meanwhile.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import torch
 
 # isort: on
 from cocoracle.config import read_yaml, validate_params
-from fastloop import pytest_addoption, pytest_collection_modifyitems, pytest_report_header  # noqa: F401  the hooks
+from fastloop import pytest_addoption, pytest_report_header  # noqa: F401  the hooks
+from fastloop import pytest_collection_modifyitems as fastloop_selection
 
 # Tiny models are much faster on one thread, and a busy machine makes several threads slower still.
 torch.set_num_threads(1)
@@ -178,6 +180,49 @@ def _finished(tmp_path_factory, name: str, command: list[str]) -> FinishedRun:
     return FinishedRun(repo, proc.stdout + proc.stderr)
 
 
+@dataclass(frozen=True)
+class BackgroundRun:
+    """A smoke run going on beside the tests: `dvc repro` runs its stages one at a time on one core, so it is
+    started once the tests are collected and the tests that do not need it run on the other core meanwhile."""
+
+    repo: Path
+    log: Path
+    process: subprocess.Popen
+
+    def finished(self, timeout: int = 3600) -> FinishedRun:
+        """Wait for the run; fail with the end of its log if it failed."""
+        code = self.process.wait(timeout=timeout)
+        log = self.log.read_text()
+        assert code == 0, f"`dvc repro` failed ({code}) in {self.repo}:\n{log[-8000:]}"
+        return FinishedRun(self.repo, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_dvc_run(request, tmp_path_factory):
+    """Start the session's DVC smoke run when the first test starts, if any selected test needs it."""
+    if not any("dvc_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    from helpers_workflow import engine_env, repo_copy
+
+    repo = repo_copy(tmp_path_factory.mktemp("dvc"))
+    log = tmp_path_factory.mktemp("dvc-log") / "dvc-repro.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(["dvc", "repro"], cwd=repo, env=engine_env(), stdout=out,
+                                   stderr=subprocess.STDOUT)
+    yield BackgroundRun(repo, log, process)
+    if process.poll() is None:  # the session ended (or stopped) before a test needed it
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast loop's choice (fastloop.py), then the end-to-end tests last, so that the unit tests run beside the
+    background DVC run."""
+    fastloop_selection(config, items)
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
+
 @pytest.fixture(scope="session")
 def snakemake_run(tmp_path_factory) -> FinishedRun:
     """The smoke DAG run once per session by `snakemake --cores 2`: the original every comparison uses. No test
@@ -186,10 +231,11 @@ def snakemake_run(tmp_path_factory) -> FinishedRun:
 
 
 @pytest.fixture(scope="session")
-def dvc_run(tmp_path_factory) -> FinishedRun:
-    """The smoke DAG run once per session by `dvc repro` (the same params and threads as `snakemake_run`). No test
-    changes anything in it; to change a run, take `dvc_copy`."""
-    return _finished(tmp_path_factory, "dvc", ["dvc", "repro"])
+def dvc_run(background_dvc_run: BackgroundRun) -> FinishedRun:
+    """The smoke DAG run once per session by `dvc repro` (the same params and threads as `snakemake_run`), started
+    in the background when the session's first test started. No test changes anything in it; to change a run,
+    take `dvc_copy`."""
+    return background_dvc_run.finished()
 
 
 def _copy(run: FinishedRun, parent: Path) -> Path:

@@ -20,11 +20,7 @@ BIN = Path(sys.executable).parent
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command with the project's environment on PATH; on failure show its output."""
-    # no OMP_NUM_THREADS here: snakemake sets it to a job's threads, and float results depend on it,
-    # so both engines must see the machine's default for their results to match bit for bit
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=engine_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -182,7 +178,9 @@ def describe_difference(a: Path, b: Path) -> str:
 
 def engine_env() -> dict[str, str]:
     """The environment `run` gives its commands, for those started otherwise (e.g. with output to a file:
-    `dvc queue start` spawns workers that inherit its stdout, so `run`'s pipes would stay open until they exit)."""
+    `dvc queue start` spawns workers that inherit its stdout, so `run`'s pipes would stay open until they exit).
+    No OMP_NUM_THREADS: snakemake sets it to a job's threads, and float results depend on it, so both engines
+    must see the machine's default for their results to match bit for bit."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
     return env

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
@@ -125,12 +126,19 @@ def test_both_engines_write_the_same_bytes(snakemake_run, dvc_run):
 def test_core_count_changes_no_byte(snakemake_run, tmp_path):
     """Every step computes on run.threads threads whatever the engine's cores: seed 0's training, collection, probes
     and oracle training through stage 1, run on --cores 1 and on --cores 4, write the bytes of the session's run
-    on --cores 2 (within the rare run-to-run noise that differing_outputs warns of)."""
+    on --cores 2 (within the rare run-to-run noise that differing_outputs warns of). The two runs go side by side,
+    each in its own copy."""
     targets = ["results/seed-0/probes/stage-1.json", "models/seed-0/oracle/self/stage-1",
                "models/seed-0/oracle/separate/stage-1"]
-    for cores in (1, 4):
+
+    def finished(cores: int):
         repo = repo_copy(tmp_path / f"cores-{cores}")
         run(["snakemake", "--cores", str(cores), *targets], cwd=repo)
+        return cores, repo
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(finished, (1, 4)))
+    for cores, repo in runs:
         made = {str(p.relative_to(repo)) for p in (repo / "models").rglob("*.safetensors")}
         assert {"models/seed-0/stage-1/model.safetensors",
                 "models/seed-0/oracle/self/stage-1/model.safetensors"} <= made
@@ -213,16 +221,27 @@ def _snakemake_plan(repo) -> dict[frozenset[str], set[str]]:
 
 def test_editing_a_module_reruns_exactly_the_steps_that_import_it(snakemake_repo, dvc_repo):
     """Every package module: DVC plans exactly the stages whose command imports it; Snakemake plans those
-    jobs, each with the module among its inputs, and the jobs downstream of them, and nothing else."""
+    jobs, each with the module among its inputs, and the jobs downstream of them, and nothing else. (The two
+    engines plan side by side, each in its own copy: each plan is one process on one core.)"""
+
+    def dvc_plans():
+        plans = {}
+        for module in MODULES:
+            with _edited(dvc_repo, module):
+                plans[module] = set(json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}"))
+        return plans
+
+    with ThreadPoolExecutor(1) as pool:
+        dvc_planned = pool.submit(dvc_plans)
+        for module in MODULES:
+            importing, rerun, _ = _code_jobs(snakemake_repo, module)
+            with _edited(snakemake_repo, module):
+                planned = _snakemake_plan(snakemake_repo)
+            assert set(planned) == rerun, module
+            assert {job for job, inputs in planned.items() if module in inputs} == importing, module
+        dvc_planned = dvc_planned.result()
     for module in MODULES:
-        importing, rerun, stages = _code_jobs(snakemake_repo, module)
-        with _edited(snakemake_repo, module):
-            planned = _snakemake_plan(snakemake_repo)
-        assert set(planned) == rerun, module
-        assert {job for job, inputs in planned.items() if module in inputs} == importing, module
-        with _edited(dvc_repo, module):
-            status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}")
-        assert set(status) == stages, module
+        assert dvc_planned[module] == _code_jobs(snakemake_repo, module)[2], module
     assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
     assert json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}") == {}
 
