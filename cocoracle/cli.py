@@ -165,6 +165,11 @@ def cmd_pull(args: argparse.Namespace) -> None:
     pull(remote=args.remote, fetch=not args.no_fetch)
 
 
+def cmd_commit(args: argparse.Namespace) -> None:
+    from cocoracle.sync import commit
+    commit()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the usage itself is under --help)."""
 
@@ -347,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pull", cmd_pull, "dvc pull, check the outputs are current, record them for Snakemake")
     p.add_argument("--remote", help="DVC remote to pull from (default: the default remote)")
     p.add_argument("--no-fetch", action="store_true", help="`dvc checkout` from the local cache instead of pulling")
+    command("commit", cmd_commit, "after a Snakemake run: check it is current, record its outputs for DVC "
+            "(dvc commit --force)")
     p = command("provenance", cmd_provenance, "what made a checkpoint, oracle, cache or metrics file")
     p.add_argument("path", help="a checkpoint or oracle directory, a cache directory or a metrics JSON")
     return parser
