@@ -21,6 +21,7 @@ from cocoracle.config import ORACLE_KINDS, SPLITS, THOUGHT_TASKS, InputError, lo
 from cocoracle.engine_lock import check_free
 from cocoracle.numerics import pin_threads
 from cocoracle.writer_lock import hold_writers
+from cocoracle.writer_lock import release as release_writers
 
 # the commands the pipeline's steps run (cocoracle/steps.py): they refuse while another engine's run holds the
 # workspace (cocoracle/engine_lock.py), and hold the writer lock of each output they write, waiting for another
@@ -378,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run_command(args, argv)
+    finally:  # the writer locks end with the command (the process's end releases them anyway)
+        release_writers()
+
+
+def _run_command(args: argparse.Namespace, argv: list[str] | None) -> int:
     start = time.perf_counter()
     try:
         waited = []
