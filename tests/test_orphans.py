@@ -36,7 +36,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}").is_dir() and "(Z)" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:4]
+    try:  # a zombie (ended, not yet reaped by whoever adopted the orphan) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _until(condition, what: str, timeout: float = 300) -> None:
