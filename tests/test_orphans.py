@@ -110,7 +110,7 @@ def test_slurm_orphan_is_not_joined_by_a_second_writer(cluster, snakemake_copy, 
     def job_logs() -> str:
         return "".join(p.read_text() for p in (repo / ".snakemake/slurm_logs").rglob("*.log"))
 
-    cmd = ["env", "-u", "COCORACLE_GPU_MODEL", "snakemake", "--cores", "2", *SLURM, TARGET]
+    cmd = ["env", "-u", "COCORACLE_GPU_MODEL", "snakemake", TARGET, "--cores", "2", *SLURM]  # (--set-resources: last)
     orphan, logs = _orphan_then_rerun(repo, cmd, job_logs)
     _check(repo, snakemake_run.repo, orphan, logs)
 
