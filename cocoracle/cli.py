@@ -20,9 +20,12 @@ from typing import NoReturn
 from cocoracle.config import ORACLE_KINDS, SPLITS, THOUGHT_TASKS, InputError, load_params
 from cocoracle.engine_lock import check_free
 from cocoracle.numerics import pin_threads
+from cocoracle.writer_lock import hold_writers
+from cocoracle.writer_lock import release as release_writers
 
 # the commands the pipeline's steps run (cocoracle/steps.py): they refuse while another engine's run holds the
-# workspace (cocoracle/engine_lock.py)
+# workspace (cocoracle/engine_lock.py), and hold the writer lock of each output they write, waiting for another
+# live writer of it to end (cocoracle/writer_lock.py; the output options are each command's `writes`)
 STEP_COMMANDS = {"generate", "fetch-model", "train", "evaluate", "collect", "probe", "train-oracle", "evaluate-oracle",
                  "report", "seed-report"}
 
@@ -163,6 +166,11 @@ def cmd_pull(args: argparse.Namespace) -> None:
     pull(remote=args.remote, fetch=not args.no_fetch)
 
 
+def cmd_commit(args: argparse.Namespace) -> None:
+    from cocoracle.sync import commit
+    commit()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the usage itself is under --help)."""
 
@@ -232,6 +240,17 @@ def _paths(parser: argparse.ArgumentParser, **helps: str) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", required=True, help=help)
 
 
+def _writes(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Declare the options naming what the command writes (files or directories): it holds their writer locks
+    (cocoracle/writer_lock.py) before touching any of them."""
+    parser.set_defaults(writes=(*(parser.get_default("writes") or ()), *names))
+
+
+def written(args: argparse.Namespace) -> list[str]:
+    """The paths a parsed command writes: the values of its `writes` options."""
+    return [str(getattr(args, name)) for name in getattr(args, "writes", ()) if getattr(args, name)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cocoracle", description=__doc__)
     parser.add_argument("--version", action=_Version)
@@ -253,28 +272,34 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-params", cmd_check_params, "validate a parameter file and exit", params)
     p = command("generate", cmd_generate, "write the addition problems as <split>.parquet", params)
     p.add_argument("--out", default="data", help="output directory")
+    _writes(p, "out")
     p = command("fetch-model", cmd_fetch_model, "download a Hugging Face base model at its pinned revision", params)
     p.add_argument("--which", required=True, choices=["model", "oracle"],
                    help="model: model.name at model.revision; oracle: oracle.separate.base at its revision")
     _paths(p, out="directory to write (config, safetensors weights, tokenizer)")
+    _writes(p, "out")
     p = command("train", cmd_train, "train one Coconut curriculum stage", params, seed, device, data, stage)
     p.add_argument("--init", help="checkpoint to start from (the previous stage's; not for stage 0)")
     p.add_argument("--base", help="stage 0: directory holding model.name's weights (the fetched or local model)")
     _paths(p, out="checkpoint directory to write", live="dvclive directory for the training curves")
+    _writes(p, "out", "live")
     p = command("evaluate", cmd_evaluate, "answer accuracy of one stage's checkpoint", params, seed, device, data,
                 stage)
     _paths(p, checkpoint="checkpoint directory", metrics="metrics JSON to write",
            predictions="per-problem predictions parquet to write")
+    _writes(p, "metrics", "predictions")
     p = command("collect", cmd_collect, "cache the activations at every latent thought of one split",
                 params, seed, device, data, stage)
     p.add_argument("--split", required=True, choices=SPLITS)
     _paths(p, checkpoint="checkpoint directory", out="cache directory to write")
+    _writes(p, "out")
     p = command("probe", cmd_probe, "linear probes over one stage's activation caches", params, seed, stage)
     _paths(p, train="train activation cache directory", val="val activation cache directory",
            held_out="the held-out split's activation cache (run.held_out: dev, or test for final figures)",
            table="CSV: each thought against its own step's labels",
            steps_table="CSV: every position against every step's labels", heatmap="PNG heatmap of the first table",
            steps_heatmap="PNG step x position heatmap", metrics="JSON summary (probes chosen on val) to write")
+    _writes(p, "table", "steps_table", "heatmap", "steps_heatmap", "metrics")
     p = command("train-oracle", cmd_train_oracle, "train the separate oracle or the self-oracle of one stage",
                 params, seed, device, data, stage)
     p.add_argument("--kind", required=True, choices=ORACLE_KINDS)
@@ -282,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _paths(p, checkpoint="the stage's Coconut checkpoint", train="train activation cache",
            val="val activation cache", out="oracle directory to write",
            live="dvclive directory for the training curves")
+    _writes(p, "out", "live")
     p = command("evaluate-oracle", cmd_evaluate_oracle, "score both oracles of one stage next to trivial baselines",
                 params, seed, device, data, stage)
     p.add_argument("--self", dest="self_oracle", required=True, help="self-oracle directory")
@@ -290,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
            held_out="the held-out split's activation cache (the scored items)",
            table="CSV: metrics per oracle, condition, task and thought",
            metrics="JSON summary to write", predictions="per-item answers parquet to write")
+    _writes(p, "table", "metrics", "predictions")
     p = command("ask", cmd_ask, "solve a new problem and ask the oracle what each latent thought computed", device)
     p.add_argument("problem", help='a sum such as "347 + 285"')
     p.add_argument("--config", default="config.yaml", help="wiring file: where the models are (default: config.yaml)")
@@ -311,12 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
                        ("oracle-metrics", "oracle JSON per stage"), ("train", "dvclive directories")]:
         p.add_argument(f"--{name}", nargs="*", default=[], help=help)
     _paths(p, out="markdown report to write", plots="directory for the report's PNG plots")
+    _writes(p, "out", "plots")
     p = command("seed-report", cmd_seed_report, "results/report.md: every figure across the training seeds", params)
     p.add_argument("--run", type=_run_dir, action="append", required=True,
                    help="SEED=DIR: a seed's results directory (repeat per seed)")
     _paths(p, out="markdown report to write", table="CSV of every figure across seeds",
            headline="JSON of the headline figures across seeds (DVC metrics)", plot="PNG of the headline figures",
            page="HTML page of the report")
+    _writes(p, "out", "table", "headline", "plot", "page")
     p = command("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml from the step table for the parameter file", params)
     p.add_argument("--config", default="config.yaml", help="wiring file with the paths (default: config.yaml)")
     p.add_argument("--out", default="dvc.yaml", help="where to write (default: dvc.yaml)")
@@ -324,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pull", cmd_pull, "dvc pull, check the outputs are current, record them for Snakemake")
     p.add_argument("--remote", help="DVC remote to pull from (default: the default remote)")
     p.add_argument("--no-fetch", action="store_true", help="`dvc checkout` from the local cache instead of pulling")
+    command("commit", cmd_commit, "after a Snakemake run: check it is current, record its outputs for DVC "
+            "(dvc commit --force)")
     p = command("provenance", cmd_provenance, "what made a checkpoint, oracle, cache or metrics file")
     p.add_argument("path", help="a checkpoint or oracle directory, a cache directory or a metrics JSON")
     return parser
@@ -348,11 +379,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log)
+    try:
+        return _run_command(args, argv)
+    finally:  # the writer locks end with the command (the process's end releases them anyway)
+        release_writers()
+
+
+def _run_command(args: argparse.Namespace, argv: list[str] | None) -> int:
     start = time.perf_counter()
     try:
-        if args.command in STEP_COMMANDS:
+        waited = []
+        if args.command in STEP_COMMANDS:  # before the log file too: another writer of the outputs writes it
             check_free()
+            command = " ".join(["cocoracle", *(sys.argv[1:] if argv is None else argv)])
+            waited = hold_writers(written(args), command, lambda line: print(f"cocoracle {args.command}: {line}",
+                                                                             file=sys.stderr, flush=True))
+        _setup_logging(args.log)
+        for line in waited:
+            logging.getLogger("cocoracle").info(line)
+        if args.command in STEP_COMMANDS:
             if hasattr(args, "params"):  # every step computes on run.threads threads, whatever its cores
                 pin_threads(load_params(args.params)["run"]["threads"])
         args.func(args)

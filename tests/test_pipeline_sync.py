@@ -1,6 +1,7 @@
 """The Snakemake and DVC DAGs must not drift: same commands, same inputs, same outputs."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -67,3 +68,51 @@ def test_engines_launch_training_under_torchrun_alike(tmp_path):
     assert all(c.startswith("torchrun --standalone --nproc-per-node 2 --no-python -- ")
                for c in launched)
     assert not any(c.startswith("torchrun") for c in dvc if " cocoracle train " not in c)
+
+
+def _outputs(repo) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for d in ("data", "models", "results")
+            for p in (repo / d).rglob("*") if p.is_file() and p.name != ".gitignore"}
+
+
+@pytest.mark.e2e
+def test_after_dvc_repro_pull_no_fetch_leaves_snakemake_nothing_to_do(dvc_copy):
+    """DVC -> Snakemake: after `dvc repro`, `cocoracle pull --no-fetch` records the outputs for Snakemake without
+    recomputing; `snakemake -n` then plans nothing and `dvc status` stays clean."""
+    repo = dvc_copy
+    before = _outputs(repo)
+    run(["cocoracle", "pull", "--no-fetch"], cwd=repo)
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1"], cwd=repo).stdout
+    assert json.loads(run(["dvc", "status", "--json"], cwd=repo).stdout or "{}") == {}
+    assert _outputs(repo) == before
+
+
+@pytest.mark.e2e
+def test_after_snakemake_commit_leaves_dvc_nothing_to_do(snakemake_copy):
+    """Snakemake -> DVC: after `snakemake`, `dvc status` lists every stage (no dvc.lock); `cocoracle commit` records
+    the outputs for DVC without recomputing; `dvc status` is then clean and `snakemake -n` still plans nothing."""
+    repo = snakemake_copy
+    before = _outputs(repo)
+    assert json.loads(run(["dvc", "status", "--json"], cwd=repo).stdout or "{}") != {}
+    run(["cocoracle", "commit"], cwd=repo)
+    assert json.loads(run(["dvc", "status", "--json"], cwd=repo).stdout or "{}") == {}
+    assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1"], cwd=repo).stdout
+    assert _outputs(repo) == before
+
+
+def test_commit_refuses_while_snakemake_plans_jobs(tmp_path):
+    """`cocoracle commit` in a workspace Snakemake has not finished: one line, DVC left as is."""
+    repo = repo_copy(tmp_path)
+    proc = run(["cocoracle", "commit"], cwd=repo, check=False)
+    assert proc.returncode == 1 and "`snakemake -n` plans jobs" in proc.stderr
+    assert not (repo / "dvc.lock").exists()
+
+
+def test_snakemake_unlock_needs_no_cores(tmp_path):
+    """`snakemake --unlock`, as Snakemake prints it after a killed run, works without --cores."""
+    repo = repo_copy(tmp_path)
+    (repo / ".snakemake/locks").mkdir(parents=True)
+    (repo / ".snakemake/locks/0.input.lock").write_text("")
+    proc = run(["snakemake", "--unlock"], cwd=repo)
+    assert "Unlocked working directory" in proc.stdout + proc.stderr
+    assert not list((repo / ".snakemake/locks").glob("*"))
