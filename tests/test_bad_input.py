@@ -131,6 +131,8 @@ MODEL_REF = "is not 'tiny', an existing local directory, or a Hugging Face model
 CONFIG_KEYS = "params_file, data_dir, models_dir, results_dir, logs_dir, benchmarks_dir, train_processes"
 SECTIONS = "run, data, model, coconut, train, evaluate, activations, probes, oracle"
 OUTSIDE = "outside what the checkpoint was trained on (two operands of 1 or 2 or 3 digits each)"
+FEW = ("is too few: the longest sequence, 4-digit operands with every column carrying (5 text steps, 3 thoughts, "
+       "markers and the answer), needs 77 positions (allowed: 77 or more)")
 NOT_A_SUM = "not a sum of two non-negative integers such as '347 + 285'"
 
 ROWS: list[tuple[str, Make, list[str], str]] = [
@@ -193,7 +195,34 @@ ROWS: list[tuple[str, Make, list[str], str]] = [
     ("compile_yes", params("train.compile", "yes"), GENERATE,
      "{params}: train.compile: 'yes' is not of type 'boolean'"),
     ("ood_digits_19", params("data.ood_digits", 19), GENERATE,
-     "{params}: data.ood_digits: 19 is greater than the maximum of 18"),
+     "{params}: data.ood_digits: 19 is greater than the maximum of 17 (allowed: 1..17; operand digits of the "
+     "out-of-distribution split: more than data.digits', at most 17 (the sum then fits an 18-digit answer))"),
+    ("ood_digits_18", params("data.ood_digits", 18), GENERATE,
+     "{params}: data.ood_digits: 18 is greater than the maximum of 17 (allowed: 1..17"),
+    ("digits_18", params("data.digits", [2, 18], data__digit_probs=[0.5, 0.5]), GENERATE,
+     "{params}: data.digits.1: 18 is greater than the maximum of 17 (allowed: 1..17)"),
+    ("ood_digits_shorter_than_digits", params("data.ood_digits", 2, data__digits=[3], data__digit_probs=[1.0]),
+     GENERATE, "{params}: data.ood_digits: 2 is shorter than data.digits' longest operands (3): the OOD split has "
+     "longer operands (allowed: 4..17)"),
+    ("n_positions_16", params("model.tiny.n_positions", 16), GENERATE, f"{{params}}: model.tiny.n_positions: 16 {FEW}"),
+    ("n_positions_40", params("model.tiny.n_positions", 40), GENERATE, f"{{params}}: model.tiny.n_positions: 40 {FEW}"),
+    ("n_positions_for_ood_17", params("data.ood_digits", 17), GENERATE,
+     "{params}: model.tiny.n_positions: 96 is too few: the longest sequence, 17-digit operands with every column "
+     "carrying (18 text steps, 3 thoughts, markers and the answer), needs 285 positions (allowed: 285 or more)"),
+    ("num_stages_beyond_steps", params("coconut.num_stages", 5), GENERATE,
+     "{params}: coconut.num_stages: 5 is more stages than reasoning steps: a problem of data.digits has at most 4 "
+     "(3 columns and a final carry), and stage k replaces k of them (allowed: 0..4)"),
+    ("val_examples_beyond_n_val", params("train.val_examples", 11), GENERATE,
+     "{params}: train.val_examples: 11 is more than the val split holds (data.n_val: 10; allowed: 0..10)"),
+    ("warmup_beyond_max_steps", params("train.warmup_steps", 4), GENERATE,
+     "{params}: train.warmup_steps: 4 is more than stage 0's 3 optimizer steps (train.max_steps), so its learning "
+     "rate would never reach train.lr (allowed: 0..3)"),
+    ("warmup_beyond_epochs", params("train.warmup_steps", 20, train__max_steps=None), GENERATE,
+     "{params}: train.warmup_steps: 20 is more than stage 0's 13 optimizer steps (train.epochs over data.n_train "
+     "problems), so its learning rate would never reach train.lr (allowed: 0..13)"),
+    ("oracle_warmup_beyond_max_steps", params("oracle.self.train.warmup_steps", 5), GENERATE,
+     "{params}: oracle.self.train.warmup_steps: 5 is more than oracle.self.train.max_steps (4), so the learning "
+     "rate would never reach oracle.self.train.lr (allowed: 0..4)"),
     ("resume_every_0_minutes", params("resume.every_minutes", 0), GENERATE,
      "{params}: resume.every_minutes: 0 is less than or equal to the minimum of 0"),
     ("unknown_oracle_key", params("oracle.layer", 1), GENERATE,
