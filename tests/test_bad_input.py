@@ -262,6 +262,13 @@ ROWS: list[tuple[str, Make, list[str], str]] = [
      "unrecognized arguments: --bogus"),
     ("ask_999_plus_1", checkpoint(), ask("999 + 1"), f"'999 + 1': {OUTSIDE}"),
     ("ask_12_plus_345", checkpoint(), ask("12 + 345"), f"'12 + 345': {OUTSIDE}"),
+    ("ask_5000_digits", checkpoint(), ask("1" * 5000 + " + 1"),
+     f"'{'1' * 37}...': {OUTSIDE}; got 5000 and 1 digits"),
+    ("ask_5000_digits_each", checkpoint(), ask("9" * 5000 + " + " + "9" * 5000),
+     f"'{'9' * 37}...': {OUTSIDE}; got 5000 and 5000 digits"),
+    ("ask_leading_zeros", checkpoint(), ask("0012 + 5"), f"'0012 + 5': {OUTSIDE}; got 2 and 1 digits"),
+    ("ask_full_width_4_digits", checkpoint(), ask("\uff11\uff12\uff13\uff14 + 1234"),
+     f"'\uff11\uff12\uff13\uff14 + 1234': {OUTSIDE}; got 4 and 4 digits"),
     ("ask_negative_operand", checkpoint(), ask("-3 + 4"), f"'-3 + 4': {NOT_A_SUM}"),
     ("ask_exponent", checkpoint(), ask("1e3 + 2"), f"'1e3 + 2': {NOT_A_SUM}"),
     # files
