@@ -56,7 +56,8 @@ def check(data: Any, kind: str, path: str | Path) -> Any:
     """`data`, read from `path`, if it has the shape of a `kind` results file; else InputError naming the field."""
     errors = list(_validators()[kind].iter_errors(data))
     if errors:
-        error = _deepest(jsonschema.exceptions.best_match(errors))
+        named = [e for e in errors if e.absolute_path or e.validator != "anyOf"]  # a field's before "no split"
+        error = _deepest(jsonschema.exceptions.best_match(named or errors))
         if error.validator == "type" and not error.absolute_path:
             raise InputError(f"{path}: not a JSON object (a {type(data).__name__})")
         if error.validator in ("anyOf", "oneOf") and not error.absolute_path:
