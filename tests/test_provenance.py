@@ -117,7 +117,7 @@ def test_a_predictions_file_has_its_results_files_record(tmp_path):
     ({"params_sha256": "0", "inputs": ["a"]}, "inputs: ['a'] is not of type 'object'"),
     ({"params_sha256": "0", "inputs": {}, "git_dirty": "no"}, "git_dirty: 'no' is not of type 'boolean', 'null'"),
     ({"params_sha256": "0", "inputs": {}, "cpu": {"isa": "avx"}}, "cpu.isa: 'avx' is not of type 'array'"),
-    ({"inputs": {}}, "params_sha256: missing"),
+    ({"inputs": {}, "seed": "0"}, "seed: '0' is not of type 'integer', 'null'"),
 ])
 def test_a_record_of_the_wrong_shape_names_the_field(tmp_path, record, expected):
     from cocoracle.config import InputError

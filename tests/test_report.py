@@ -289,7 +289,7 @@ WRONG_SHAPES = [
      "self_answer_accuracy.before: '97.8%' is not of type 'number'"),
     ("oracle_metrics", 0, "self_answer_accuracy", DELETE, "self_answer_accuracy: missing"),
     ("oracle_metrics", 0, "self.source_tensor", 2, "self.source_tensor: 2 is not of type 'string'"),
-    ("oracle_metrics", 0, "provenance", {"inputs": []}, "provenance.params_sha256: missing"),
+    ("oracle_metrics", 0, "provenance", {"inputs": []}, "provenance.inputs: [] is not of type 'object'"),
 ]
 
 
