@@ -37,6 +37,7 @@ SUFFIX = ".writer.lock"
 WAIT_ENV = "COCORACLE_WRITER_WAIT"  # seconds to wait for another writer; unset: as long as it takes; 0: refuse
 POLL_S = 0.5
 _held: list[tuple[Path, IO[str]]] = []  # this process's locks, kept open until it exits
+_made: list[Path] = []  # the directories made to hold a lock file, removed with it if the step left them empty
 
 
 def lock_path(output: str | Path) -> Path:
@@ -119,7 +120,9 @@ def hold_writers(outputs: Iterable[str | Path], command: str, say=None) -> list[
     waited = []
     for output in sorted({str(o) for o in outputs}):
         path = lock_path(output)
+        missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
         path.parent.mkdir(parents=True, exist_ok=True)
+        _made.extend(missing)  # deepest first
         start, announced = time.monotonic(), None
         while True:
             if follower:
@@ -153,7 +156,8 @@ def hold_writers(outputs: Iterable[str | Path], command: str, say=None) -> list[
 
 @atexit.register
 def release() -> None:
-    """Remove and release this process's lock files (still held while removed: a waiter re-checks the path)."""
+    """Remove and release this process's lock files (still held while removed: a waiter re-checks the path), and
+    the directories made for them that the step left empty (a step refused before its work leaves nothing)."""
     while _held:
         path, handle = _held.pop()
         try:
@@ -162,3 +166,8 @@ def release() -> None:
         except OSError:
             pass
         handle.close()
+    while _made:
+        try:
+            _made.pop(0).rmdir()
+        except OSError:  # not empty (the step wrote there), or gone
+            pass
