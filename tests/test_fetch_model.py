@@ -214,7 +214,8 @@ def test_an_unreachable_hub_is_a_one_line_error_with_the_real_library(tmp_path):
     [line] = [line for line in result.stderr.splitlines() if "error" in line]
     assert line.startswith(f"cocoracle fetch-model: error: model.name: cannot fetch '{HUB_ID}' at model.revision "
                            f"{SHA} (") and "Traceback" not in result.stderr
-    assert list((tmp_path / "models" / "base").iterdir()) == []
+    base = tmp_path / "models" / "base"
+    assert not base.exists() or list(base.iterdir()) == []  # nothing half-fetched left
 
 
 def test_a_snapshot_without_safetensors_is_refused(tmp_path, monkeypatch, capsys):
