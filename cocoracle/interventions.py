@@ -15,16 +15,22 @@ input, t = 0..T-1 (the last thought shares its pass with <eot>): the call after 
 """
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from cocoracle.data import column_additions, cot_steps, question_text
+from cocoracle.atomic import atomic_path, write_text
+from cocoracle.config import InputError, run_seed
+from cocoracle.data import column_additions, cot_steps, load_split, question_text
 
 ABLATIONS = ("mean", "zero", "other")
 PATCHES = ("input", "layers")
@@ -260,3 +266,48 @@ def patching_rows(setting: Setting, rows: list[dict[str, Any]], seed: int) -> li
                             tally["carry_to_donor"] += int(answer_digit(after, c + 1) == wanted)
                             tally["carry_if_ignored"] += int(answer_digit(before, c + 1) == wanted)
     return [{"thought": t, "patch": patch, "column": c, **tally} for (t, patch, c), tally in sorted(counts.items())]
+
+
+def intervene_stage(params: dict[str, Any], stage: int, checkpoint: str | Path, data_dir: str | Path,
+                    ablation_table: str | Path, patching_table: str | Path, metrics_path: str | Path,
+                    device: torch.device) -> dict[str, Any]:
+    """Ablate and patch every thought of one latent stage's checkpoint on run.held_out's problems (the first
+    interventions.max_problems); write both tables (CSV, one row per thought, intervention and answer column, with
+    its share) and a JSON of both."""
+    from cocoracle.coconut import Codec
+    from cocoracle.model import checkpoint_params, load_checkpoint, pick_dtype
+    from cocoracle.precision import autocast, precision_of
+    from cocoracle.provenance import describe
+
+    trained = checkpoint_params(checkpoint)
+    if not 1 <= stage <= trained["coconut"]["num_stages"]:
+        raise InputError(f"--stage {stage}: {checkpoint} has latent stages 1..{trained['coconut']['num_stages']}")
+    model, tokenizer = load_checkpoint(checkpoint, device, pick_dtype(trained["model"]["dtype"], device))
+    model.eval()
+    settings, split = params["interventions"], params["run"]["held_out"]
+    rows = load_split(data_dir, split)[:settings["max_problems"]]
+    if len(rows) < 2:
+        raise InputError(f"{data_dir}/{split}.parquet: interventions need at least two problems, got {len(rows)}")
+    seed = run_seed(params)
+    setting = Setting(model, Codec(tokenizer), stage, trained["coconut"], settings["batch_size"],
+                      settings["extra_tokens"])
+    with autocast(precision_of(trained["model"]), device), tqdm(total=2, desc=f"intervene stage {stage}") as bar:
+        ablation = pd.DataFrame(ablation_rows(setting, rows, seed))
+        bar.update()
+        patching = pd.DataFrame(patching_rows(setting, rows, seed))
+        bar.update()
+    ablation["accuracy"] = ablation["correct"] / ablation["n"]
+    for key in ("to_donor", "unchanged", "if_ignored"):
+        patching[f"{key}_share"] = patching[key] / patching["pairs"]
+    for key in ("carry_to_donor", "carry_if_ignored"):
+        patching[f"{key}_share"] = (patching[key] / patching["carry_pairs"]).where(patching["carry_pairs"] > 0)
+    for table, path in ((ablation, ablation_table), (patching, patching_table)):
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
+    inputs = [checkpoint, Path(data_dir) / f"{split}.parquet"]
+    metrics = {"stage": stage, "split": split, "problems": len(rows),
+               "ablation": ablation.to_dict("records"),
+               "patching": json.loads(patching.to_json(orient="records")),  # NaN (no carry pair) as null
+               "provenance": describe({"interventions": settings, "held_out": split}, inputs, seed=seed)}
+    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -165,3 +165,36 @@ def test_the_patching_table_counts_pairs_per_thought_patch_and_column(setting, m
             assert 0 <= r[key] <= r["pairs"]
         assert 0 <= r["carry_to_donor"] <= r["carry_pairs"] <= r["pairs"]
     assert table == patching_rows(setting, rows, seed=0)
+
+
+def test_the_step_writes_both_tables_and_their_json(tmp_path, tiny_params, data_dir):
+    """`cocoracle intervene` on a tiny stage-2 checkpoint: every thought and column of the held-out problems, with
+    shares that are their counts over their totals, and the provenance of what it read."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from cocoracle.cli import main
+    from cocoracle.data import load_split
+    from cocoracle.model import initial_model, save_checkpoint
+
+    tiny_params["interventions"].update({"max_problems": 6, "batch_size": 4})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params))
+    model, tokenizer = initial_model(tiny_params["model"], load_split(data_dir, "train"), 0)
+    save_checkpoint(model, tokenizer, tmp_path / "stage-2", {**tiny_params, "stage": 2})
+    out = {name: tmp_path / "out" / name for name in ("ablation.csv", "patching.csv", "stage-2.json")}
+    assert main(["intervene", "--params", str(params), "--stage", "2", "--data", str(data_dir), "--checkpoint",
+                 str(tmp_path / "stage-2"), "--ablation-table", str(out["ablation.csv"]), "--patching-table",
+                 str(out["patching.csv"]), "--metrics", str(out["stage-2.json"])]) == 0
+    ablation, patching = pd.read_csv(out["ablation.csv"]), pd.read_csv(out["patching.csv"])
+    assert set(ablation["thought"]) == set(patching["thought"]) == {0, 1}
+    assert (ablation["accuracy"] == ablation["correct"] / ablation["n"]).all()
+    assert (patching["to_donor_share"] == patching["to_donor"] / patching["pairs"]).all()
+    metrics = json.loads(out["stage-2.json"].read_text())
+    assert (metrics["split"], metrics["problems"], len(metrics["ablation"])) == ("dev", 6, len(ablation))
+    assert metrics["provenance"]["inputs"]
+    assert main(["intervene", "--params", str(params), "--stage", "0", "--data", str(data_dir), "--checkpoint",
+                 str(tmp_path / "stage-2"), "--ablation-table", str(tmp_path / "a.csv"), "--patching-table",
+                 str(tmp_path / "p.csv"), "--metrics", str(tmp_path / "m.json")]) == 2
