@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from cocoracle.atomic import is_temporary, sha256
 from cocoracle.config import InputError
+from cocoracle.shapes import check
 
 MANIFEST_KEYS = ("shards", "rows", "tensors", "index_sha256")
 SHARD_KEYS = {"file", "rows", "sha256"}
@@ -50,7 +51,7 @@ class ActivationCache:
         shards = manifest["shards"]
         if not isinstance(shards, list) or not all(isinstance(s, dict) and SHARD_KEYS <= s.keys() for s in shards):
             raise InputError(f"{file}: a shard entry lacks file, rows or sha256 (truncated or from another tool)")
-        return manifest
+        return check(manifest, "manifest", file)
 
     def _verify(self) -> None:
         files = [(s["file"], s["sha256"]) for s in self.manifest["shards"]]

@@ -18,6 +18,9 @@ ORACLE_KINDS = ("separate", "self")  # params sections oracle.separate and oracl
 # the tasks about one latent thought (the column step it stands for); answer and problem are about the whole sum
 THOUGHT_TASKS = ("step", "digit", "carry", "a_digit", "b_digit", "operands")
 ORACLE_TASKS = (*THOUGHT_TASKS, "answer", "problem")  # what an oracle is asked (params oracle.tasks)
+# operand digits at most: the sum of two then has at most 18 digits, the longest answer an int64 column and
+# cocoracle.evaluate.parse_answer hold
+MAX_DIGITS = 17
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -61,6 +64,10 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         return f"{error.instance!r} is not allowed: {error.parent.schema['description']}"  # a oneOf's string form
     if error.validator == "additionalProperties":
         return f"unknown key (allowed: {', '.join(error.schema['properties'])})"
+    bounds = error.schema.get("minimum"), error.schema.get("maximum")
+    if error.validator in ("minimum", "maximum") and None not in bounds:
+        why = f"; {error.schema['description']}" if "description" in error.schema else ""
+        return f"{error.message.splitlines()[0]} (allowed: {bounds[0]}..{bounds[1]}{why})"
     return error.message.splitlines()[0]
 
 
@@ -111,9 +118,14 @@ def _semantic_errors(p: dict[str, Any]):
                                    f"got {len(data['digit_probs'])}")
     elif not math.isclose(sum(data["digit_probs"]), 1.0, abs_tol=1e-6):
         yield "data.digit_probs", f"must sum to 1, got {sum(data['digit_probs']):g}"
+    longest = max(data["digits"])
     if data["n_ood"] > 0 and data["ood_digits"] in data["digits"]:
         yield "data.ood_digits", (f"{data['ood_digits']} is also in data.digits, so the OOD split would not be out "
                                   "of distribution")
+    elif data["n_ood"] > 0 and data["ood_digits"] < longest:
+        allowed = f"{longest + 1}..{MAX_DIGITS}" if longest < MAX_DIGITS else "none: set data.n_ood to 0"
+        yield "data.ood_digits", (f"{data['ood_digits']} is shorter than data.digits' longest operands ({longest}): "
+                                  f"the OOD split has longer operands (allowed: {allowed})")
     drawn = zip(data["digits"], split_counts(data), split_counts(data, data["n_test"]), strict=False)
     for d, pool, test in drawn:  # unequal lengths are reported above
         if pool + test > unique_problems(d):
@@ -132,6 +144,8 @@ def _semantic_errors(p: dict[str, Any]):
             yield "model.tiny.n_head", f"must divide model.tiny.n_embd ({tiny['n_embd']})"
         else:
             yield from _depth_errors(p, tiny["n_layer"])
+        if tiny is not None:
+            yield from _position_errors(p, tiny["n_positions"])
     elif not _is_model_ref(name):
         yield "model.name", f"'{name}' is not 'tiny', an existing local directory, or a Hugging Face model id"
     yield from _revision_errors(name, model.get("revision"), "model.name", "model.revision", "tiny")
@@ -154,10 +168,70 @@ def _semantic_errors(p: dict[str, Any]):
     held_out = p["run"]["held_out"]
     if held_out not in p["evaluate"]["splits"]:
         yield "evaluate.splits", f"must include run.held_out ({held_out}), the split the other figures are scored on"
+    steps = max_steps(longest)
+    if coconut["num_stages"] > steps:
+        yield "coconut.num_stages", (f"{coconut['num_stages']} is more stages than reasoning steps: a problem of "
+                                     f"data.digits has at most {steps} ({longest} columns and a final carry), and "
+                                     f"stage k replaces k of them (allowed: 0..{steps})")
     epochs = train["epochs"]
     if isinstance(epochs, list) and len(epochs) != coconut["num_stages"] + 1:
         yield "train.epochs", (f"needs one entry per stage (coconut.num_stages + 1 = {coconut['num_stages'] + 1}), "
                                f"got {len(epochs)}")
+        return
+    if train["val_examples"] > data["n_val"]:
+        yield "train.val_examples", (f"{train['val_examples']} is more than the val split holds (data.n_val: "
+                                     f"{data['n_val']}; allowed: 0..{data['n_val']})")
+    per_stage = [stage_optimizer_steps(train, stage, data["n_train"]) for stage in range(coconut["num_stages"] + 1)]
+    fewest = min(per_stage)
+    if train["warmup_steps"] > fewest:
+        stage = per_stage.index(fewest)
+        how = "train.max_steps" if train.get("max_steps") else "train.epochs over data.n_train problems"
+        yield "train.warmup_steps", (f"{train['warmup_steps']} is more than stage {stage}'s {fewest} optimizer steps "
+                                     f"({how}), so its learning rate would never reach train.lr "
+                                     f"(allowed: 0..{fewest})")
+    for kind in ORACLE_KINDS:
+        hp = p["oracle"][kind]["train"]
+        if hp["max_steps"] is not None and hp["warmup_steps"] > hp["max_steps"]:
+            yield f"oracle.{kind}.train.warmup_steps", (
+                f"{hp['warmup_steps']} is more than oracle.{kind}.train.max_steps ({hp['max_steps']}), so the "
+                f"learning rate would never reach oracle.{kind}.train.lr (allowed: 0..{hp['max_steps']})")
+
+
+def max_steps(digits: int) -> int:
+    """Reasoning steps of the longest problem with `digits`-digit operands: one per column and a final carry."""
+    return digits + 1
+
+
+def longest_sequence(digits: int, coconut: dict[str, Any]) -> int:
+    """Positions the tiny model needs for `digits`-digit operands, as training checks them (cocoracle.train.
+    _check_fits): the question, <bot>, every thought of the last stage, <eot>, every step as text with its `|`,
+    `###`, the answer and <eos>. The tiny tokenizer gives each digit, sign and word its own token; the longest
+    problem has every column carrying (99 + 99: '9+9=18 write 8 carry 1 |', '9+9+1=19 write 9 carry 1 |',
+    'carry 1 write 1 |'), so that every problem of these digits fits."""
+    question = 2 * digits + 2  # a + b =
+    steps = (10 + 1) + (12 + 1) * (digits - 1) + (4 + 1)
+    thoughts = coconut["num_stages"] * coconut["thoughts_per_step"]
+    return question + 1 + thoughts + 1 + steps + 1 + (digits + 1) + 1
+
+
+def _position_errors(p: dict[str, Any], n_positions: int) -> Iterator[tuple[str, str]]:
+    """The tiny model's position table must hold the longest sequence of every split (the OOD one included)."""
+    data = p["data"]
+    digits = max(data["digits"] + ([data["ood_digits"]] if data["n_ood"] > 0 else []))
+    needed = longest_sequence(digits, p["coconut"])
+    if n_positions < needed:
+        yield "model.tiny.n_positions", (
+            f"{n_positions} is too few: the longest sequence, {digits}-digit operands with every column carrying "
+            f"({max_steps(digits)} text steps, {p['coconut']['num_stages'] * p['coconut']['thoughts_per_step']} "
+            f"thoughts, markers and the answer), needs {needed} positions (allowed: {needed} or more)")
+
+
+def stage_optimizer_steps(train: dict[str, Any], stage: int, n_rows: int) -> int:
+    """train.max_steps, else enough steps for the stage's epochs over n_rows problems."""
+    if train.get("max_steps"):
+        return int(train["max_steps"])
+    per_epoch = math.ceil(n_rows / (train["batch_size"] * train["grad_accum"]))
+    return max(1, math.ceil(stage_epochs(train, stage) * per_epoch))
 
 
 def _is_model_ref(name: str) -> bool:

@@ -149,6 +149,12 @@ def load_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
         if missing:
             raise InputError(f"{path}: no column '{missing[0]}'; a split written by `cocoracle generate` has "
                              f"{', '.join(SCHEMA.names)}")
+        for field in SCHEMA:
+            try:
+                table.column(field.name).cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise InputError(f"{path}: column {field.name!r}: {table.schema.field(field.name).type} values, where "
+                                 f"`cocoracle generate` writes {field.type}") from None
         return table.select(SCHEMA.names).cast(SCHEMA).to_pylist()
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{path}: unreadable parquet ({str(exc).splitlines()[0]}); rerun `cocoracle generate`"

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from cocoracle.atomic import sha256
-from cocoracle.config import InputError
+from cocoracle.config import SPLITS, InputError
 from cocoracle.headline import results_for
+from cocoracle.shapes import check
 
 FILE = "provenance.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # a base model's weights files, hashed one by one in its record
@@ -112,13 +113,16 @@ def describe(params: dict[str, Any], inputs: Iterable[str | Path], base: dict[st
 
 
 def read(path: str | Path) -> dict[str, Any]:
-    """The provenance record of a checkpoint or oracle directory, a cache, a results file or its headline file."""
+    """The provenance record of a checkpoint or oracle directory, a cache, a results file or its headline or
+    predictions file; for any other path, a one-line InputError saying what it is and where its record is."""
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: not found")
     if path.is_dir():
         candidates = [(path / FILE, None), (path / "manifest.json", "provenance")]
     else:
-        candidates = [(path, "provenance")]
-        if (results := results_for(path)) is not None:  # a headline file: its results file's record
+        candidates = [(path, "provenance")] if path.suffix == ".json" else []
+        if (results := results_for(path) or _predictions_results(path)) is not None:  # its results file's record
             candidates.append((results, "provenance"))
     for file, key in candidates:
         if file.is_file():
@@ -126,10 +130,40 @@ def read(path: str | Path) -> dict[str, Any]:
                 data = json.loads(file.read_text())
             except (ValueError, UnicodeDecodeError):
                 raise InputError(f"{file}: not JSON") from None
-            record = data.get(key) if key else data
-            if isinstance(record, dict):
-                return record
-    raise InputError(f"{path}: no provenance record (written by a checkpoint, cache or metrics step of this version)")
+            record = data.get(key) if key and isinstance(data, dict) else data
+            if isinstance(record, dict) and (key is None or record):
+                return check(record, "provenance_record", f"{file}{f' ({key})' if key else ''}")
+    raise InputError(f"{path}: {_without_record(path)}")
+
+
+PREDICTIONS = "-predictions.parquet"
+
+
+def _predictions_results(path: Path) -> Path | None:
+    """The results file a predictions parquet was written beside (stage-K-predictions.parquet -> stage-K.json)."""
+    return path.with_name(path.name[:-len(PREDICTIONS)] + ".json") if path.name.endswith(PREDICTIONS) else None
+
+
+def _without_record(path: Path) -> str:
+    """What a path with no provenance record is, and where the record of what made it is."""
+    ask = "ask `cocoracle provenance` about the results files it was made from (results/seed-S/eval/stage-K.json, ...)"
+    if path.is_dir():
+        return ("no provenance record: not a checkpoint, oracle or cache directory (they hold provenance.json or "
+                "manifest.json)")
+    if path.suffix == ".parquet" and path.stem in SPLITS:
+        return ("a data split written by `cocoracle generate` from the params' data section alone; data has no "
+                "provenance record (the steps that read it record its sha256 among their inputs)")
+    if path.name.endswith(PREDICTIONS):
+        return f"predictions whose results file ({_predictions_results(path).name}) is missing or holds no record"
+    if path.suffix in (".md", ".html"):
+        return f"a report page, made by `cocoracle report` or `seed-report`; it has no provenance record: {ask}"
+    if path.suffix in (".png", ".csv", ".tsv"):
+        return (f"a plot or table, made beside the results files or by `cocoracle report`; it has no provenance "
+                f"record: {ask}")
+    if path.suffix == ".json":
+        return ("no provenance record (written by a checkpoint, cache or metrics step of this version; a headline "
+                "file's is in the results file beside it)")
+    return "no provenance record: not a checkpoint, oracle, cache or results file"
 
 
 def format_record(record: dict[str, Any]) -> str:

@@ -1,7 +1,6 @@
 """The results report: a markdown page and its plots, built only from the pipeline's output files."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from cocoracle.atomic import write_text
 from cocoracle.config import ORACLE_KINDS, ORACLE_TASKS, InputError
 from cocoracle.plots import pyplot, save_png
 from cocoracle.report_html import markdown_page
+from cocoracle.shapes import check_columns, read_json
 from cocoracle.stats import format_interval, wilson
 from cocoracle.summarize import accuracy_table
 
@@ -36,18 +36,17 @@ def _read(path: str | Path, parse: Callable[[Path], T]) -> T:
         raise InputError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
 
 
-def _json(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A JSON object that must hold `keys`."""
-    data = _read(path, lambda p: json.loads(p.read_text()))
-    missing = [key for key in keys if not isinstance(data, dict) or key not in data]
-    if missing:
-        raise InputError(f"{path}: missing key {missing[0]!r}")
-    return data
+ORACLE_TYPES = {"stage": "integer", "oracle": "string", "condition": "string", "task": "string", "thought": "string",
+                "n": "integer", "interval": "string",
+                **{c: "string" if c.endswith("_best_baseline") else "number" for c in ORACLE_COLUMNS[7:]}}
 
 
 def _oracle_csv(paths: list[str | Path]) -> pd.DataFrame:
-    """All oracle tables in one frame; thought stays a string ("0", "1", ..., "all")."""
-    frames = [_read(p, lambda f: pd.read_csv(f, usecols=ORACLE_COLUMNS, dtype={"thought": str})) for p in paths]
+    """All oracle tables in one frame, each checked for its columns' types; thought stays a string ("0", "1", ...,
+    "all")."""
+    frames = [check_columns(_read(p, lambda f: pd.read_csv(f, dtype={"thought": str})), ORACLE_TYPES, p)
+              for p in paths]
+    frames = [frame[ORACLE_COLUMNS].astype({"stage": int, "n": int}) for frame in frames]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ORACLE_COLUMNS)
 
 
@@ -57,7 +56,8 @@ def _loss_curve(train_dir: str | Path) -> pd.DataFrame:
     metrics = Path(train_dir) / "plots/metrics/train"
     if not (metrics / "loss.tsv").exists() and (metrics / "rehearsal_loss.tsv").exists():
         return pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float)})
-    return _read(metrics / "loss.tsv", lambda p: pd.read_csv(p, sep="\t", usecols=["step", "loss"]))
+    curve = _read(metrics / "loss.tsv", lambda p: pd.read_csv(p, sep="\t"))
+    return check_columns(curve, {"step": "integer", "loss": "number"}, metrics / "loss.tsv")[["step", "loss"]]
 
 
 def _run_labels(train_dirs: list[str | Path]) -> list[str]:
@@ -388,10 +388,10 @@ def write_report(eval_metrics: list[str | Path], probe_metrics: list[str | Path]
     """Write the markdown report, and in plots_dir accuracy.png, oracle.png, training.png, accuracy.csv (the
     answer-accuracy table as data) and results.html (the markdown report as a page), from the pipeline outputs."""
     out_md, plots_dir = Path(out_md), Path(plots_dir)
-    evals = [_json(p, ("stage",)) for p in eval_metrics]
-    probes = [_json(p, ("stage", "by_thought", "readable", "readable_at", "unconverged")) for p in probe_metrics]
+    evals = [read_json(p, "eval") for p in eval_metrics]
+    probes = [read_json(p, "probes") for p in probe_metrics]
     oracle = _oracle_csv(oracle_tables)
-    summaries = [_json(p, ("stage", "self_answer_accuracy")) for p in oracle_metrics]
+    summaries = [read_json(p, "oracle") for p in oracle_metrics]
     curves = dict(zip(_run_labels(train_dirs), [_loss_curve(d) for d in train_dirs], strict=True)) if train_dirs else {}
     plots = {name: plots_dir / f"{name}.png" for name in ("accuracy", "oracle", "training")}
     plot_accuracy(evals, plots["accuracy"])

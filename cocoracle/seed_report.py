@@ -24,6 +24,7 @@ from cocoracle.config import InputError, oracle_stages
 from cocoracle.headline import path_for
 from cocoracle.plots import pyplot, save_png
 from cocoracle.report_html import markdown_page
+from cocoracle.shapes import check_columns, read_json
 
 SPLITS = ("val", "dev", "test", "ood")
 SECTIONS = {"accuracy": "Coconut answer accuracy", "oracle": "Oracles over all thoughts",
@@ -46,18 +47,6 @@ def seed_interval(values: list[float]) -> tuple[float, float, float, float]:
     return mean, sd, mean - half, mean + half
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: not JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a JSON object")
-    return data
-
-
 def _oracle_figures(path: Path, stage: int) -> list[dict[str, Any]]:
     """Each oracle's exact match per task, over all thoughts and per thought, and its best baseline's on the same
     items (the baseline that seed's table names best)."""
@@ -67,9 +56,8 @@ def _oracle_figures(path: Path, stage: int) -> list[dict[str, Any]]:
         raise InputError(f"{path}: file not found") from None
     except (ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
-    missing = {"oracle", "condition", "task", "thought", "exact_match", "exact_match_best_baseline"} - set(table)
-    if missing:
-        raise InputError(f"{path}: missing column {sorted(missing)[0]!r}")
+    check_columns(table, {"oracle": "string", "condition": "string", "task": "string", "thought": "string",
+                          "exact_match": "number", "exact_match_best_baseline": "string"}, path)
     rows = []
     for (kind, task, thought), group in table.groupby(["oracle", "task", "thought"], sort=False):
         by_condition = group.set_index("condition")["exact_match"]
@@ -88,7 +76,7 @@ def run_figures(run: Path, params: dict[str, Any]) -> pd.DataFrame:
     stages = range(params["coconut"]["num_stages"] + 1)
     rows: list[dict[str, Any]] = []
     for stage in stages:
-        metrics = _json(run / "eval" / f"stage-{stage}.json")
+        metrics = read_json(run / "eval" / f"stage-{stage}.json", "eval")
         for split in (s for s in SPLITS if isinstance(metrics.get(s), dict)):
             rows.append({"section": "accuracy", "figure": f"stage {stage} · {split} · free generation",
                          "value": metrics[split]["accuracy"]})
@@ -98,7 +86,7 @@ def run_figures(run: Path, params: dict[str, Any]) -> pd.DataFrame:
     for stage in oracle_stages(params):
         rows += _oracle_figures(run / "oracle" / f"stage-{stage}.csv", stage)
     for stage in stages[1:]:
-        summary = _json(run / "probes" / f"stage-{stage}.json")
+        summary = read_json(run / "probes" / f"stage-{stage}.json", "probes")
         for label, by_thought in summary.get("by_thought", {}).items():
             for thought, probe in sorted(by_thought.items(), key=lambda item: int(item[0])):
                 name = f"stage {stage} · {label} · thought {thought}"
@@ -200,7 +188,8 @@ def write_seed_report(params: dict[str, Any], runs: dict[int, Path], outputs: di
     out_md, table_path, plot_path = Path(outputs["report"]), outputs["table"], outputs["plot"]
     out_md, seeds = Path(out_md), list(runs)
     table = seed_table({seed: run_figures(run, params) for seed, run in runs.items()})
-    headlines = {seed: [_json(path_for(path)) for path in _results_files(run, params)] for seed, run in runs.items()}
+    headlines = {seed: [read_json(path_for(path), "headline") for path in _results_files(run, params)]
+                 for seed, run in runs.items()}
     write_text(table_path, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
     write_text(outputs["headline"], json.dumps(headline_across(headlines), indent=2) + "\n")
     plot_seeds(table, seeds, Path(plot_path))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from cocoracle.coconut import (
     scored_tokens,
 )
 from cocoracle.codedeps import code_files
-from cocoracle.config import SPLITS, InputError, run_seed, stage_epochs
+from cocoracle.config import SPLITS, InputError, run_seed, stage_optimizer_steps
 from cocoracle.data import load_split
 from cocoracle.distributed import DataParallel, data_parallel
 from cocoracle.evaluate import predict
@@ -56,14 +55,6 @@ def micro_batches(n_rows: int, batch_size: int, n_batches: int, rng: np.random.G
     """Row indices of n_batches micro-batches, walking through fresh permutations (epochs)."""
     order = epoch_order(n_rows, n_batches * batch_size, rng)
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
-
-
-def stage_optimizer_steps(train: dict[str, Any], stage: int, n_rows: int) -> int:
-    """train.max_steps, else enough steps for the stage's epochs over n_rows problems."""
-    if train.get("max_steps"):
-        return int(train["max_steps"])
-    per_epoch = math.ceil(n_rows / (train["batch_size"] * train["grad_accum"]))
-    return max(1, math.ceil(stage_epochs(train, stage) * per_epoch))
 
 
 def _check_fits(model, codec: Codec, rows: list[dict[str, Any]], coconut: dict[str, Any]) -> None:

@@ -40,9 +40,11 @@ def scaled_params(params: dict, problems: int, steps: int) -> dict:
     quarter = max(problems // 4, 1)
     out["data"].update(n_train=problems, n_val=quarter, n_test=quarter, n_ood=quarter)
     out["activations"]["max_problems"] = None
-    out["train"].update(max_steps=steps, mix_prob=0.0, val_examples=min(out["train"]["val_examples"], quarter))
+    out["train"].update(max_steps=steps, mix_prob=0.0, val_examples=min(out["train"]["val_examples"], quarter),
+                        warmup_steps=min(out["train"]["warmup_steps"], steps))  # a warmup within the capped steps
     for kind in ("separate", "self"):
-        out["oracle"][kind]["train"]["max_steps"] = steps
+        hp = out["oracle"][kind]["train"]
+        hp.update(max_steps=steps, warmup_steps=min(hp["warmup_steps"], steps))
     out["resume"] = {"every_steps": None, "every_minutes": None}
     return out
 

@@ -392,3 +392,28 @@ def test_capture_sees_one_decoding_pass_per_generated_token(collected):
     passes.widths.append(1)
     with pytest.raises(RuntimeError, match="generate_with_thoughts changed"):
         passes.check(ids, out.finished)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("rows", "ten", "rows: 'ten' is not of type 'integer'"),
+    ("tensors", "layer_0", "tensors: 'layer_0' is not of type 'array'"),
+    ("d_model", 0, "d_model: 0 is less than the minimum of 1"),
+    ("shards.0.rows", -1, "shards.0.rows: -1 is less than the minimum of 0"),
+    ("shards.0.sha256", 7, "shards.0.sha256: 7 is not of type 'string'"),
+    ("provenance.inputs", ["x"], "provenance.inputs: ['x'] is not of type 'object'"),
+])
+def test_a_manifest_of_the_wrong_types_names_the_field(tmp_path, field, value, expected):
+    from synthetic import synthetic_cache
+
+    path = tmp_path / "cache"
+    synthetic_cache(path, 8, encoded=False, seed=0)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["provenance"] = {"params_sha256": "0" * 64, "inputs": {}}
+    node, keys = manifest, field.split(".")
+    for key in keys[:-1]:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[keys[-1]] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError) as caught:
+        ActivationCache(path)
+    assert str(caught.value) == f"{path / 'manifest.json'}: {expected}"

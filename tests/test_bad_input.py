@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from cocoracle.cli import main
+from cocoracle.report import ORACLE_COLUMNS
 from conftest import REPO, tiny_params_dict
 
 Make = Callable[[Path, Path], None]  # (test directory, the tiny data directory) -> None
@@ -93,12 +94,50 @@ def data_with(split: str, content: str | pa.Table | None) -> Make:
     return make
 
 
+def data_column(split: str, column: str, values: pa.Array) -> Make:
+    """The tiny data with one column of one split replaced."""
+    def make(tmp: Path, data: Path) -> None:
+        shutil.copytree(data, tmp / "data")
+        path = tmp / "data" / f"{split}.parquet"
+        table = pq.read_table(path)
+        pq.write_table(table.set_column(table.column_names.index(column), column, values), path)
+    return make
+
+
+def seed_run_with_headline(headline: str) -> Make:
+    """A seed's results directory (tiny params: stages 0..3, oracles at 1..3) whose files are all well formed,
+    but for the first headline file."""
+    def make(tmp: Path, data: Path) -> None:
+        run = tmp / "run"
+        split = {"accuracy": 0.5, "teacher_forced": 0.5, "n": 10}
+        cell = {"accuracy": 0.5, "low": 0.4, "high": 0.6}
+        probes = {"by_thought": {}, "readable": {}, "readable_at": 0.9,
+                  "unconverged": {"max_iter": 1, "probes": 1, "stopped": 0}, "linear_product": {"step": {"all": cell}}}
+        files = {f"eval/stage-{k}": {"stage": k, "dev": split} for k in range(4)}
+        files |= {f"probes/stage-{k}": {"stage": k, **probes} for k in range(1, 4)}
+        files |= {f"oracle/stage-{k}": {"stage": k, "self_answer_accuracy": {"before": 0.5, "after": 0.5}}
+                  for k in range(1, 4)}
+        for name, content in files.items():
+            (run / name).parent.mkdir(parents=True, exist_ok=True)
+            (run / f"{name}.json").write_text(json.dumps(content))
+            (run / f"{name}-headline.json").write_text("{}")
+        for k in range(1, 4):
+            (run / f"oracle/stage-{k}.csv").write_text(
+                "oracle,condition,task,thought,exact_match,exact_match_best_baseline\nself,oracle,step,all,0.5,"
+                "shuffled\nself,shuffled,step,all,0.1,\n")
+        (run / "eval/stage-0-headline.json").write_text(headline)
+    return make
+
+
 def nothing(tmp: Path, data: Path) -> None:
     """The defaults are the input (the bad part is in the command)."""
 
 
 GENERATE = ["generate", "--params", "{params}", "--out", "{out}"]
 DVC_YAML = ["dvc-yaml", "--params", "{params}", "--config", "{config}", "--out", "{out}/dvc.yaml"]
+SEED_REPORT = ["seed-report", "--params", "{params}", "--run", "0={tmp}/run", "--out", "{out}/report.md", "--table",
+               "{out}/seeds.csv", "--headline", "{out}/seeds-headline.json", "--plot", "{out}/seeds.png", "--page",
+               "{out}/report.html"]
 REPORT = ["report", "--out", "{out}/report.md", "--plots", "{out}/plots"]
 
 
@@ -131,6 +170,8 @@ MODEL_REF = "is not 'tiny', an existing local directory, or a Hugging Face model
 CONFIG_KEYS = "params_file, data_dir, models_dir, results_dir, logs_dir, benchmarks_dir, train_processes"
 SECTIONS = "run, data, model, coconut, train, evaluate, activations, probes, oracle"
 OUTSIDE = "outside what the checkpoint was trained on (two operands of 1 or 2 or 3 digits each)"
+FEW = ("is too few: the longest sequence, 4-digit operands with every column carrying (5 text steps, 3 thoughts, "
+       "markers and the answer), needs 77 positions (allowed: 77 or more)")
 NOT_A_SUM = "not a sum of two non-negative integers such as '347 + 285'"
 
 ROWS: list[tuple[str, Make, list[str], str]] = [
@@ -193,7 +234,34 @@ ROWS: list[tuple[str, Make, list[str], str]] = [
     ("compile_yes", params("train.compile", "yes"), GENERATE,
      "{params}: train.compile: 'yes' is not of type 'boolean'"),
     ("ood_digits_19", params("data.ood_digits", 19), GENERATE,
-     "{params}: data.ood_digits: 19 is greater than the maximum of 18"),
+     "{params}: data.ood_digits: 19 is greater than the maximum of 17 (allowed: 1..17; operand digits of the "
+     "out-of-distribution split: more than data.digits', at most 17 (the sum then fits an 18-digit answer))"),
+    ("ood_digits_18", params("data.ood_digits", 18), GENERATE,
+     "{params}: data.ood_digits: 18 is greater than the maximum of 17 (allowed: 1..17"),
+    ("digits_18", params("data.digits", [2, 18], data__digit_probs=[0.5, 0.5]), GENERATE,
+     "{params}: data.digits.1: 18 is greater than the maximum of 17 (allowed: 1..17)"),
+    ("ood_digits_shorter_than_digits", params("data.ood_digits", 2, data__digits=[3], data__digit_probs=[1.0]),
+     GENERATE, "{params}: data.ood_digits: 2 is shorter than data.digits' longest operands (3): the OOD split has "
+     "longer operands (allowed: 4..17)"),
+    ("n_positions_16", params("model.tiny.n_positions", 16), GENERATE, f"{{params}}: model.tiny.n_positions: 16 {FEW}"),
+    ("n_positions_40", params("model.tiny.n_positions", 40), GENERATE, f"{{params}}: model.tiny.n_positions: 40 {FEW}"),
+    ("n_positions_for_ood_17", params("data.ood_digits", 17), GENERATE,
+     "{params}: model.tiny.n_positions: 96 is too few: the longest sequence, 17-digit operands with every column "
+     "carrying (18 text steps, 3 thoughts, markers and the answer), needs 285 positions (allowed: 285 or more)"),
+    ("num_stages_beyond_steps", params("coconut.num_stages", 5), GENERATE,
+     "{params}: coconut.num_stages: 5 is more stages than reasoning steps: a problem of data.digits has at most 4 "
+     "(3 columns and a final carry), and stage k replaces k of them (allowed: 0..4)"),
+    ("val_examples_beyond_n_val", params("train.val_examples", 11), GENERATE,
+     "{params}: train.val_examples: 11 is more than the val split holds (data.n_val: 10; allowed: 0..10)"),
+    ("warmup_beyond_max_steps", params("train.warmup_steps", 4), GENERATE,
+     "{params}: train.warmup_steps: 4 is more than stage 0's 3 optimizer steps (train.max_steps), so its learning "
+     "rate would never reach train.lr (allowed: 0..3)"),
+    ("warmup_beyond_epochs", params("train.warmup_steps", 20, train__max_steps=None), GENERATE,
+     "{params}: train.warmup_steps: 20 is more than stage 0's 13 optimizer steps (train.epochs over data.n_train "
+     "problems), so its learning rate would never reach train.lr (allowed: 0..13)"),
+    ("oracle_warmup_beyond_max_steps", params("oracle.self.train.warmup_steps", 5), GENERATE,
+     "{params}: oracle.self.train.warmup_steps: 5 is more than oracle.self.train.max_steps (4), so the learning "
+     "rate would never reach oracle.self.train.lr (allowed: 0..4)"),
     ("resume_every_0_minutes", params("resume.every_minutes", 0), GENERATE,
      "{params}: resume.every_minutes: 0 is less than or equal to the minimum of 0"),
     ("unknown_oracle_key", params("oracle.layer", 1), GENERATE,
@@ -233,6 +301,13 @@ ROWS: list[tuple[str, Make, list[str], str]] = [
      "unrecognized arguments: --bogus"),
     ("ask_999_plus_1", checkpoint(), ask("999 + 1"), f"'999 + 1': {OUTSIDE}"),
     ("ask_12_plus_345", checkpoint(), ask("12 + 345"), f"'12 + 345': {OUTSIDE}"),
+    ("ask_5000_digits", checkpoint(), ask("1" * 5000 + " + 1"),
+     f"'{'1' * 37}...': {OUTSIDE}; got 5000 and 1 digits"),
+    ("ask_5000_digits_each", checkpoint(), ask("9" * 5000 + " + " + "9" * 5000),
+     f"'{'9' * 37}...': {OUTSIDE}; got 5000 and 5000 digits"),
+    ("ask_leading_zeros", checkpoint(), ask("0012 + 5"), f"'0012 + 5': {OUTSIDE}; got 2 and 1 digits"),
+    ("ask_full_width_4_digits", checkpoint(), ask("\uff11\uff12\uff13\uff14 + 1234"),
+     f"'\uff11\uff12\uff13\uff14 + 1234': {OUTSIDE}; got 4 and 4 digits"),
     ("ask_negative_operand", checkpoint(), ask("-3 + 4"), f"'-3 + 4': {NOT_A_SUM}"),
     ("ask_exponent", checkpoint(), ask("1e3 + 2"), f"'1e3 + 2': {NOT_A_SUM}"),
     # files
@@ -254,7 +329,40 @@ ROWS: list[tuple[str, Make, list[str], str]] = [
     ("probe_cache_missing", nothing, PROBE,
      "{tmp}/none/train: no such cache directory (run its collection)"),
     ("report_eval_without_stage", text("eval.json", '{"accuracy": 1}'), [*REPORT, "--eval", "{tmp}/eval.json"],
-     "{tmp}/eval.json: missing key 'stage'"),
+     "{tmp}/eval.json: stage: missing"),
+    ("report_eval_stage_a_word", text("eval.json", '{"stage": "one"}'), [*REPORT, "--eval", "{tmp}/eval.json"],
+     "{tmp}/eval.json: stage: 'one' is not of type 'integer'"),
+    ("report_eval_no_split", text("eval.json", '{"stage": 1}'), [*REPORT, "--eval", "{tmp}/eval.json"],
+     "{tmp}/eval.json: no split scored (an evaluation holds at least one of val, dev, test, ood)"),
+    ("report_eval_accuracy_a_string", text("eval.json", '{"stage": 1, "dev": {"accuracy": "97%", "teacher_forced": '
+                                                        '1, "n": 10}}'), [*REPORT, "--eval", "{tmp}/eval.json"],
+     "{tmp}/eval.json: dev.accuracy: '97%' is not of type 'number'"),
+    ("report_probes_by_thought_a_list", text("p.json", json.dumps(
+        {"stage": 1, "by_thought": [], "readable": {}, "readable_at": 0.9,
+         "unconverged": {"max_iter": 1, "probes": 1, "stopped": 0}})), [*REPORT, "--probes", "{tmp}/p.json"],
+     "{tmp}/p.json: by_thought: [] is not of type 'object'"),
+    ("report_oracle_before_a_string", text("o.json", '{"stage": 1, "self_answer_accuracy": {"before": "high", '
+                                                     '"after": 0.5}}'), [*REPORT, "--oracle-metrics", "{tmp}/o.json"],
+     "{tmp}/o.json: self_answer_accuracy.before: 'high' is not of type 'number'"),
+    ("report_oracle_table_stage_a_word",
+     text("o.csv", ",".join(ORACLE_COLUMNS) + "\none" + ",0" * (len(ORACLE_COLUMNS) - 1) + "\n"),
+     [*REPORT, "--oracle-tables", "{tmp}/o.csv"], "{tmp}/o.csv: column 'stage': 'one' (row 1) is not an integer"),
+    ("seed_report_eval_stage_a_word", text("run/eval/stage-0.json", '{"stage": "zero"}'), SEED_REPORT,
+     "{tmp}/run/eval/stage-0.json: stage: 'zero' is not of type 'integer'"),
+    ("seed_report_headline_a_word", seed_run_with_headline('{"eval": {"stage-0": {"dev": "high"}}}'), SEED_REPORT,
+     "{tmp}/run/eval/stage-0-headline.json: eval.stage-0.dev: 'high' is not of type 'number'"),
+    ("val_split_a_of_strings", data_column("val", "a", pa.array(["x"] * 10)), train("0"),
+     "{data}/val.parquet: column 'a': string values, where `cocoracle generate` writes int64"),
+    ("provenance_missing_path", nothing, ["provenance", "{tmp}/nowhere.json"], "{tmp}/nowhere.json: not found"),
+    ("provenance_of_a_report", text("report.md", "# results\n"), ["provenance", "{tmp}/report.md"],
+     "{tmp}/report.md: a report page, made by `cocoracle report` or `seed-report`; it has no provenance record"),
+    ("provenance_of_a_plot", text("plots/accuracy.png", "png"), ["provenance", "{tmp}/plots/accuracy.png"],
+     "{tmp}/plots/accuracy.png: a plot or table"),
+    ("provenance_of_a_data_split", data_with("ood", None), ["provenance", "{tmp}/data/dev.parquet"],
+     "{tmp}/data/dev.parquet: a data split written by `cocoracle generate`"),
+    ("provenance_record_inputs_a_list", text("m.json", '{"stage": 1, "provenance": {"params_sha256": "0", '
+                                                       '"inputs": []}}'), ["provenance", "{tmp}/m.json"],
+     "{tmp}/m.json (provenance): inputs: [] is not of type 'object'"),
     ("report_eval_missing", nothing, [*REPORT, "--eval", "{tmp}/stage-0.json"], "{tmp}/stage-0.json: file not found"),
 ]
 

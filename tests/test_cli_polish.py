@@ -153,3 +153,19 @@ def test_a_step_log_holds_no_third_party_progress_bars_or_warnings(tmp_path, mix
     assert "separate oracle stage 1: 100%" in done.stderr  # the project's own bar, on the terminal
     for text in (done.stderr, log):
         assert not [noise for noise in NOISE if noise in text], text
+
+
+def test_ask_says_when_it_read_other_digits_as_ascii(tmp_path, monkeypatch, mixed_rows, capsys):
+    """Arabic-Indic digits are answered as the ASCII sum they stand for, and the first line says so."""
+    params = _workspace(tmp_path, num_stages=1)
+    run = tmp_path / "models" / "seed-0"
+    checkpoint, oracle_dir = run / "stage-1", run / "oracle" / "self" / "stage-1"
+    model, tokenizer = make_tiny_model(mixed_rows, dtype=torch.float32)
+    save_checkpoint(model, tokenizer, checkpoint, {**params, "stage": 1})
+    oracle, oracle_tokenizer, spec = build_oracle("self", params, 1, checkpoint, None, 32, CPU)
+    save_oracle(oracle, oracle_tokenizer, spec, checkpoint, oracle_dir, {})
+    monkeypatch.chdir(tmp_path)
+    assert main(["ask", "\u0661\u0662 + \u0663\u0664", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "read '\u0661\u0662 + \u0663\u0664' as 12 + 34 (its digits written in ASCII)", lines
+    assert lines[1].startswith("12 + 34: "), lines

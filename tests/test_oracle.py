@@ -370,3 +370,16 @@ def test_oracle_tokens_spell_every_question_and_are_reproducible(mixed_rows):
         assert tokenizer.unk_token_id not in ids, question
         assert ids.count(tokenizer.convert_tokens_to_ids("<act>")) == 1
     assert tokenizer.decode(tokenizer("7+5=12 write 2", add_special_tokens=False)["input_ids"]) == "7 + 5 = 1 2 write 2"
+
+
+@pytest.mark.parametrize("problem, expected, normalised", [
+    ("347 + 285", (347, 285), False),
+    ("\u0663\u0664\u0667 + \u0662\u0668\u0665", (347, 285), True),  # Arabic-Indic
+    ("\uff13\uff14\uff17 + \uff12\uff18\uff15 =", (347, 285), True),  # full-width
+    ("012 + 34", (12, 34), False),
+])
+def test_ask_reads_any_decimal_digits_and_says_so(problem, expected, normalised):
+    from cocoracle.oracle.ask import normalised_digits, parse_problem
+
+    assert parse_problem(problem, [2, 3]) == expected
+    assert normalised_digits(problem) is normalised

@@ -226,19 +226,107 @@ def test_a_self_oracle_run_of_rehearsal_steps_only_has_an_empty_curve(inputs: di
 
 def test_corrupt_inputs_name_the_file(inputs: dict) -> None:
     inputs["eval_metrics"][1].write_text("{not json")
-    with pytest.raises(InputError, match=re.escape(f"{inputs['eval_metrics'][1]}: unreadable")):
+    with pytest.raises(InputError, match=re.escape(f"{inputs['eval_metrics'][1]}: not JSON")):
         write_report(**inputs)
     inputs["eval_metrics"][1].write_text('{"val": {}}')
-    with pytest.raises(InputError, match="missing key 'stage'"):
+    with pytest.raises(InputError, match="stage: missing"):
         write_report(**inputs)
 
 
 def test_oracle_table_missing_column_names_the_file(inputs: dict) -> None:
     table = inputs["oracle_tables"][0]
     table.write_text("stage,oracle,condition\n1,self,oracle\n")
-    with pytest.raises(InputError, match=re.escape(f"{table}: unreadable")):
+    with pytest.raises(InputError, match=re.escape(f"{table}: missing column 'task'")):
         write_report(**inputs)
 
 
 def test_run_labels_are_paths_below_the_results_dir(inputs: dict) -> None:
     assert _run_labels(inputs["train_dirs"]) == ["train/stage-0", "oracle-train/self/stage-3"]
+
+
+def _set_in(data, where: str, value):
+    """data with the value at a dotted path set (DELETE: removed); a path of '' replaces the whole."""
+    if not where:
+        return value
+    node = data
+    *parents, last = where.split(".")
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+DELETE = object()
+# (input, index, dotted field, value, expected text after "<file>: ")
+WRONG_SHAPES = [
+    ("eval_metrics", 1, "stage", "one", "stage: 'one' is not of type 'integer'"),
+    ("eval_metrics", 1, "stage", 1.5, "stage: 1.5 is not of type 'integer'"),
+    ("eval_metrics", 1, "test", DELETE, None),  # the val split is left: fine
+    ("eval_metrics", 1, "", {"stage": 1}, "no split scored (an evaluation holds at least one of val, dev, test, ood)"),
+    ("eval_metrics", 1, "", [1, 2], "not a JSON object (a list)"),
+    ("eval_metrics", 1, "test.accuracy", "high", "test.accuracy: 'high' is not of type 'number'"),
+    ("eval_metrics", 1, "test.accuracy", 97.8, "test.accuracy: 97.8 is greater than the maximum of 1"),
+    ("eval_metrics", 1, "test.n", DELETE, "test.n: missing"),
+    ("eval_metrics", 1, "val", [0.9], "val: [0.9] is not of type 'object'"),
+    ("eval_metrics", 1, "test.by_steps.2.n", "200", "test.by_steps.2.n: '200' is not of type 'integer'"),
+    ("probe_metrics", 0, "stage", "zero", "stage: 'zero' is not of type 'integer'"),
+    ("probe_metrics", 0, "by_thought.carry_out.one", {},
+     "by_thought.carry_out: key 'one' is not allowed (keys match ^[0-9]+$)"),
+    ("probe_metrics", 0, "by_thought.carry_out.1.accuracy", "0.9",
+     "by_thought.carry_out.1.accuracy: '0.9' is not of type 'number'"),
+    ("probe_metrics", 0, "by_thought.carry_out.1.tensor", DELETE, "by_thought.carry_out.1.tensor: missing"),
+    ("probe_metrics", 0, "readable.carry_out.0.position", DELETE, "readable.carry_out.0.position: missing"),
+    ("probe_metrics", 0, "readable_at", "90%", "readable_at: '90%' is not of type 'number'"),
+    ("probe_metrics", 0, "unconverged.stopped", DELETE, "unconverged.stopped: missing"),
+    ("probe_metrics", 0, "linear_product.step.all.low", None, "linear_product.step.all.low: None is not of type "
+     "'number'"),
+    ("probe_metrics", 0, "joint_probe.step", [], "joint_probe.step: [] is not of type 'object'"),
+    ("oracle_metrics", 0, "stage", 0, "stage: 0 is less than the minimum of 1"),
+    ("oracle_metrics", 0, "self_answer_accuracy.before", "97.8%",
+     "self_answer_accuracy.before: '97.8%' is not of type 'number'"),
+    ("oracle_metrics", 0, "self_answer_accuracy", DELETE, "self_answer_accuracy: missing"),
+    ("oracle_metrics", 0, "self.source_tensor", 2, "self.source_tensor: 2 is not of type 'string'"),
+    ("oracle_metrics", 0, "provenance", {"inputs": []}, "provenance.inputs: [] is not of type 'object'"),
+]
+
+
+@pytest.mark.parametrize("key, index, field, value, expected", WRONG_SHAPES,
+                         ids=[f"{k}-{f or 'whole'}-{v!r}"[:60] for k, _, f, v, _ in WRONG_SHAPES])
+def test_a_results_file_of_the_wrong_shape_is_one_line_naming_the_field(inputs, key, index, field, value, expected):
+    path = inputs[key][index]
+    path.write_text(json.dumps(_set_in(json.loads(path.read_text()), field, value)))
+    if expected is None:
+        write_report(**inputs)
+        return
+    with pytest.raises(InputError) as caught:
+        write_report(**inputs)
+    assert str(caught.value) == f"{path}: {expected}"
+    assert not inputs["out_md"].exists() and not inputs["plots_dir"].exists()
+
+
+@pytest.mark.parametrize("column, value, expected", [
+    ("stage", "one", "column 'stage': 'one' (row 1) is not an integer"),
+    ("n", "1.5", "column 'n': 1.5 (row 1) is not an integer"),
+    ("exact_match", "high", "column 'exact_match': 'high' (row 1) is not a number"),
+])
+def test_an_oracle_table_of_the_wrong_types_names_the_column(inputs, column, value, expected):
+    table = inputs["oracle_tables"][0]
+    lines = table.read_text().splitlines()
+    position = ORACLE_COLUMNS.index(column)
+    cells = lines[1].split(",")
+    cells[position] = value
+    table.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    with pytest.raises(InputError) as caught:
+        write_report(**inputs)
+    assert str(caught.value) == f"{table}: {expected}"
+
+
+def test_a_loss_curve_of_the_wrong_types_names_the_column(inputs):
+    tsv = inputs["train_dirs"][0] / "plots/metrics/train/loss.tsv"
+    tsv.write_text("timestamp\tstep\tloss\n1700000000\t0\tlow\n")
+    with pytest.raises(InputError) as caught:
+        write_report(**inputs)
+    assert str(caught.value) == f"{tsv}: column 'loss': 'low' (row 1) is not a number"

@@ -63,9 +63,11 @@ def _one_seeds_results(run, accuracy: float) -> None:
     for stage in (0, 1):
         split = {"accuracy": accuracy, "teacher_forced": 1.0, "n": 40}
         (run / "eval" / f"stage-{stage}.json").write_text(json.dumps({"stage": stage, "val": split, "dev": split}))
-    cell = {"accuracy": accuracy / 2}
+    cell = {"accuracy": accuracy / 2, "low": 0.0, "high": 1.0}
+    probe = {"accuracy": accuracy, "low": 0.0, "high": 1.0, "baseline": 0.5, "tensor": "layer_1"}
     (run / "probes" / "stage-1.json").write_text(json.dumps({
-        "stage": 1, "by_thought": {"carry_out": {"0": {"accuracy": accuracy, "baseline": 0.5}}},
+        "stage": 1, "by_thought": {"carry_out": {"0": probe}}, "readable": {"carry_out": {"0": None}},
+        "readable_at": 0.9, "unconverged": {"max_iter": 100, "probes": 1, "stopped": 0},
         "linear_product": {"step": {"0": cell, "all": cell}}, "joint_probe": {"step": {"0": cell, "all": cell}}}))
     rows = [{"oracle": "self", "condition": "oracle", "task": "step", "thought": thought, "exact_match": accuracy,
              "exact_match_best_baseline": "shuffled"} for thought in ("0", "all")]

@@ -143,3 +143,25 @@ def test_train_stage_rejects_too_short_context(tiny_params, data_dir, tmp_path):
     with pytest.raises(InputError, match="n_positions"):
         train_stage(tiny_params, 0, data_dir, None, tmp_path / "out", tmp_path / "live", CPU)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("digits", [1, 2, 4, 9])
+@pytest.mark.parametrize("layout", [{}, {"order": "last"}, {"step_separator": "before", "thoughts_per_step": 2}])
+def test_check_params_counts_the_positions_training_checks(digits, layout):
+    """config.longest_sequence (what check-params asks model.tiny.n_positions for) is exactly what _check_fits
+    needs for the longest problem of those digits, every column carrying: one position fewer fails."""
+    from types import SimpleNamespace
+
+    from cocoracle.config import longest_sequence
+    from cocoracle.data import cot_steps, question_text
+    from cocoracle.model import build_tiny_tokenizer, corpus_texts
+
+    a = b = 10 ** digits - 1
+    row = {"question": question_text(a, b), "steps": cot_steps(a, b), "answer": a + b}
+    coconut = {**tiny_params_dict()["coconut"], **layout}
+    needed = longest_sequence(digits, coconut)
+    codec = Codec(build_tiny_tokenizer(corpus_texts([row])))
+    _check_fits(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=needed)), codec, [row], coconut)
+    with pytest.raises(InputError, match=f"needs {needed}"):
+        _check_fits(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=needed - 1)), codec, [row],
+                    coconut)

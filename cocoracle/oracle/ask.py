@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -23,17 +24,30 @@ SUM = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*=?\s*")
 
 def parse_problem(problem: str, digits: list[int]) -> tuple[int, int]:
     """(a, b) from 'a + b'; one-line error for anything else, or for operands unlike the training problems
-    (both operands of one of the trained digit counts)."""
+    (both operands of one of the trained digit counts). Their lengths are checked on the text, before any
+    conversion to integers (which would refuse, or take long over, thousands of digits); any Unicode decimal
+    digits (Arabic-Indic, full-width, ...) are read as the ASCII digits they stand for (normalised_digits)."""
     match = SUM.fullmatch(problem)
+    shown = problem if len(problem) <= 40 else problem[:37] + "..."
     if not match:
-        raise InputError(f"'{problem}': not a sum of two non-negative integers such as '347 + 285'")
-    a, b = (int(x) for x in match.groups())
-    lengths = {len(str(a)), len(str(b))}
-    if len(lengths) > 1 or not lengths <= set(digits):
+        raise InputError(f"'{shown}': not a sum of two non-negative integers such as '347 + 285'")
+    operands = [ascii_digits(x).lstrip("0") or "0" for x in match.groups()]
+    lengths = [len(x) for x in operands]
+    if lengths[0] != lengths[1] or lengths[0] not in digits:
         trained = " or ".join(map(str, sorted(digits)))
-        raise InputError(f"'{problem}': outside what the checkpoint was trained on (two operands of {trained} "
-                         "digits each)")
-    return a, b
+        raise InputError(f"'{shown}': outside what the checkpoint was trained on (two operands of {trained} "
+                         f"digits each); got {lengths[0]} and {lengths[1]} digits")
+    return int(operands[0]), int(operands[1])
+
+
+def ascii_digits(text: str) -> str:
+    """A run of Unicode decimal digits (what the regular expression's \\d matches) in ASCII digits."""
+    return "".join(str(unicodedata.decimal(ch)) for ch in text)
+
+
+def normalised_digits(problem: str) -> bool:
+    """Whether the problem writes a digit other than in ASCII (then read as the ASCII digit it stands for)."""
+    return any(ch.isdecimal() and not ch.isascii() for ch in problem)
 
 
 def default_paths(config_file: str | Path, params_file: str | Path | None = None, stage: int | None = None,
@@ -109,8 +123,10 @@ def ask_problem(problem: str, checkpoint: str | Path, oracle_dir: str | Path, ta
     ids, out = generate_with_thoughts(model, batch, tokenizer.eos_token_id, NO_TOKEN_LIMIT)
     text = tokenizer.decode(ids[0])
     plural = "" if batch.n_thoughts == 1 else "s"
-    lines = [f"{answer_line(a, b, text, parse_answer(text))} after {batch.n_thoughts} latent thought{plural} "
-             f"(stage {stage})"]
+    note = f"read {problem.strip()!r} as {a} + {b} (its digits written in ASCII)"
+    lines = [note] if normalised_digits(problem) else []
+    lines += [f"{answer_line(a, b, text, parse_answer(text))} after {batch.n_thoughts} latent thought{plural} "
+              f"(stage {stage})"]
     oracle, oracle_tokenizer, spec = load_oracle(oracle_dir, device)
     stands_for = thought_steps(stage, coconut["num_stages"], coconut["thoughts_per_step"], len(steps),
                                layout_options(coconut)["order"])
