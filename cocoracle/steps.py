@@ -418,7 +418,8 @@ def _seed_results(layout: Layout, seed: int) -> dict[str, list[str]]:
     return {"eval": [f"{r}/eval/stage-{k}.json" for k in stages],
             "probes": [f"{r}/probes/stage-{k}.json" for k in latent],
             "oracle_tables": [f"{r}/oracle/stage-{k}.csv" for k in oracles],
-            "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles]}
+            "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles],
+            "interventions": [f"{r}/interventions/stage-{k}.json" for k in latent]}
 
 
 @step("report", "report", log="{logs}/seed-{seed}/report.log", dvc_stage="report_seed_{seed}",
