@@ -26,8 +26,8 @@ from cocoracle.writer_lock import release as release_writers
 # the commands the pipeline's steps run (cocoracle/steps.py): they refuse while another engine's run holds the
 # workspace (cocoracle/engine_lock.py), and hold the writer lock of each output they write, waiting for another
 # live writer of it to end (cocoracle/writer_lock.py; the output options are each command's `writes`)
-STEP_COMMANDS = {"generate", "fetch-model", "train", "evaluate", "collect", "probe", "train-oracle", "evaluate-oracle",
-                 "report", "seed-report"}
+STEP_COMMANDS = {"generate", "fetch-model", "train", "evaluate", "intervene", "collect", "probe", "train-oracle",
+                 "evaluate-oracle", "report", "seed-report"}
 
 
 # Third-party chatter kept out of the step logs (what a step writes to stderr is the log of a SLURM job or of
@@ -102,6 +102,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from cocoracle.model import pick_device
     evaluate_stage(params, args.stage, args.checkpoint, args.data, args.metrics, args.predictions,
                    pick_device(args.device))
+
+
+def cmd_intervene(args: argparse.Namespace) -> None:
+    params = load_params(args.params, args.seed)
+    from cocoracle.interventions import intervene_stage
+    from cocoracle.model import pick_device
+    intervene_stage(params, args.stage, args.checkpoint, args.data, args.ablation_table, args.patching_table,
+                    args.metrics, pick_device(args.device))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -288,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     _paths(p, checkpoint="checkpoint directory", metrics="metrics JSON to write",
            predictions="per-problem predictions parquet to write")
     _writes(p, "metrics", "predictions")
+    p = command("intervene", cmd_intervene, "ablate and patch each thought of one latent stage; answer effects",
+                params, seed, device, data, stage)
+    _paths(p, checkpoint="the stage's Coconut checkpoint", ablation_table="CSV: ablation x thought x answer column",
+           patching_table="CSV: patch x thought x column", metrics="JSON of both tables to write")
+    _writes(p, "ablation_table", "patching_table", "metrics")
     p = command("collect", cmd_collect, "cache the activations at every latent thought of one split",
                 params, seed, device, data, stage)
     p.add_argument("--split", required=True, choices=SPLITS)

@@ -31,6 +31,11 @@ SECTIONS = {"accuracy": "Coconut answer accuracy", "oracle": "Oracles over all t
             "oracle_thought": "Oracles per thought",
             "reference": "Probe references for the oracles (linear-probe product, joint probe)",
             "probe": "Thought probes (chosen on val, scored on the held-out split)"}
+INTERVENTIONS = {"ablation": ("Ablation: answer accuracy per answer column (0: units) with thought t replaced; "
+                              "`none` is the unablated model on the same problems"),
+                 "patching": ("Patching: share of (recipient, donor) pairs, differing only in column c, whose answer "
+                              "column c takes the donor's digit with thought t from the donor; `if ignored` is the "
+                              "share that writes it unpatched")}
 REFERENCES = {"linear_product": "linear-probe product", "joint_probe": "joint probe"}
 
 
@@ -98,7 +103,40 @@ def run_figures(run: Path, params: dict[str, Any]) -> pd.DataFrame:
                     where = "all thoughts" if thought == "all" else f"thought {thought}"
                     rows.append({"section": "reference", "figure": f"stage {stage} · {reader} · {task} · {where}",
                                  "value": cell["accuracy"]})
+        rows += _intervention_figures(read_json(run / "interventions" / f"stage-{stage}.json", "interventions"))
     return pd.DataFrame(rows, columns=["section", "figure", "value"])
+
+
+def _intervention_figures(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each ablation's answer accuracy and each patch's share to the donor (and if ignored), per thought and
+    column: figures named `stage K · <intervention> · thought t · column c`."""
+    rows, stage = [], metrics["stage"]
+    for cell in metrics["ablation"]:
+        rows.append({"section": "ablation", "value": cell["correct"] / cell["n"] if cell["n"] else math.nan,
+                     "figure": f"stage {stage} · {cell['ablation']} · thought {cell['thought']} · "
+                               f"column {cell['column']}"})
+    for cell in metrics["patching"]:
+        for key, name in (("to_donor", cell["patch"]), ("if_ignored", f"{cell['patch']} if ignored")):
+            rows.append({"section": "patching", "value": cell[key] / cell["pairs"] if cell["pairs"] else math.nan,
+                         "figure": f"stage {stage} · {name} · thought {cell['thought']} · column {cell['column']}"})
+    return rows
+
+
+def intervention_grid(rows: pd.DataFrame) -> str:
+    """Markdown: one row per stage, intervention and thought, one column per answer column, each cell the mean
+    over seeds [95 % interval]."""
+    parts = rows["figure"].str.extract(r"^stage (\d+) · (.+) · thought (\d+) · column (\d+)$")
+    parts.columns = ["stage", "intervention", "thought", "column"]
+    cells = pd.concat([parts, rows.apply(_cell, axis=1).rename("cell")], axis=1)
+    grid = cells.pivot_table(index=["stage", "intervention", "thought"], columns="column", values="cell",
+                             aggfunc="first", sort=False)
+    columns = sorted(grid.columns, key=int)
+    lines = ["| stage | intervention | thought | " + " | ".join(f"column {c}" for c in columns) + " |",
+             "|" + "---|" * (3 + len(columns))]
+    for (stage, intervention, thought), row in grid.iterrows():
+        values = [row[c] if isinstance(row[c], str) else "–" for c in columns]
+        lines.append(f"| {stage} | {intervention} | {thought} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def seed_table(figures: dict[int, pd.DataFrame]) -> pd.DataFrame:
@@ -205,6 +243,10 @@ def write_seed_report(params: dict[str, Any], runs: dict[int, Path], outputs: di
         rows = table[table["section"] == section]
         if len(rows):
             parts += [f"## {title}\n", markdown_table(rows, seeds)]
+    if table["section"].isin(list(INTERVENTIONS)).any():
+        parts.append("## Interventions on the thoughts (mean over seeds [95 % interval]; seeds.csv has each seed)\n")
+        for section, title in INTERVENTIONS.items():
+            parts += [f"{title}.\n", intervention_grid(table[table["section"] == section])]
     parts += ["## Each seed's report\n"] + [f"- [seed {seed}]({_relative(Path(run) / 'report.md', out_md)})"
                                              for seed, run in runs.items()]
     text = "\n".join(parts) + "\n"

@@ -20,7 +20,7 @@ import yaml
 
 from cocoracle.config import InputError, _key_of, _Validator
 
-KINDS = ("eval", "probes", "oracle", "headline", "manifest", "provenance_record")
+KINDS = ("eval", "probes", "oracle", "interventions", "headline", "manifest", "provenance_record")
 # what each table column must hold: "integer", "number" (NaN allowed: an empty cell), "string" or "boolean"
 COLUMN_TYPES = ("integer", "number", "string", "boolean")
 

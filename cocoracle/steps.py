@@ -322,6 +322,22 @@ def evaluate_stage(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
                params=["evaluate", *THREADS])
 
 
+@step("intervene_stage", "intervene", log="{logs}/seed-{seed}/interventions/stage-{stage}.log",
+      dvc_stage="intervene_stage_{stage}_seed_{seed}",
+      outputs={"ablation_table": Out("{results}/seed-{seed}/interventions/stage-{stage}-ablation.csv"),
+               "patching_table": Out("{results}/seed-{seed}/interventions/stage-{stage}-patching.csv"),
+               "metrics": Out("{results}/seed-{seed}/interventions/stage-{stage}.json")},
+      instances=lambda layout: layout.per_seed([{"stage": k} for k in layout.latent_stages]))
+def intervene_stage(layout: Layout, out: Paths, seed: int, stage: int) -> Job:
+    """Ablate and patch each thought of one latent stage's checkpoint: does the answer use it?"""
+    checkpoint = _checkpoint(layout, seed, stage)
+    return Job(f"--params {layout.params_file} --seed {seed} --stage {stage} --data {layout.data}"
+               f" --checkpoint {checkpoint} --ablation-table {out.ablation_table}"
+               f" --patching-table {out.patching_table} --metrics {out.metrics}",
+               inputs={"checkpoint": checkpoint, "data": f"{layout.data}/{layout.held_out}.parquet"},
+               params=["interventions", "run.held_out", *THREADS])
+
+
 @step("collect_activations", "collect", log="{logs}/seed-{seed}/collect/stage-{stage}-{split}.log",
       dvc_stage="collect_stage_{stage}_{split}_seed_{seed}",
       outputs={"cache": Out("{results}/seed-{seed}/activations/stage-{stage}/{split}", directory=True)},
@@ -402,7 +418,8 @@ def _seed_results(layout: Layout, seed: int) -> dict[str, list[str]]:
     return {"eval": [f"{r}/eval/stage-{k}.json" for k in stages],
             "probes": [f"{r}/probes/stage-{k}.json" for k in latent],
             "oracle_tables": [f"{r}/oracle/stage-{k}.csv" for k in oracles],
-            "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles]}
+            "oracle_metrics": [f"{r}/oracle/stage-{k}.json" for k in oracles],
+            "interventions": [f"{r}/interventions/stage-{k}.json" for k in latent]}
 
 
 @step("report", "report", log="{logs}/seed-{seed}/report.log", dvc_stage="report_seed_{seed}",

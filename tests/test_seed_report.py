@@ -1,4 +1,5 @@
 """The across-seed figures: Student's t intervals over seeds, the wide table and DVC's headline of them."""
+import json
 import math
 
 import pandas as pd
@@ -58,8 +59,13 @@ def _one_seeds_results(run, accuracy: float) -> None:
     """A seed's results files for params with one latent stage: what run_figures reads."""
     import json
 
-    for kind in ("eval", "probes", "oracle"):
+    for kind in ("eval", "probes", "oracle", "interventions"):
         (run / kind).mkdir(parents=True)
+    (run / "interventions" / "stage-1.json").write_text(json.dumps({
+        "stage": 1, "split": "dev", "problems": 40,
+        "ablation": [{"thought": 0, "ablation": mode, "column": c, "n": 40, "correct": int(40 * accuracy) - k}
+                     for k, mode in enumerate(("none", "zero")) for c in (0, 1)],
+        "patching": [{"thought": 0, "patch": "input", "column": 0, "pairs": 20, "to_donor": 15, "if_ignored": 1}]}))
     for stage in (0, 1):
         split = {"accuracy": accuracy, "teacher_forced": 1.0, "n": 40}
         (run / "eval" / f"stage-{stage}.json").write_text(json.dumps({"stage": stage, "val": split, "dev": split}))
@@ -89,3 +95,29 @@ def test_run_figures_read_every_figure_of_a_seed_with_its_baselines_and_referenc
     assert figures["stage 1 · joint probe · step · all thoughts"] == 0.4
     assert figures["stage 1 · linear-probe product · step · thought 0"] == 0.4
     assert "stage 1 · val · teacher-forced" not in figures  # teacher-forced on the held-out split only
+    assert figures["stage 1 · none · thought 0 · column 1"] == 0.8
+    assert figures["stage 1 · zero · thought 0 · column 0"] == (int(40 * 0.8) - 1) / 40
+    assert figures["stage 1 · input · thought 0 · column 0"] == 0.75
+    assert figures["stage 1 · input if ignored · thought 0 · column 0"] == 0.05
+
+
+def test_the_report_puts_each_intervention_in_a_thought_by_column_grid(tmp_path, tiny_params):
+    from cocoracle.headline import path_for
+    from cocoracle.seed_report import _results_files, write_seed_report
+
+    params = {**tiny_params, "coconut": {**tiny_params["coconut"], "num_stages": 1}}
+    runs = {0: tmp_path / "seed-0", 1: tmp_path / "seed-1"}
+    for run, accuracy in zip(runs.values(), (0.8, 0.6), strict=True):
+        _one_seeds_results(run, accuracy)
+        for path in _results_files(run, params):
+            path_for(path).write_text(json.dumps({"accuracy": accuracy}))
+    out = {name: tmp_path / "report" / name for name in ("report.md", "seeds.csv", "seeds.json", "seeds.png", "p.html")}
+    write_seed_report(params, runs, {"report": out["report.md"], "table": out["seeds.csv"],
+                                     "headline": out["seeds.json"], "plot": out["seeds.png"], "page": out["p.html"]})
+    text = out["report.md"].read_text()
+    assert "| stage | intervention | thought | column 0 | column 1 |" in text
+    none = next(line for line in text.splitlines() if line.startswith("| 1 | none | 0 |"))
+    assert none.count("%") == 2 and "70.0 %" in none  # the mean of 80 and 60 in both columns
+    assert "| 1 | input | 0 | 75.0 % [75.0, 75.0] |" in text
+    assert "| 1 | input if ignored | 0 | 5.0 % [5.0, 5.0] |" in text
+    assert "| stage | intervention | thought | column 0 |\n" in text  # patching: pairs in column 0 only

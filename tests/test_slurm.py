@@ -15,7 +15,8 @@ from helpers_workflow import BIN, REPO, SMOKE_PARAMS, copy_run, differing_output
 
 pytestmark = pytest.mark.e2e
 START = REPO / "scripts" / "start-localhost-slurm.sh"
-GPU_RULES = {"train_stage", "evaluate_stage", "collect_activations", "train_oracle", "evaluate_oracles"}
+GPU_RULES = {"train_stage", "evaluate_stage", "intervene_stage", "collect_activations", "train_oracle",
+             "evaluate_oracles"}
 ENV = {"SBATCH_PARTITION": "alt", "SBATCH_ACCOUNT": "cocoracle-ci", "COCORACLE_GPU_MODEL": "fake"}
 MEM_MB = 1000  # set for every rule with --set-resources: the localhost node may have less memory than rules ask
 BAR_S = 900  # the SLURM smoke run (two seeds) must finish within 15 minutes

@@ -247,8 +247,9 @@ def test_editing_a_module_reruns_exactly_the_steps_that_import_it(snakemake_repo
 
 
 @pytest.mark.parametrize("module, stages", [
-    ("cocoracle/atomic.py", 44),  # every one of the smoke DAG's 44 stages (21 per seed) writes through it
+    ("cocoracle/atomic.py", 48),  # every one of the smoke DAG's 48 stages (23 per seed) writes through it
     ("cocoracle/probes.py", 4),  # probe_stage_{1,2}_seed_{0,1}
+    ("cocoracle/interventions.py", 4),  # intervene_stage_{1,2}_seed_{0,1}
     ("cocoracle/train.py", 6),  # train_stage_{0..2}_seed_{0,1}
     ("cocoracle/oracle/evaluate.py", 4),  # evaluate_oracles_stage_{1,2}_seed_{0,1}
     ("cocoracle/report.py", 2),  # report_seed_{0,1}
