@@ -117,6 +117,8 @@ def seed_run_with_headline(headline: str) -> Make:
         files |= {f"probes/stage-{k}": {"stage": k, **probes} for k in range(1, 4)}
         files |= {f"oracle/stage-{k}": {"stage": k, "self_answer_accuracy": {"before": 0.5, "after": 0.5}}
                   for k in range(1, 4)}
+        files |= {f"interventions/stage-{k}": {"stage": k, "split": "dev", "problems": 10, "ablation": [],
+                                               "patching": []} for k in range(1, 4)}
         for name, content in files.items():
             (run / name).parent.mkdir(parents=True, exist_ok=True)
             (run / f"{name}.json").write_text(json.dumps(content))
@@ -168,7 +170,7 @@ PROBE = ["probe", "--params", "{params}", "--stage", "1", "--train", "{tmp}/none
 DEPTH = "is beyond the model's depth: hidden states are 0..model.tiny.n_layer (2; 0 = embeddings)"
 MODEL_REF = "is not 'tiny', an existing local directory, or a Hugging Face model id"
 CONFIG_KEYS = "params_file, data_dir, models_dir, results_dir, logs_dir, benchmarks_dir, train_processes"
-SECTIONS = "run, data, model, coconut, train, evaluate, activations, probes, oracle"
+SECTIONS = "run, data, model, coconut, train, evaluate, interventions, activations, probes, oracle"
 OUTSIDE = "outside what the checkpoint was trained on (two operands of 1 or 2 or 3 digits each)"
 FEW = ("is too few: the longest sequence, 4-digit operands with every column carrying (5 text steps, 3 thoughts, "
        "markers and the answer), needs 77 positions (allowed: 77 or more)")
