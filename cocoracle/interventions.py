@@ -3,7 +3,8 @@
 Two kinds, each on one thought t at a time, during the greedy decoding that evaluation runs:
 
 - ablation: thought t (the vector fed back as its input) is replaced by its mean over the problems, by zero, or by
-  another problem's thought t; scored as answer accuracy per answer column;
+  another problem's thought t (the problem a seeded number of places on: never its own); scored as answer
+  accuracy per answer column;
 - patching: a donor problem differs from the recipient only in column c's digits; thought t is taken from the
   donor, either its fed-back input only (`input`) or its states at every layer (`layers`: the input and every
   block's output at that position, hence also the keys and values later positions read there); scored as the
@@ -111,18 +112,18 @@ def answer_digit(answer: int | None, column: int) -> int | None:
     return None if answer is None else (answer // 10 ** column) % 10
 
 
-def ablated_thoughts(thoughts: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """(B, d) replacements of one thought's (B, d) vectors: their mean, zero, or another row's (a derangement)."""
+def ablated_thoughts(thoughts: torch.Tensor, rows: range, mode: str, shift: int) -> torch.Tensor:
+    """The replacements of one thought for the problems `rows` (indices into `thoughts`, that thought's (N, d)
+    vectors over all N problems): their mean, zero, or the thought of the problem `shift` places on (1 <= shift
+    < N: never a problem's own)."""
     if mode == "mean":
-        return thoughts.mean(0, keepdim=True).expand_as(thoughts)
+        return thoughts.mean(0, keepdim=True).expand(len(rows), -1)
     if mode == "zero":
-        return torch.zeros_like(thoughts)
+        return thoughts.new_zeros(len(rows), thoughts.shape[1])
     if mode == "other":
-        n = thoughts.shape[0]
-        if n < 2:
-            raise ValueError("ablation 'other' needs at least two problems in a batch")
-        shift = int(torch.randint(1, n, (1,), generator=generator))
-        return thoughts.roll(shift, dims=0)
+        if not 1 <= shift < len(thoughts):
+            raise ValueError(f"ablation 'other': shift must be within 1..{len(thoughts) - 1}, got {shift}")
+        return thoughts[[(i + shift) % len(thoughts) for i in rows]]
     raise ValueError(f"ablation: one of {', '.join(ABLATIONS)}, got {mode!r}")
 
 
@@ -200,9 +201,9 @@ def _columns(row: dict[str, Any]) -> range:
 def ablation_rows(setting: Setting, rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """Per thought, ablation (and `none`: no ablation) and answer column: how many problems have that column, and
     how many of them write its gold digit."""
-    generator = torch.Generator().manual_seed(seed)
     clean = [setting.answers(chunk) for chunk in setting.batches(rows)]
     thoughts = torch.cat([t for _, t in clean])
+    shift = random.Random(seed).randrange(1, len(rows))  # `other`: each problem gets the thought of another
     counts: dict[tuple[int, str, int], list[int]] = {}
 
     def score(chunk, answers, t, mode):
@@ -213,15 +214,15 @@ def ablation_rows(setting: Setting, rows: list[dict[str, Any]], seed: int) -> li
                 n_correct[0] += 1
                 n_correct[1] += int(hit)
 
-    for chunk, (answers, batch_thoughts) in zip(setting.batches(rows), clean, strict=True):
-        for t in range(batch_thoughts.shape[1]):
+    start = 0
+    for chunk, (answers, _) in zip(setting.batches(rows), clean, strict=True):
+        indices = range(start, start + len(chunk))
+        for t in range(thoughts.shape[1]):
             score(chunk, answers, t, "none")
             for mode in ABLATIONS:
-                if mode == "mean":
-                    vectors = thoughts[:, t].mean(0).expand(len(chunk), -1)
-                else:
-                    vectors = ablated_thoughts(batch_thoughts[:, t], mode, generator)
+                vectors = ablated_thoughts(thoughts[:, t], indices, mode, shift)
                 score(chunk, setting.answers(chunk, ThoughtEdit(t, inputs=vectors))[0], t, mode)
+        start += len(chunk)
     return [{"thought": t, "ablation": mode, "column": c, "n": n, "correct": k}
             for (t, mode, c), (n, k) in sorted(counts.items())]
 

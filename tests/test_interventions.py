@@ -116,16 +116,18 @@ def test_a_donor_differs_only_in_its_column_and_writes_another_digit_there(colum
                 != column_additions(donor["a"], donor["b"])[column]["digit_written"])
 
 
-def test_ablations_replace_by_the_mean_zero_or_another_row():
-    thoughts = torch.arange(12.0).reshape(4, 3)
-    gen = torch.Generator().manual_seed(0)
-    torch.testing.assert_close(ablated_thoughts(thoughts, "mean", gen), thoughts.mean(0).expand(4, 3))
-    assert not ablated_thoughts(thoughts, "zero", gen).any()
-    other = ablated_thoughts(thoughts, "other", gen)
-    assert sorted(map(tuple, other.tolist())) == sorted(map(tuple, thoughts.tolist()))
-    assert all(not torch.equal(other[i], thoughts[i]) for i in range(4))
+def test_ablations_replace_by_the_mean_zero_or_another_problems():
+    thoughts = torch.arange(15.0).reshape(5, 3)
+    rows = range(3, 5)  # a last batch of two problems
+    torch.testing.assert_close(ablated_thoughts(thoughts, rows, "mean", 1), thoughts.mean(0).expand(2, 3))
+    assert not ablated_thoughts(thoughts, rows, "zero", 1).any()
+    torch.testing.assert_close(ablated_thoughts(thoughts, rows, "other", 2), thoughts[[0, 1]])
+    torch.testing.assert_close(ablated_thoughts(thoughts, range(4, 5), "other", 4), thoughts[[3]])  # one problem
+    for bad in (0, 5):  # a problem's own thought, or out of range
+        with pytest.raises(ValueError, match="shift"):
+            ablated_thoughts(thoughts, rows, "other", bad)
     with pytest.raises(ValueError, match="ablation"):
-        ablated_thoughts(thoughts, "noise", gen)
+        ablated_thoughts(thoughts, rows, "noise", 1)
 
 
 def test_answer_digits_count_from_the_units():
