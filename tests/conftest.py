@@ -2,7 +2,7 @@
 the smoke DAG finished once per session by each engine.
 
 The unit fixtures are sized so that the fast loop (`python -m pytest -q`: no e2e, no slow tests) stays within
-about 3.5 minutes on two CPU cores. Every end-to-end module shares the two finished smoke runs instead of running its
+about 3 minutes on two CPU cores. Every end-to-end module shares the two finished smoke runs instead of running its
 own DAG: a test reads `snakemake_repo` / `dvc_repo` (shared, put back whatever it changes) or takes a copy of its
 own (`snakemake_copy` / `dvc_copy`) to change; `snakemake_run` / `dvc_run` are the untouched originals that runs are
 compared with. The DVC run, whose stages run one at a time on one core, starts in the background when the first

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cocoracle.activations import collect_activations
@@ -56,6 +57,7 @@ def test_a_training_steps_flops_are_about_six_per_parameter_and_token(tiny_param
     assert 0.75 <= ratio < 1.5
 
 
+@pytest.mark.slow  # a script or an engine in a subprocess: the full suite's
 def test_it_prints_every_training_job_with_its_measured_share_of_the_matmul_rate(tmp_path):
     logs = tmp_path / "logs"
     for name in ["train/stage-0", "train/stage-1", "train/stage-2", "oracle/train-separate-stage-1",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -22,6 +23,7 @@ def test_a_random_gpt2_large_has_gpt2_larges_shape_and_vocabulary():
     assert (config.n_layer, config.n_embd, config.n_head, config.vocab_size) == (36, 1280, 20, 50257)
 
 
+@pytest.mark.slow  # a script or an engine in a subprocess: the full suite's
 def test_it_trains_a_random_model_of_a_local_config_and_prints_its_mfu(tmp_path):
     config = GPT2Config(n_layer=3, n_embd=48, n_head=2, vocab_size=10, n_positions=128, bos_token_id=None,
                         eos_token_id=None)

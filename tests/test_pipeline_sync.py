@@ -41,6 +41,7 @@ def test_dvc_yaml_is_current():
     assert (REPO / "dvc.yaml").read_text() == expected
 
 
+@pytest.mark.slow  # a script or an engine in a subprocess: the full suite's
 @pytest.mark.parametrize("params", ["params.yaml", "tests/smoke-params.yaml", "params/gpt2-large.yaml"])
 def test_engines_declare_the_same_steps(tmp_path, params):
     repo = repo_copy(tmp_path, REPO / params)
@@ -55,6 +56,7 @@ def test_engines_declare_the_same_steps(tmp_path, params):
     assert sum(c.startswith("cocoracle seed-report ") for c in dvc) == 1
 
 
+@pytest.mark.slow  # a script or an engine in a subprocess: the full suite's
 def test_engines_launch_training_under_torchrun_alike(tmp_path):
     """train_processes > 1 (config.yaml) prefixes every training command with the same torchrun launch."""
     repo = repo_copy(tmp_path)
@@ -102,6 +104,7 @@ def test_after_snakemake_commit_leaves_dvc_nothing_to_do(snakemake_copy):
     assert _outputs(repo) == before
 
 
+@pytest.mark.slow  # a script or an engine in a subprocess: the full suite's
 def test_commit_refuses_while_snakemake_plans_jobs(tmp_path):
     """`cocoracle commit` in a workspace Snakemake has not finished: one line, DVC left as is."""
     repo = repo_copy(tmp_path)
@@ -110,6 +113,7 @@ def test_commit_refuses_while_snakemake_plans_jobs(tmp_path):
     assert not (repo / "dvc.lock").exists()
 
 
+@pytest.mark.slow  # a script or an engine in a subprocess: the full suite's
 def test_snakemake_unlock_needs_no_cores(tmp_path):
     """`snakemake --unlock`, as Snakemake prints it after a killed run, works without --cores."""
     repo = repo_copy(tmp_path)
