@@ -233,15 +233,16 @@ def test_editing_a_module_reruns_exactly_the_steps_that_import_it(snakemake_repo
 
     with ThreadPoolExecutor(1) as pool:
         dvc_planned = pool.submit(dvc_plans)
+        stages = {}
         for module in MODULES:
-            importing, rerun, _ = _code_jobs(snakemake_repo, module)
+            importing, rerun, stages[module] = _code_jobs(snakemake_repo, module)
             with _edited(snakemake_repo, module):
                 planned = _snakemake_plan(snakemake_repo)
             assert set(planned) == rerun, module
             assert {job for job, inputs in planned.items() if module in inputs} == importing, module
         dvc_planned = dvc_planned.result()
     for module in MODULES:
-        assert dvc_planned[module] == _code_jobs(snakemake_repo, module)[2], module
+        assert dvc_planned[module] == stages[module], module
     assert "Nothing to be done" in run(["snakemake", "-n", "--cores", "1"], cwd=snakemake_repo).stdout
     assert json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout or "{}") == {}
 
